@@ -1,10 +1,10 @@
-"""Crystal validators and set metrics as CDVAE defines them (Xie et al. 2022, ``scripts/eval_utils.py``
-and ``scripts/compute_metrics.py`` of txie-93/cdvae).
+"""Crystal validators and set metrics as CDVAE defines them (Xie et al. 2022,
+``scripts/eval_utils.py`` and ``scripts/compute_metrics.py`` of txie-93/cdvae).
 
-A crystal is given as plain arrays: ``lattice`` (3, 3) rows are lattice vectors in Angstrom, ``frac``
-(num_atoms, 3) fractional coordinates, ``z`` (num_atoms,) atomic numbers (``Data.lattice[0]``,
-``Data.frac``, ``Data.z``). Validators return frozen verdicts with ``ok`` and ``reason`` and never
-raise on garbage (NaN, empty, zero-volume cell, unknown elements).
+A crystal is given as plain arrays: ``lattice`` (3, 3) rows are lattice vectors in Angstrom,
+``frac`` (num_atoms, 3) fractional coordinates, ``z`` (num_atoms,) atomic numbers
+(``Data.lattice[0]``, ``Data.frac``, ``Data.z``). Validators return frozen verdicts with ``ok`` and
+``reason`` and never raise on garbage (NaN, empty, zero-volume cell, unknown elements).
 
 - Structural validity: every minimum-image distance between two distinct sites > 0.5 A and cell
   volume >= 0.1 A^3 (CDVAE ``structure_validity``; like CDVAE, a site's distance to its own periodic
@@ -12,8 +12,8 @@ raise on garbage (NaN, empty, zero-volume cell, unknown elements).
 - Compositional validity: CDVAE ``smact_validity`` (SMACT charge neutrality with the exact reduced
   stoichiometry plus the Pauling electronegativity test; a single element and an all-metal alloy are
   valid). SMACT >= 3 returns only the ratios from ``neutral_ratios``; the rule is unchanged.
-- Uniqueness / novelty: pymatgen ``StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)``, compared only
-  within a reduced-composition bucket (the matcher never matches across compositions anyway).
+- Uniqueness / novelty: pymatgen ``StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)``, compared
+  only within a reduced-composition bucket (the matcher never matches across compositions anyway).
 - Coverage (COV-R / COV-P, CDVAE ``compute_cov``): CrystalNN "ops" site fingerprints (matminer's
   ``CrystalNNFingerprint.from_preset("ops")``, 61 values, averaged over sites) rebuilt on pymatgen
   because matminer is not a dependency; the composition fingerprint is a Magpie-style one (the six
@@ -30,7 +30,7 @@ import warnings
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 
 import numpy as np
 from scipy.stats import wasserstein_distance
@@ -55,7 +55,7 @@ class CrystalVerdict:
 
 
 def _arrays(lattice, frac, z) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
-    """Coerce to float64 (3, 3), float64 (N, 3), int64 (N,); the last value is a reason if unusable."""
+    """Coerce to float64 (3, 3), (N, 3) and int64 (N,); the last value is a reason if unusable."""
     try:
         lattice = np.asarray(lattice, dtype=np.float64).reshape(3, 3)
         frac = np.asarray(frac, dtype=np.float64)
@@ -292,7 +292,7 @@ def structure_fingerprint(structure) -> np.ndarray | None:
     return np.asarray(sites, dtype=np.float64).mean(axis=0)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _element_properties(z: int) -> np.ndarray:
     """Eleven Magpie-style element properties of atomic number ``z`` (NaN where unknown)."""
     from pymatgen.core import Element

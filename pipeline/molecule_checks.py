@@ -16,15 +16,17 @@ ehoogeboom/e3_diffusion_for_molecules): every atom pair (i < j) gets a bond orde
             2                     if d <  b2 + 5  and (no b3 or d >= b3 + 3)
             3                     if d <  b3 + 3
 
-An atom is stable when the sum of its bond orders is one of its allowed valences; a molecule is stable
-when all its atoms are. Atom stability is pooled over all atoms of all molecules. One deliberate
-difference: EDM's QM9 path raises ``KeyError`` for an element pair missing from its single-bond table;
-here such a pair is "no bond" (EDM's own ``check_exists=True`` rule), so garbage never crashes.
+An atom is stable when the sum of its bond orders is one of its allowed valences; a molecule is
+stable when all its atoms are. Atom stability is pooled over all atoms of all molecules. One
+deliberate difference: EDM's QM9 path raises ``KeyError`` for an element pair missing from its
+single-bond table; here such a pair is "no bond" (EDM's own ``check_exists=True`` rule), so garbage
+never crashes.
 
-RDKit validity (EDM ``qm9/rdkit_functions.py``): build the molecule from the inferred bonds, sanitise
-(failure = invalid), keep the largest fragment, canonical SMILES. Our SMILES are heavy-atom canonical
-SMILES without stereo (``RemoveHs`` then ``MolToSmiles(isomericSmiles=False)``) so that they compare
-with the training set's SMILES; EDM's keep explicit ``[H]`` atoms, which changes no count.
+RDKit validity (EDM ``qm9/rdkit_functions.py``): build the molecule from the inferred bonds,
+sanitise (failure = invalid), keep the largest fragment, canonical SMILES. Our SMILES are heavy-atom
+canonical SMILES without stereo (``RemoveHs`` then ``MolToSmiles(isomericSmiles=False)``) so that
+they compare with the training set's SMILES; EDM's keep explicit ``[H]`` atoms, which changes no
+count.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def _pair_table(bonds: dict[str, dict[str, int]], margin: int) -> np.ndarray:
 _THR1 = _pair_table(_BONDS1, MARGIN1)
 _THR2 = _pair_table(_BONDS2, MARGIN2)
 _THR3 = _pair_table(_BONDS3, MARGIN3)
-# _ALLOWED[z, v] is True when valence v is allowed for element z; elements EDM does not list allow none.
+# _ALLOWED[z, v]: valence v is allowed for element z; elements EDM does not list allow none.
 _ALLOWED = np.zeros((MAX_Z + 1, MAX_VALENCE + 1), dtype=bool)
 for _sym, _vals in ALLOWED_VALENCES.items():
     _ALLOWED[_PT.GetAtomicNumber(_sym), list(_vals)] = True
@@ -132,7 +134,7 @@ class CheckVerdict:
 
 
 def _as_arrays(z, pos) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """Coerce to int64 (N,) and float64 (N, 3); the third value is a reason when they are unusable."""
+    """Coerce to int64 (N,) and float64 (N, 3); the third value is a reason if they are unusable."""
     try:
         z = np.asarray(z, dtype=np.int64).reshape(-1)
         pos = np.asarray(pos, dtype=np.float64)
@@ -228,7 +230,7 @@ def edm_stability_many(
     prepared = [_as_arrays(z, pos) for z, pos in molecules]
     out: list[StabilityVerdict | None] = [None] * len(prepared)
     good = []
-    for k, (z, pos, problem) in enumerate(prepared):
+    for k, (z, _, problem) in enumerate(prepared):
         if problem is None:
             good.append(k)
         else:
