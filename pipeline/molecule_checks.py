@@ -188,14 +188,17 @@ def _stability_from_orders(z: np.ndarray, pos: np.ndarray, orders: np.ndarray) -
         return StabilityVerdict(True, "ok", int(z.size), n_stable)
     reason = _merged_reason(pos)
     if reason is None:
-        i = int(np.flatnonzero(~stable)[0])
-        allowed = ALLOWED_VALENCES.get(symbol(z[i]))
-        if allowed is None:
-            reason = f"atom {i} ({symbol(z[i])}) has no EDM valence"
-        else:
-            allowed_txt = "/".join(map(str, allowed))
-            reason = f"atom {i} ({symbol(z[i])}) has valence {valence[i]}, allowed {allowed_txt}"
-        reason += f"; {z.size - n_stable} of {z.size} atoms unstable"
+        parts = []
+        for i in np.flatnonzero(~stable)[:3].tolist():
+            allowed = ALLOWED_VALENCES.get(symbol(z[i]))
+            if allowed is None:
+                parts.append(f"atom {i} ({symbol(z[i])}) has no EDM valence")
+            else:
+                allowed_txt = "/".join(map(str, allowed))
+                parts.append(
+                    f"atom {i} ({symbol(z[i])}) has valence {valence[i]}, allowed {allowed_txt}"
+                )
+        reason = "; ".join(parts) + f"; {z.size - n_stable} of {z.size} atoms unstable"
     return StabilityVerdict(False, reason, int(z.size), n_stable)
 
 
