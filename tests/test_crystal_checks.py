@@ -1,0 +1,164 @@
+"""Crystal validators against analytic cases, broken crystals and the CDVAE reference sets."""
+
+from __future__ import annotations
+
+import csv
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pymatgen.core import Lattice, Structure
+
+from pipeline import crystal_checks as cc
+
+SHARED = Path(
+    os.environ.get("LDSM_SHARED_DATA", Path(__file__).resolve().parents[1] / "../shared/datasets")
+)
+
+
+def rock_salt(a: float = 5.64) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Conventional NaCl cell: (lattice (3, 3), frac (8, 3), z (8,))."""
+    s = Structure.from_spacegroup(
+        "Fm-3m", Lattice.cubic(a), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]
+    )
+    return s.lattice.matrix, s.frac_coords, np.array(s.atomic_numbers)
+
+
+def perovskite() -> Structure:
+    return Structure(
+        Lattice.cubic(3.9),
+        ["Sr", "Ti", "O", "O", "O"],
+        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+    )
+
+
+def read_cdvae(name: str, split: str, limit: int | None = None) -> list[Structure]:
+    path = SHARED / "crystals" / name / f"{split}.csv"
+    if not path.exists():
+        pytest.skip(f"reference data {path} absent (set LDSM_SHARED_DATA)")
+    with open(path) as f, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        rows = list(csv.DictReader(f))[:limit]
+        return [Structure.from_str(r["cif"], fmt="cif") for r in rows]
+
+
+def arrays(s: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return s.lattice.matrix, s.frac_coords, np.array(s.atomic_numbers)
+
+
+def test_rock_salt_is_valid():
+    lattice, frac, z = rock_salt()
+    assert cc.structural_validity(lattice, frac, z) == cc.CrystalVerdict(True, "ok")
+    assert cc.compositional_validity(z).ok
+    assert cc.density(Structure(lattice, z, frac)) == pytest.approx(2.165, abs=0.01)
+
+
+def test_minimum_image_distance_is_periodic():
+    # Atoms at x = 0 and x = 0.9 of a 3 A cube are 0.3 A apart through the boundary, not 2.7 A.
+    lattice = np.eye(3) * 3.0
+    frac = np.array([[0.0, 0, 0], [0.9, 0, 0]])
+    assert cc.min_image_distances(lattice, frac)[0, 1] == pytest.approx(0.3)
+    v = cc.structural_validity(lattice, frac, [6, 6])
+    assert not v.ok and v.reason == "atoms 0 and 1 0.30 A apart (< 0.5)"
+    assert cc.structural_validity(lattice, np.array([[0.0, 0, 0], [0.8, 0, 0]]), [6, 6]).ok
+
+
+def test_broken_crystals_are_flagged_with_the_right_reason():
+    lattice, frac, z = rock_salt()
+    merged = frac.copy()
+    merged[1] = merged[0]
+    assert "atoms 0 and 1 0.00 A apart" in cc.structural_validity(lattice, merged, z).reason
+    flat = lattice.copy()
+    flat[2] = flat[0] + flat[1]  # coplanar lattice vectors: zero volume
+    assert cc.structural_validity(flat, frac, z).reason.startswith("cell volume 0 A^3 < 0.1")
+    nan = frac.copy()
+    nan[3, 0] = np.nan
+    assert cc.structural_validity(lattice, nan, z).reason == "non-finite lattice or coordinates"
+    assert cc.structural_validity(lattice, np.zeros((0, 3)), []).reason == "empty structure"
+    assert "shape mismatch" in cc.structural_validity(lattice, frac, z[:3]).reason
+    assert "invalid atomic number" in cc.structural_validity(lattice, frac, z * 0).reason
+    assert cc.to_structure(flat, frac, z) is None and cc.to_structure(lattice, nan, z) is None
+    assert cc.structure_fingerprint(None) is None
+
+
+def test_compositional_validity_follows_cdvae():
+    v = cc.compositional_validity
+    assert v([11, 17]).ok  # NaCl
+    assert v([38, 22, 8, 8, 8]).ok  # SrTiO3
+    unbalanced = v([11, 17, 17])  # NaCl2: Na+ cannot balance two chlorines in any state
+    assert unbalanced == cc.CrystalVerdict(False, "no charge-neutral oxidation-state assignment")
+    assert v([6] * 8) == cc.CrystalVerdict(True, "ok (single element)")
+    assert v([29, 30, 30]) == cc.CrystalVerdict(True, "ok (all-metal alloy)")
+    # SiCl balances only with Si as the anion, against the Pauling electronegativity order.
+    assert v([14, 17]) == cc.CrystalVerdict(
+        False, "charge-neutral only against Pauling electronegativity order"
+    )
+    assert not v([55, 9, 9]).ok  # CsF2: Cs has no +2 state
+    assert not v([]).ok and "invalid atomic number" in v([0, 8]).reason
+
+
+def test_uniqueness_and_novelty_with_structure_matcher():
+    base = perovskite()
+    shifted = base.copy()
+    shifted.translate_sites(list(range(5)), [0.1, 0.2, 0.3])  # same crystal, new origin
+    scaled = base.copy()
+    scaled.scale_lattice(base.volume * 1.05)  # within ltol: same prototype
+    other = Structure(Lattice.cubic(3.9), ["Ba", "Ti", "O", "O", "O"], base.frac_coords)
+    structures = [base, shifted, other, scaled, None]
+    assert cc.unique_mask(structures) == [True, False, True, False, False]
+    assert cc.novel_mask(structures, [other]) == [True, True, False, True, False]
+    assert cc.novel_mask([base], []) == [True]
+
+
+def test_fingerprints_and_coverage():
+    base = perovskite()
+    fp = cc.structure_fingerprint(base)
+    assert fp.shape == (cc.STRUCT_FP_DIM,) == (61,)
+    # Simple cubic: every site is a perfect octahedron, so the octahedral order parameter is 1 and
+    # the CN-6 "oct_max" entry (index 24) equals the CN-6 weight (index 22).
+    ti = cc.structure_fingerprint(Structure(base.lattice, ["Ti"], [[0, 0, 0]]))
+    assert ti[22] > 0.5 and ti[24] == pytest.approx(ti[22], rel=1e-6)
+    comp = cc.composition_fingerprint([38, 22, 8, 8, 8])
+    single = cc.composition_fingerprint([6, 6])
+    k = len(single) // 6
+    assert np.allclose(single[:k], single[k : 2 * k]) and np.allclose(single[2 * k : 3 * k], 0)
+    assert np.allclose(single[4 * k : 5 * k], 0)  # avg_dev of one element is zero
+    assert comp[3 * k] == pytest.approx((38 + 22 + 3 * 8) / 5)  # mean atomic number
+    assert comp[5 * k] == 8  # mode: the most abundant element is O
+
+    gen_s, gen_c = [fp, fp + 1.0, None], [comp, comp, comp]
+    recall, precision = cc.coverage(gen_s, gen_c, [fp], [comp], 0.2, 4.0)
+    assert recall == 1.0 and precision == pytest.approx(1 / 3)  # None counts as a miss
+    assert cc.coverage([], [], [fp], [comp], 0.2, 4.0) == (None, None)
+    assert cc.coverage([None], [comp], [fp], [comp], 0.2, 4.0) == (None, 0.0)
+
+
+def test_wasserstein_and_num_elements():
+    assert cc.wdist([0.0, 1.0], [1.0, 2.0]) == pytest.approx(1.0)
+    assert cc.wdist([], [1.0]) is None
+    assert cc.num_elements([8, 8, 22, 38]) == 3
+
+
+@pytest.mark.parametrize("name", ["perov_5", "carbon_24"])
+def test_reference_test_splits_are_structurally_valid(name):
+    structures = read_cdvae(name, "test")
+    assert len(structures) > 2000
+    verdicts = [cc.structural_validity(*arrays(s)) for s in structures]
+    assert all(v.ok for v in verdicts), [v.reason for v in verdicts if not v.ok][:3]
+
+
+def test_perov_5_compositional_validity_is_high():
+    # CDVAE reports 98.6 % compositional validity for Perov-5 data itself.
+    verdicts = [cc.compositional_validity(arrays(s)[2]) for s in read_cdvae("perov_5", "test", 600)]
+    assert 0.95 < np.mean([v.ok for v in verdicts]) < 1.0
+
+
+def test_mp_20_sample_never_crashes():
+    for s in read_cdvae("mp_20_sample", "test", 40):
+        for verdict in (
+            cc.structural_validity(*arrays(s)),
+            cc.compositional_validity(s.atomic_numbers),
+        ):
+            assert isinstance(verdict.ok, bool) and verdict.reason
