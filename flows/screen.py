@@ -1,0 +1,320 @@
+"""The ``screen`` flow: validate candidate molecules and crystals with the field's own checks.
+
+``ldsm screen INPUT --out DIR [--reference REF] [--train-smiles FILE]`` reads INPUT (a file or
+folder of SDF / XYZ / extxyz / CIF / CDVAE CSV) with ``pipeline.io.read_structures``, runs the
+checks of ``pipeline.molecule_checks`` and ``pipeline.crystal_checks`` on chunks in parallel
+(Prefect task mapping), ranks the candidates and writes into DIR:
+
+- ``screen.csv``: one row per candidate (read rejects included) with every verdict and its reason;
+- ``passing/``: the passing molecules (``molecules.sdf``) and crystals (one CIF each);
+- ``metrics.json``: ``{"molecules": {...}, "crystals": {...}, "n_read_rejects": k}`` with the keys
+  of ``pipeline.metrics`` (None where a metric does not apply);
+- ``report.md`` with ``plots/*.png``; the same tables are published as Prefect artifacts;
+- ``config.json``: the ``ScreenConfig`` of the run.
+
+``--reference`` is a reference (test) split read the same way: it enables crystal novelty,
+coverage (with CDVAE's cutoffs for the data set named by ``--cov-cutoffs``, guessed from the path)
+and the Wasserstein distances. Its fingerprints are cached under ``$LDSM_HOME/screen``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.task_runners import ThreadPoolTaskRunner
+from pydantic import BaseModel
+
+from pipeline import crystal_checks as cc
+from pipeline import metrics as pm
+from pipeline import molecule_checks as mc
+
+CRYSTAL_SUFFIXES = {".cif", ".csv"}
+
+
+class ScreenConfig(BaseModel):
+    """Typed configuration of one screening run (dumped to DIR/config.json)."""
+
+    input: str
+    out: str
+    reference: str | None = None
+    train_smiles: str | None = None
+    posebusters: bool = True
+    xtb: bool = False
+    chgnet: bool = False
+    cov_cutoffs: str | None = None
+    chunk_size: int = 256
+
+
+def _ldsm_home() -> Path:
+    return Path(os.environ.get("LDSM_HOME", Path.home() / ".cache" / "ldsm"))
+
+
+def _guess_cutoffs(reference: str | None) -> str | None:
+    """CDVAE cutoff set from the reference path (perov_5 / carbon_24 / mp_20), else None."""
+    if reference is None:
+        return None
+    text = str(reference).lower()
+    for name in cc.COV_CUTOFFS:
+        if name.split("_")[0] in text:
+            return name
+    return None
+
+
+@task(retries=2, retry_delay_seconds=1)
+def read_task(path: str):
+    """Read candidates; I/O retries, bad records come back as rejects."""
+    from pipeline.io import read_structures
+
+    return read_structures(path)
+
+
+@task
+def check_molecules_task(chunk: list, posebusters: bool, xtb: bool) -> list[dict]:
+    names = [d.name for d in chunk]
+    zs = [d.z.numpy() for d in chunk]
+    poss = [d.pos.numpy() for d in chunk]
+    return pm.check_molecules(names, zs, poss, posebusters=posebusters, xtb=xtb)
+
+
+@task
+def check_crystals_task(chunk: list, fingerprints: bool, chgnet: bool) -> list[dict]:
+    names = [d.name for d in chunk]
+    lattices = [d.lattice.numpy().reshape(3, 3) for d in chunk]
+    fracs = [d.frac.numpy() for d in chunk]
+    zs = [d.z.numpy() for d in chunk]
+    return pm.check_crystals(names, lattices, fracs, zs, fingerprints=fingerprints, chgnet=chgnet)
+
+
+@task
+def reference_fingerprints_task(structures: list, key: str) -> tuple[list, list]:
+    """Reference fingerprints, cached by content hash (CrystalNN takes ~20 ms per site)."""
+    cache = _ldsm_home() / "screen" / f"reference_fp_{key}.npz"
+    if cache.exists():
+        data = np.load(cache)
+        return list(data["struct"]), list(data["comp"])
+    struct, comp = [], []
+    for s in structures:
+        fp = cc.structure_fingerprint(s)
+        if fp is not None:
+            struct.append(fp)
+            comp.append(cc.composition_fingerprint(s.atomic_numbers))
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(cache, struct=np.asarray(struct), comp=np.asarray(comp))
+    return struct, comp
+
+
+def _is_crystal(record) -> bool:
+    return getattr(record, "lattice", None) is not None
+
+
+def _chunks(items: list, size: int) -> list[list]:
+    return [items[k : k + size] for k in range(0, len(items), size)]
+
+
+def _reference_structures(path: str) -> tuple[list, str]:
+    result = read_task.fn(path)
+    structures = []
+    for d in result.records:
+        if _is_crystal(d):
+            s = cc.to_structure(d.lattice.numpy().reshape(3, 3), d.frac.numpy(), d.z.numpy())
+            if s is not None:
+                structures.append(s)
+    digest = hashlib.sha256()
+    for s in structures:
+        digest.update(np.asarray(s.atomic_numbers).tobytes())
+        digest.update(np.round(s.lattice.matrix, 5).tobytes())
+        digest.update(np.round(s.frac_coords, 5).tobytes())
+    return structures, digest.hexdigest()[:16]
+
+
+@flow(name="screen", task_runner=ThreadPoolTaskRunner(max_workers=2))
+def screen_flow(config: ScreenConfig) -> dict:
+    """Screen INPUT, write the outputs into ``config.out`` and return the metrics dict."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(config.model_dump_json(indent=2))
+
+    result = read_task(config.input)
+    molecules = [d for d in result.records if not _is_crystal(d)]
+    crystals = [d for d in result.records if _is_crystal(d)]
+
+    reference = ref_fps = None
+    cutoff_name = config.cov_cutoffs or _guess_cutoffs(config.reference)
+    if config.reference is not None:
+        reference, key = _reference_structures(config.reference)
+        if crystals and cutoff_name is not None:
+            ref_fps = reference_fingerprints_task(reference, key)
+
+    mol_futures = check_molecules_task.map(
+        _chunks(molecules, config.chunk_size), config.posebusters, config.xtb
+    )
+    cry_futures = check_crystals_task.map(
+        _chunks(crystals, config.chunk_size), ref_fps is not None, config.chgnet
+    )
+    mol_rows = [row for f in mol_futures for row in f.result()]
+    cry_rows = [row for f in cry_futures for row in f.result()]
+    for reject in result.rejects:
+        kind = "crystal" if Path(reject.file).suffix.lower() in CRYSTAL_SUFFIXES else "molecule"
+        rows = cry_rows if kind == "crystal" else mol_rows
+        rows.append(pm.reject_row(kind, f"{reject.file}:{reject.record}", reject.reason))
+
+    train = None
+    if config.train_smiles is not None:
+        train = _read_train_smiles(config.train_smiles)
+    metrics = {
+        "molecules": pm.molecule_set_metrics(mol_rows, train),
+        "crystals": pm.crystal_set_metrics(
+            cry_rows,
+            reference,
+            ref_fps,
+            cc.COV_CUTOFFS.get(cutoff_name) if cutoff_name else None,
+        ),
+        "n_read_rejects": len(result.rejects),
+    }
+    rows = pm.rank(mol_rows) + pm.rank(cry_rows)
+    write_outputs(out, rows, metrics, cutoff_name)
+    return metrics
+
+
+def _read_train_smiles(path: str) -> set[str]:
+    """Canonical SMILES of a file with one SMILES per line (first column; a header is skipped)."""
+    out = set()
+    for line in Path(path).read_text().splitlines():
+        token = line.split(",")[0].split()[0] if line.strip() else ""
+        smiles = mc.canonicalize_smiles(token) if token else None
+        if smiles is not None:
+            out.add(smiles)
+    return out
+
+
+_SKIP_COLUMNS = {"structure", "struct_fp", "comp_fp", "mol"}
+
+
+def write_outputs(out: Path, rows: list[dict], metrics: dict, cutoff_name: str | None) -> None:
+    """screen.csv, metrics.json, passing structures, report.md with plots, Prefect artifacts."""
+    columns: list[str] = ["rank"]
+    for row in rows:
+        columns += [c for c in row if c not in columns and c not in _SKIP_COLUMNS]
+    with open(out / "screen.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    _write_passing(out / "passing", rows)
+    report = _report(out, rows, metrics, cutoff_name)
+    (out / "report.md").write_text(report)
+    create_markdown_artifact(markdown=report, key="screen-report", description="Screening report")
+    table = [{c: row.get(c) for c in columns[:12]} for row in rows[:200]]
+    create_table_artifact(table=table, key="screen-table", description="Top screened candidates")
+
+
+def _write_passing(folder: Path, rows: list[dict]) -> None:
+    """Passing molecules into one SDF (sanitised, EDM bonds, 3-D), passing crystals one CIF each."""
+    from pymatgen.io.cif import CifWriter
+    from rdkit import Chem
+
+    folder.mkdir(parents=True, exist_ok=True)
+    passing = [r for r in rows if r.get("passed")]
+    writer = Chem.SDWriter(str(folder / "molecules.sdf"))
+    for row in passing:
+        if row["kind"] == "molecule":
+            mol = Chem.Mol(row["mol"])
+            mol.SetProp("_Name", row["name"])
+            writer.write(mol)
+        else:
+            CifWriter(row["structure"]).write_file(
+                folder / f"{row['rank']}_{_safe(row['name'])}.cif"
+            )
+    writer.close()
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)[:120]
+
+
+def _report(out: Path, rows: list[dict], metrics: dict, cutoff_name: str | None) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = out / "plots"
+    plots.mkdir(exist_ok=True)
+    lines = ["# Screening report", ""]
+    for kind in ("molecules", "crystals"):
+        m = metrics[kind]
+        if not m["n"]:
+            continue
+        lines += [f"## {kind.capitalize()} ({m['n']})", "", "| metric | value |", "| --- | --- |"]
+        lines += [
+            f"| {k} | {'n/a' if v is None else f'{v:.4g}'} |" for k, v in m.items() if k != "n"
+        ]
+        fractions = {k: v for k, v in m.items() if k not in ("n",) and v is not None}
+        fractions = {k: v for k, v in fractions.items() if not k.startswith("wdist")}
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.barh(list(fractions), list(fractions.values()))
+        ax.set_xlim(0, 1)
+        ax.set_xlabel("fraction")
+        fig.tight_layout()
+        fig.savefig(plots / f"{kind}_metrics.png", dpi=100)
+        plt.close(fig)
+        lines += ["", f"![{kind} metrics](plots/{kind}_metrics.png)", "", "Most common failures:"]
+        kind_rows = [r for r in rows if r["kind"] == kind[:-1]]
+        reasons = Counter(
+            f"{col}: {r[col]}"
+            for r in kind_rows
+            for col in r
+            if col.endswith("_reason") and isinstance(r[col], str) and not r[col].startswith("ok")
+        )
+        lines += [f"- {n} x {reason}" for reason, n in reasons.most_common(10)] or ["- none"]
+        lines.append("")
+    if metrics["crystals"]["n"]:
+        lines.append(f"Coverage cutoffs: {cutoff_name or 'none (no reference data set named)'}.")
+    lines.append(f"Read rejects: {metrics['n_read_rejects']}.")
+    return "\n".join(lines) + "\n"
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "screen",
+        help="validate and rank candidate molecules and crystals",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: ldsm screen samples/ --out runs/screen "
+        "--reference ../shared/datasets/crystals/perov_5/test.csv",
+    )
+    parser.add_argument("input", help="file or folder of SDF / XYZ / extxyz / CIF / CDVAE CSV")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--reference", help="reference (test) split for novelty and coverage")
+    parser.add_argument("--train-smiles", help="file of training SMILES (one per line)")
+    parser.add_argument("--cov-cutoffs", choices=sorted(cc.COV_CUTOFFS), help="CDVAE cutoffs")
+    parser.add_argument("--no-posebusters", action="store_true", help="skip PoseBusters")
+    parser.add_argument("--xtb", action="store_true", help="GFN2-xTB relaxation (slow)")
+    parser.add_argument("--chgnet", action="store_true", help="CHGNet energy and relaxation")
+    parser.add_argument("--chunk-size", type=int, default=256, help="candidates per task")
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    config = ScreenConfig(
+        input=args.input,
+        out=args.out,
+        reference=args.reference,
+        train_smiles=args.train_smiles,
+        posebusters=not args.no_posebusters,
+        xtb=args.xtb,
+        chgnet=args.chgnet,
+        cov_cutoffs=args.cov_cutoffs,
+        chunk_size=args.chunk_size,
+    )
+    metrics = screen_flow(config)
+    print(json.dumps(metrics, indent=2))
+    return 0

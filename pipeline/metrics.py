@@ -1,0 +1,266 @@
+"""Screening rows and set metrics: per-candidate verdicts into table rows, rows into metrics.json.
+
+Pure functions over plain arrays; the Prefect flow (``flows/screen.py``) maps ``check_molecules``
+and ``check_crystals`` over chunks and calls the set metrics once.
+
+Conventions (written here because the issue leaves them open):
+- Molecule fractions follow EDM: ``validity`` over all candidates, ``uniqueness`` over valid ones,
+  ``novelty`` over unique valid ones; ``connectivity`` and ``posebusters_pass`` over all candidates
+  (a candidate that is not valid fails both).
+- Crystal ``uniqueness`` is over valid crystals (structurally and compositionally) and ``novelty``
+  over unique valid ones, mirroring the molecules; density and element-count distances compare the
+  valid crystals with the reference set, as CDVAE does.
+- Read rejects are candidates too: they count in ``n`` and fail every check.
+- A metric that does not apply (no reference, no training SMILES, nothing valid) is None.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from pipeline import crystal_checks as cc
+from pipeline import molecule_checks as mc
+
+MOLECULE_KEYS = (
+    "n",
+    "atom_stability",
+    "molecule_stability",
+    "validity",
+    "uniqueness",
+    "novelty",
+    "connectivity",
+    "posebusters_pass",
+)
+CRYSTAL_KEYS = (
+    "n",
+    "structural_validity",
+    "compositional_validity",
+    "uniqueness",
+    "novelty",
+    "coverage_recall",
+    "coverage_precision",
+    "wdist_density",
+    "wdist_num_elements",
+)
+
+
+def reject_row(kind: str, name: str, reason: str) -> dict:
+    """Row of a candidate that could not be read: every check fails with the read reason."""
+    return {"kind": kind, "name": name, "read_ok": False, "read_reason": reason, "passed": False}
+
+
+def check_molecules(
+    names: Sequence[str],
+    zs: Sequence[np.ndarray],
+    poss: Sequence[np.ndarray],
+    posebusters: bool = True,
+    xtb: bool = False,
+) -> list[dict]:
+    """Per-molecule verdict rows. ``zs[k]`` (N_k,) atomic numbers, ``poss[k]`` (N_k, 3) Angstrom."""
+    stability = mc.edm_stability_many(list(zip(zs, poss, strict=True)))
+    rows, mols = [], []
+    for name, z, pos, st in zip(names, zs, poss, stability, strict=True):
+        val = mc.rdkit_validity(z, pos)
+        con = mc.connectivity(val)
+        second = mc.determine_bonds_validity(z, pos)
+        mol = mc.sanitized_mol(z, pos)[0] if val.ok else None
+        mols.append(mol)
+        rows.append(
+            {
+                "kind": "molecule",
+                "name": name,
+                "read_ok": True,
+                "read_reason": "ok",
+                "n_atoms": st.n_atoms,
+                "n_stable_atoms": st.n_stable_atoms,
+                "stable": st.ok,
+                "stable_reason": st.reason,
+                "valid": val.ok,
+                "valid_reason": val.reason,
+                "smiles": val.smiles,
+                "connected": con.ok,
+                "connected_reason": con.reason,
+                "rdkit_bonds_valid": second.ok,
+                "rdkit_bonds_reason": second.reason,
+                "mol": mol,  # sanitised RDKit molecule for PoseBusters and the SDF output
+            }
+        )
+    if posebusters:
+        for row, verdict in zip(rows, mc.posebusters_checks(mols), strict=True):
+            row["posebusters"], row["posebusters_reason"] = verdict.ok, verdict.reason
+    if xtb:
+        for row, z, pos in zip(rows, zs, poss, strict=True):
+            x = mc.xtb_relaxation(z, pos) if row["valid"] else None
+            row["xtb_ok"] = x.ok if x else False
+            row["xtb_reason"] = x.reason if x else "not valid"
+            row["xtb_energy_ev"] = x.energy if x else None
+            row["xtb_relaxation_ev"] = x.relaxation_energy if x else None
+            row["xtb_rmsd_a"] = x.rmsd if x else None
+    return rows
+
+
+def molecule_set_metrics(rows: list[dict], train_smiles: set[str] | None) -> dict:
+    """Fill ``unique``/``novel``/``passed`` in ``rows`` (in place) and return the metrics dict.
+
+    ``train_smiles``: canonical SMILES (``molecule_checks.canonicalize_smiles``) or None.
+    """
+    out = dict.fromkeys(MOLECULE_KEYS)
+    out["n"] = len(rows)
+    if not rows:
+        return out
+    seen: set[str] = set()
+    for row in rows:
+        smiles = row.get("smiles") if row["read_ok"] else None
+        row["unique"] = smiles is not None and smiles not in seen
+        row["unique_reason"] = (
+            "ok" if row["unique"] else ("not valid" if smiles is None else "duplicate SMILES")
+        )
+        if smiles is not None:
+            seen.add(smiles)
+        if train_smiles is not None:
+            novel = mc.is_novel(smiles, train_smiles)
+            row["novel"], row["novel_reason"] = novel.ok, novel.reason
+    judged = [r for r in rows if r["read_ok"]]
+    atoms = sum(r["n_atoms"] for r in judged)
+    stable_atoms = sum(r["n_stable_atoms"] for r in judged)
+    # Read rejects have no atoms to pool; they only lower molecule-level fractions.
+    out["atom_stability"] = stable_atoms / atoms if atoms else None
+    out["molecule_stability"] = sum(r.get("stable", False) for r in rows) / len(rows)
+    out["validity"] = sum(r.get("valid", False) for r in rows) / len(rows)
+    smiles = [r.get("smiles") for r in rows]
+    out["uniqueness"] = mc.uniqueness(smiles)
+    out["novelty"] = mc.novelty(smiles, train_smiles) if train_smiles is not None else None
+    out["connectivity"] = sum(r.get("connected", False) for r in rows) / len(rows)
+    if any("posebusters" in r for r in judged):
+        out["posebusters_pass"] = sum(r.get("posebusters", False) for r in rows) / len(rows)
+    for row in rows:
+        checks = ["stable", "valid", "connected", "unique"]
+        checks += [c for c in ("posebusters", "novel") if c in row]
+        row["passed"] = bool(row["read_ok"]) and all(row.get(c, False) for c in checks)
+    return out
+
+
+def check_crystals(
+    names: Sequence[str],
+    lattices: Sequence[np.ndarray],
+    fracs: Sequence[np.ndarray],
+    zs: Sequence[np.ndarray],
+    fingerprints: bool = False,
+    chgnet: bool = False,
+) -> list[dict]:
+    """Per-crystal verdict rows: ``lattices[k]`` (3, 3), ``fracs[k]`` (N_k, 3), ``zs[k]`` (N_k,).
+
+    With ``fingerprints`` the rows carry ``struct_fp`` / ``comp_fp`` arrays (for coverage; not CSV
+    columns).
+    """
+    rows = []
+    for name, lattice, frac, z in zip(names, lattices, fracs, zs, strict=True):
+        struct = cc.structural_validity(lattice, frac, z)
+        comp = cc.compositional_validity(z)
+        structure = cc.to_structure(lattice, frac, z)
+        row = {
+            "kind": "crystal",
+            "name": name,
+            "read_ok": True,
+            "read_reason": "ok",
+            "n_atoms": int(np.size(z)),
+            "formula": structure.composition.reduced_formula if structure else None,
+            "struct_valid": struct.ok,
+            "struct_reason": struct.reason,
+            "comp_valid": comp.ok,
+            "comp_reason": comp.reason,
+            "valid": struct.ok and comp.ok,
+            "density": cc.density(structure) if structure else None,
+            "num_elements": cc.num_elements(z) if np.size(z) else None,
+            "structure": structure,
+        }
+        if fingerprints:
+            row["struct_fp"] = cc.structure_fingerprint(structure) if struct.ok else None
+            row["comp_fp"] = cc.composition_fingerprint(z) if struct.ok else None
+        if chgnet:
+            e = cc.chgnet_energy(structure, relax=True) if struct.ok else None
+            row["chgnet_ok"] = e.ok if e else False
+            row["chgnet_reason"] = e.reason if e else "not structurally valid"
+            row["chgnet_energy_per_atom"] = e.energy_per_atom if e else None
+            row["chgnet_relaxed_energy_per_atom"] = e.relaxed_energy_per_atom if e else None
+        rows.append(row)
+    return rows
+
+
+def crystal_set_metrics(
+    rows: list[dict],
+    reference: Sequence | None = None,
+    reference_fps: tuple[list, list] | None = None,
+    cutoffs: dict[str, float] | None = None,
+) -> dict:
+    """Fill ``unique``/``novel``/``passed`` in ``rows`` (in place) and return the metrics dict.
+
+    ``reference``: pymatgen Structures of the reference (test) split or None; ``reference_fps``:
+    their (structure, composition) fingerprints; ``cutoffs``: ``COV_CUTOFFS[name]``. Coverage needs
+    both of the last two, and the rows computed with ``fingerprints=True``.
+    """
+    out = dict.fromkeys(CRYSTAL_KEYS)
+    out["n"] = len(rows)
+    if not rows:
+        return out
+    out["structural_validity"] = sum(r.get("struct_valid", False) for r in rows) / len(rows)
+    out["compositional_validity"] = sum(r.get("comp_valid", False) for r in rows) / len(rows)
+    valid = [r for r in rows if r.get("valid", False)]
+    structures = [r["structure"] for r in valid]
+    unique = cc.unique_mask(structures)
+    for row in rows:
+        row["unique"], row["unique_reason"] = False, "not valid"
+    for row, u in zip(valid, unique, strict=True):
+        row["unique"], row["unique_reason"] = u, "ok" if u else "matches an earlier crystal"
+    out["uniqueness"] = sum(unique) / len(valid) if valid else None
+    if reference is not None:
+        uniq_rows = [r for r in valid if r["unique"]]
+        novel = cc.novel_mask([r["structure"] for r in uniq_rows], reference)
+        for row in rows:
+            row["novel"], row["novel_reason"] = False, row["unique_reason"]
+        for row, n in zip(uniq_rows, novel, strict=True):
+            row["novel"], row["novel_reason"] = n, "ok" if n else "matches a reference crystal"
+        out["novelty"] = sum(novel) / len(uniq_rows) if uniq_rows else None
+        out["wdist_density"] = cc.wdist(
+            [r["density"] for r in valid], [s.density for s in reference]
+        )
+        out["wdist_num_elements"] = cc.wdist(
+            [r["num_elements"] for r in valid], [len(s.composition.elements) for s in reference]
+        )
+    if reference_fps is not None and cutoffs is not None and any("struct_fp" in r for r in rows):
+        recall, precision = cc.coverage(
+            [r.get("struct_fp") for r in rows],
+            [r.get("comp_fp") for r in rows],
+            reference_fps[0],
+            reference_fps[1],
+            cutoffs["struc"],
+            cutoffs["comp"],
+        )
+        out["coverage_recall"], out["coverage_precision"] = recall, precision
+    for row in rows:
+        checks = ["valid", "unique"] + (["novel"] if "novel" in row else [])
+        row["passed"] = bool(row["read_ok"]) and all(row.get(c, False) for c in checks)
+    return out
+
+
+def rank(rows: list[dict]) -> list[dict]:
+    """Rows ordered best first: passing ones, then by checks passed, then lowest xTB/CHGNet energy.
+
+    Adds a 1-based ``rank`` column.
+    """
+    bool_cols = {
+        "stable", "valid", "connected", "unique", "novel", "posebusters", "struct_valid",
+        "comp_valid",
+    }  # fmt: skip
+
+    def key(row: dict) -> tuple:
+        n_ok = sum(bool(row.get(c)) for c in bool_cols)
+        energy = row.get("xtb_relaxation_ev", row.get("chgnet_relaxed_energy_per_atom"))
+        return (not row.get("passed", False), -n_ok, energy if energy is not None else np.inf)
+
+    ordered = sorted(rows, key=key)
+    for k, row in enumerate(ordered, 1):
+        row["rank"] = k
+    return ordered
