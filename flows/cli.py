@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows import demo
+from flows import demo, screen
 
-COMMANDS = [demo]
+COMMANDS = [demo, screen]
 
 
 def build_parser() -> argparse.ArgumentParser:
