@@ -26,7 +26,9 @@ RDKit validity (EDM ``qm9/rdkit_functions.py``): build the molecule from the inf
 sanitise (failure = invalid), keep the largest fragment, canonical SMILES. Our SMILES are heavy-atom
 canonical SMILES without stereo (``RemoveHs`` then ``MolToSmiles(isomericSmiles=False)``) so that
 they compare with the training set's SMILES; EDM's keep explicit ``[H]`` atoms, which changes no
-count.
+count. As in EDM, atoms are created without ``NoImplicit``, so RDKit fills an under-bonded atom
+with implicit hydrogens (ideal benzene, all C-C single under EDM's tables, sanitises as
+cyclohexane): RDKit validity is more lenient than EDM stability, exactly as published.
 """
 
 from __future__ import annotations
