@@ -79,7 +79,7 @@ def read_task(path: str):
 
 @task
 def check_molecules_task(chunk: list, posebusters: bool, xtb: bool) -> list[dict]:
-    names = [d.name for d in chunk]
+    names = [str(getattr(d, "name", "")) or f"record{k}" for k, d in enumerate(chunk)]
     zs = [d.z.numpy() for d in chunk]
     poss = [d.pos.numpy() for d in chunk]
     return pm.check_molecules(names, zs, poss, posebusters=posebusters, xtb=xtb)
@@ -87,7 +87,7 @@ def check_molecules_task(chunk: list, posebusters: bool, xtb: bool) -> list[dict
 
 @task
 def check_crystals_task(chunk: list, fingerprints: bool, chgnet: bool) -> list[dict]:
-    names = [d.name for d in chunk]
+    names = [str(getattr(d, "name", "")) or f"record{k}" for k, d in enumerate(chunk)]
     lattices = [d.lattice.numpy().reshape(3, 3) for d in chunk]
     fracs = [d.frac.numpy() for d in chunk]
     zs = [d.z.numpy() for d in chunk]
