@@ -1,0 +1,168 @@
+"""Potential energies U whose gradients define the physical forward drift f = -1/2 beta(t) grad U.
+
+Every term is a pure function of ONE padded graph: ``pos (max_nodes, d)``, ``mask (max_nodes,)`` and
+optional integer ``types (max_nodes,)``, returning a scalar. Graph batches are handled by
+``torch.func.vmap`` in :mod:`pipeline.processes`, which also takes gradients and Hessians by autograd
+(no hand derivations). Terms avoid data-dependent shapes (masks multiply, never index) so that vmap
+and Hessians work.
+
+Pair terms are smooth with bounded forces (``phi'`` bounded on [0, inf)), so the drift stays finite
+when atoms overlap. A pair parameter is a float or a ``(num_types, num_types)`` symmetric tensor
+indexed by the node types (per-element-pair parameters).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+Param = float | Tensor
+
+# Added under the square root of |x_i - x_j|^2 so that r, and its derivatives, stay finite at r = 0.
+_R2_EPS = 1e-12
+
+
+def _pair_param(value: Param, types: Tensor | None, like: Tensor) -> Tensor:
+    """Broadcast a pair parameter to ``(max_nodes, max_nodes)`` (or a scalar tensor)."""
+    if isinstance(value, Tensor) and value.dim() == 2:
+        if types is None:
+            raise ValueError("a per-element-pair parameter needs node types")
+        value = value.to(like)
+        return value[types[:, None], types[None, :]]
+    return torch.as_tensor(value, dtype=like.dtype, device=like.device)
+
+
+def _pair_distances(pos: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Distances ``(n, n)`` and the pair weight ``(n, n)``: 1 for i < j both real, else 0."""
+    diff = pos[:, None, :] - pos[None, :, :]
+    r = torch.sqrt((diff**2).sum(-1) + _R2_EPS)
+    real = mask[:, None] & mask[None, :]
+    upper = torch.ones_like(r, dtype=torch.bool).triu(diagonal=1)
+    return r, (real & upper).to(pos.dtype)
+
+
+@dataclass(frozen=True)
+class HarmonicConfinement:
+    """``k/2 sum_i |x_i - c|^2`` with c the centre of mass (``centred``) or the origin.
+
+    Centred, it is translation invariant and equals ``k/2 |x|^2`` on the zero-CoM subspace, whose drift
+    alone is EDM's VP SDE when k = 1; about the origin it is the plain VP SDE of independent nodes.
+    """
+
+    k: float = 1.0
+    centred: bool = True
+
+    def __call__(self, pos: Tensor, mask: Tensor, types: Tensor | None = None) -> Tensor:
+        m = mask.to(pos.dtype)[:, None]
+        centre = (pos * m).sum(0) / m.sum().clamp(min=1) if self.centred else 0.0
+        return 0.5 * self.k * (((pos - centre) ** 2) * m).sum()
+
+
+@dataclass(frozen=True)
+class SoftSphere:
+    """``eps (1 - r/sigma)^2`` for ``r < sigma``: harmonic soft-sphere repulsion (max force 2 eps/sigma)."""
+
+    epsilon: Param = 1.0
+    sigma: Param = 1.0
+
+    def __call__(self, pos: Tensor, mask: Tensor, types: Tensor | None = None) -> Tensor:
+        r, w = _pair_distances(pos, mask)
+        eps, sig = _pair_param(self.epsilon, types, r), _pair_param(self.sigma, types, r)
+        overlap = torch.clamp(1 - r / sig, min=0.0)
+        return (w * eps * overlap**2).sum()
+
+
+@dataclass(frozen=True)
+class Morse:
+    """``D_e (1 - exp(-a (r - r0)))^2 - D_e``: a bond well of depth D_e at r0, zero at infinity."""
+
+    depth: Param = 1.0
+    width: Param = 1.0
+    r0: Param = 1.0
+
+    def __call__(self, pos: Tensor, mask: Tensor, types: Tensor | None = None) -> Tensor:
+        r, w = _pair_distances(pos, mask)
+        de = _pair_param(self.depth, types, r)
+        a = _pair_param(self.width, types, r)
+        r0 = _pair_param(self.r0, types, r)
+        return (w * de * ((1 - torch.exp(-a * (r - r0))) ** 2 - 1)).sum()
+
+
+@dataclass(frozen=True)
+class CappedLennardJones:
+    """Soft-core Lennard-Jones (Beutler et al. 1994): ``4 eps [(sigma/r_s)^12 - (sigma/r_s)^6]`` with
+    ``r_s^6 = r^6 + alpha sigma^6``. Smooth, finite at r = 0, force bounded; alpha -> 0 gives plain LJ.
+    """
+
+    epsilon: Param = 1.0
+    sigma: Param = 1.0
+    alpha: float = 0.5
+
+    def __call__(self, pos: Tensor, mask: Tensor, types: Tensor | None = None) -> Tensor:
+        r, w = _pair_distances(pos, mask)
+        eps, sig = _pair_param(self.epsilon, types, r), _pair_param(self.sigma, types, r)
+        x6 = sig**6 / (r**6 + self.alpha * sig**6)
+        return (w * 4 * eps * (x6**2 - x6)).sum()
+
+
+@dataclass(frozen=True)
+class DoubleWell:
+    """``a (x_0^2 - 1)^2 + 1/2 sum_{k>0} x_k^2`` on every node: wells at x_0 = +-1, barrier height a."""
+
+    barrier: float = 1.0
+
+    def __call__(self, pos: Tensor, mask: Tensor, types: Tensor | None = None) -> Tensor:
+        m = mask.to(pos.dtype)
+        u = self.barrier * (pos[:, 0] ** 2 - 1) ** 2 + 0.5 * (pos[:, 1:] ** 2).sum(-1)
+        return (m * u).sum()
+
+
+@dataclass(frozen=True)
+class GaussianMixturePotential:
+    """``-log sum_k w_k N(x; mu_k, s_k^2 I)`` on every node: exp(-U) is exactly a Gaussian mixture.
+
+    ``means (K, d)``, ``stds (K,)``, ``weights (K,)`` (normalised here).
+    """
+
+    means: Tensor
+    stds: Tensor
+    weights: Tensor
+
+    def __call__(self, pos: Tensor, mask: Tensor, types: Tensor | None = None) -> Tensor:
+        mu, s = self.means.to(pos), self.stds.to(pos)
+        logw = torch.log(self.weights.to(pos) / self.weights.sum())
+        d = pos.shape[-1]
+        sq = ((pos[:, None, :] - mu[None]) ** 2).sum(-1)  # (n, K)
+        logp = logw - sq / (2 * s**2) - d * torch.log(s) - 0.5 * d * math.log(2 * math.pi)
+        return -(mask.to(pos.dtype) * torch.logsumexp(logp, dim=-1)).sum()
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """Exact samples of exp(-U) for one node: ``(n, d)``."""
+        w = self.weights / self.weights.sum()
+        comp = torch.multinomial(w, n, replacement=True, generator=generator)
+        noise = torch.randn(n, self.means.shape[1], generator=generator, dtype=self.means.dtype)
+        return self.means[comp] + self.stds[comp, None] * noise
+
+
+Term = HarmonicConfinement | SoftSphere | Morse | CappedLennardJones | DoubleWell
+Term = Term | GaussianMixturePotential
+
+
+@dataclass(frozen=True)
+class Energy:
+    """A sum of terms: ``U = sum_k term_k``."""
+
+    terms: Sequence[Term]
+
+    def __call__(self, pos: Tensor, mask: Tensor, types: Tensor | None = None) -> Tensor:
+        return sum(term(pos, mask, types) for term in self.terms)
+
+    def harmonic_constant(self) -> float | None:
+        """k when U is a pure harmonic confinement (a linear drift with a closed-form transition)."""
+        if len(self.terms) == 1 and isinstance(self.terms[0], HarmonicConfinement):
+            return self.terms[0].k
+        return None

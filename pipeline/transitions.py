@@ -1,0 +1,202 @@
+"""Local Gaussian transitions of a forward process, the heart of local-DSM.
+
+Over a step from s to t the drift is linearised at ``y_s``: ``F(y) ~ F_s + J_s (y - y_s)``. On the
+process clock the step lasts ``B = int_s^t beta`` (:mod:`pipeline.schedules`), and the linear SDE has
+Gaussian transition (Singhal, Goldstein & Ranganath 2024, eq. 9; DESIGN.md):
+
+    m = y_s + B phi1(J B) F_s,               phi1(z) = (e^z - 1) / z
+    Sigma = int_0^B e^{J r} G G^T P e^{J^T r} dr.
+
+``y_t = m + L eps`` with ``Sigma = L L^T`` and the regression target
+``grad_{y_t} log q(y_t | y_s) = -Sigma^+ (y_t - m) = -L^{-T} eps``. Modes:
+
+* ``expm``: exact moments of the linearised SDE. Gradient drifts (J symmetric, G isotropic) use
+  ``eigh(J)``: ``m = y + Q diag(B phi1(lam B)) Q^T F``, ``Sigma = Q diag(G^2 B phi1(2 lam B)) Q^T``, and
+  the symmetric square root L. Other drifts use Van Loan's block exponential and a Cholesky factor.
+* ``taylor2``: second order in B with Jacobian-vector products only (large systems):
+  ``m = y + B F + B^2/2 J F``, ``L = sqrt(B) (I + B/2 J) G``, ``L^{-T} ~ B^{-1/2} (I - B/2 J^T) G^{-1}``.
+* ``euler``: J = 0, ``m = y + B F``, ``L = sqrt(B) G``.
+
+All moments are computed in float64 whatever the caller's dtype (the block exponential loses all
+precision in float32 for stiff or short steps; see DESIGN.md, Numerics).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+from torch import Tensor
+from torch.func import jvp, vjp
+
+from pipeline.batching import from_dense, to_dense
+from pipeline.processes import ForwardProcess
+
+Mode = Literal["expm", "taylor2", "euler"]
+MODES: tuple[Mode, ...] = ("expm", "taylor2", "euler")
+
+
+def phi1(z: Tensor) -> Tensor:
+    """``(e^z - 1) / z``, continuous at 0 (Taylor branch for |z| < 1e-6)."""
+    small = z.abs() < 1e-6
+    safe = torch.where(small, torch.ones_like(z), z)
+    return torch.where(small, 1 + z / 2 + z**2 / 6, torch.expm1(safe) / safe)
+
+
+def _spectral(q: Tensor, values: Tensor, v: Tensor) -> Tensor:
+    """``Q diag(values) Q^T v`` per graph: ``q (B, n, n)``, ``values (B, n)``, ``v (B, n)``."""
+    return torch.einsum("bij,bj,bkj,bk->bi", q, values, q, v)
+
+
+def _flat(dense: Tensor) -> Tensor:
+    return dense.reshape(dense.shape[0], -1)
+
+
+def local_step(
+    process: ForwardProcess,
+    y: Tensor,
+    budget: Tensor,
+    batch: Tensor,
+    eps: Tensor,
+    mode: Mode = "expm",
+    types: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """One draw from the linearised transition and its score.
+
+    Args:
+        y: ``(num_nodes, d)`` the state ``y_s``.
+        budget: ``(num_graphs,)`` ``B = int_s^t beta`` (> 0 where a target is needed).
+        eps: ``(num_nodes, d)`` standard normal noise (CoM projection is applied here).
+    Returns:
+        ``y_t (num_nodes, d)`` and ``target (num_nodes, d) = grad log q(y_t | y_s)``, in y's dtype.
+    """
+    dtype = y.dtype
+    y, eps, budget = y.double(), eps.double(), budget.double()
+    if mode == "euler":
+        y_t, target = _euler(process, y, budget, batch, eps, types)
+    elif mode == "taylor2":
+        y_t, target = _taylor2(process, y, budget, batch, eps, types)
+    elif mode == "expm" and process.symmetric:
+        y_t, target = _expm_symmetric(process, y, budget, batch, eps, types)
+    elif mode == "expm":
+        y_t, target = _expm_van_loan(process, y, budget, batch, eps, types)
+    else:
+        raise ValueError(f"unknown local-DSM mode {mode!r}; choose one of {MODES}")
+    return y_t.to(dtype), target.to(dtype)
+
+
+def _euler(process, y, budget, batch, eps, types):
+    g = process.noise_scale(y.shape[1], y)
+    b = budget[batch, None]
+    y_t = y + b * process.drift_field(y, batch, types) + process.project(b.sqrt() * g * eps, batch)
+    target = -process.project(eps, batch) / (b.clamp(min=1e-300).sqrt() * g)
+    return y_t, target
+
+
+def _taylor2(process, y, budget, batch, eps, types):
+    g = process.noise_scale(y.shape[1], y)
+    b = budget[batch, None]
+
+    def field(z: Tensor) -> Tensor:
+        return process.drift_field(z, batch, types)
+
+    f, jf = jvp(field, (y,), (process.drift_field(y, batch, types),))
+    eps = process.project(eps, batch)
+    _, j_g_eps = jvp(field, (y,), (g * eps,))
+    _, pullback = vjp(field, y)
+    (jt_eps,) = pullback(eps / g)
+    noise = b.sqrt() * (g * eps + 0.5 * b * j_g_eps)
+    y_t = y + b * f + 0.5 * b**2 * jf + process.project(noise, batch)
+    target = -process.project(eps / g - 0.5 * b * jt_eps, batch) / b.clamp(min=1e-300).sqrt()
+    return y_t, target
+
+
+def _expm_symmetric(process, y, budget, batch, eps, types):
+    jac, mask = process.drift_jacobian(y, batch, types)
+    lam, q = torch.linalg.eigh(jac)  # (B, nd), (B, nd, nd)
+    g2 = float(process.noise_scale(1, y)[0]) ** 2
+    b = budget[:, None]
+    f = _flat(to_dense(process.drift_field(y, batch, types), batch)[0])
+    e = _flat(to_dense(eps, batch)[0])
+    var = g2 * b * phi1(2 * lam * b)  # (B, nd) eigenvalues of Sigma, > 0
+    shape = (*mask.shape, y.shape[1])
+    mean = y + from_dense(_spectral(q, b * phi1(lam * b), f).reshape(shape), mask)
+    noise = from_dense(_spectral(q, var.sqrt(), e).reshape(shape), mask)
+    score = from_dense(_spectral(q, var.clamp(min=1e-300).rsqrt(), e).reshape(shape), mask)
+    return mean + process.project(noise, batch), -process.project(score, batch)
+
+
+def van_loan_moments(jac: Tensor, noise_cov: Tensor, drift: Tensor, budget: Tensor):
+    """Exact moments of ``dy = (F + J (y - y_s)) dtau + G dW`` over ``budget``, by block exponentials.
+
+    Args: ``jac (B, n, n)``, ``noise_cov (B, n, n) = G G^T``, ``drift (B, n) = F_s``, ``budget (B,)``.
+    Returns: mean displacement ``(B, n) = B phi1(J B) F`` and covariance ``(B, n, n)``.
+
+    Van Loan (1978): ``expm([[-J, GG^T], [0, J^T]] h) = [[., E12], [0, E22]]`` gives
+    ``Sigma(h) = E22^T E12``. That product of huge and tiny factors loses all precision for stiff,
+    contracting J, so it is taken only over ``h = B / 2^k`` with ``h |J| <= 1/2``, then doubled k times:
+    ``Sigma(2h) = Sigma(h) + e^{Jh} Sigma(h) e^{J^T h}`` and ``shift(2h) = shift(h) + e^{Jh} shift(h)``.
+    """
+    nb, n, _ = jac.shape
+    norm = torch.linalg.matrix_norm(jac * budget[:, None, None], ord=1).max()
+    k = max(0, math.ceil(math.log2(max(float(norm), 1e-300) / 0.5)))
+    h = (budget / 2**k)[:, None, None]
+    block = torch.zeros(nb, 2 * n, 2 * n, dtype=jac.dtype, device=jac.device)
+    block[:, :n, :n] = -jac
+    block[:, :n, n : 2 * n] = noise_cov
+    block[:, n : 2 * n, n : 2 * n] = jac.transpose(1, 2)
+    e = torch.linalg.matrix_exp(block * h)
+    aug = torch.zeros(nb, n + 1, n + 1, dtype=jac.dtype, device=jac.device)
+    aug[:, :n, :n] = jac
+    aug[:, :n, n] = drift
+    ea = torch.linalg.matrix_exp(aug * h)
+    prop, shift = ea[:, :n, :n], ea[:, :n, n]
+    cov = e[:, n : 2 * n, n : 2 * n].transpose(1, 2) @ e[:, :n, n : 2 * n]
+    for _ in range(k):
+        cov = cov + prop @ cov @ prop.transpose(1, 2)
+        shift = shift + (prop @ shift[..., None])[..., 0]
+        prop = prop @ prop
+    return shift, 0.5 * (cov + cov.transpose(1, 2))
+
+
+def _expm_van_loan(process, y, budget, batch, eps, types):
+    if process.com_free:
+        raise ValueError("centre-of-mass-free processes must be gradient drifts (symmetric mode)")
+    jac, mask = process.drift_jacobian(y, batch, types)
+    nb, n, d = (*mask.shape, y.shape[1])
+    g2 = process.noise_scale(d, y).repeat(n) ** 2
+    f = _flat(to_dense(process.drift_field(y, batch, types), batch)[0])
+    shift, cov = van_loan_moments(jac, torch.diag_embed(g2.expand(nb, -1)), f, budget)
+    chol = torch.linalg.cholesky(cov)
+    e = _flat(to_dense(eps, batch)[0])[..., None]
+    noise = (chol @ e)[..., 0]
+    score = torch.linalg.solve_triangular(chol.transpose(1, 2), e, upper=True)[..., 0]
+    back = lambda v: from_dense(v.reshape(nb, n, d), mask)  # noqa: E731
+    return y + back(shift) + back(noise), -back(score)
+
+
+def simulate_forward(
+    process: ForwardProcess,
+    x0: Tensor,
+    t: Tensor,
+    batch: Tensor,
+    n_steps: int,
+    mode: Mode = "expm",
+    types: Tensor | None = None,
+    generator: torch.Generator | None = None,
+    start: Tensor | None = None,
+) -> Tensor:
+    """Draw ``x_t`` from ``x_0`` (at time ``start``, default 0) by ``n_steps`` local-linearisation steps.
+
+    Exponential (``expm``) steps stay stable where plain Euler-Maruyama blows up (DESIGN.md, Numerics).
+    ``t (num_graphs,)``; graphs with ``t == start`` are returned unchanged. No network is involved.
+    """
+    start = torch.zeros_like(t) if start is None else start
+    x = x0
+    for i in range(n_steps):
+        t0 = start + (t - start) * (i / n_steps)
+        t1 = start + (t - start) * ((i + 1) / n_steps)
+        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        x, _ = local_step(process, x, process.schedule.integral(t0, t1), batch, eps, mode, types)
+    return x
