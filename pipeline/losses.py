@@ -123,7 +123,7 @@ def local_dsm_loss(
     step: StepSchedule = ConstantBudget(),
     weight: Weight = vp_weight,
     mode: Mode = "expm",
-    sim_steps: int = 8,
+    sim_budget: float = 0.25,
     sim_mode: Mode = "expm",
     types: Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -131,7 +131,7 @@ def local_dsm_loss(
     """Local-DSM: regress on ``grad log q(y_t | y_s)`` of the linearised step ``s = D-schedule(t)``."""
     t = times(num_graphs(batch), generator)
     s = step(t, process.schedule)
-    y_s = simulate_forward(process, x0, s, batch, sim_steps, sim_mode, types, generator)
+    y_s = simulate_forward(process, x0, s, batch, sim_mode, sim_budget, types, generator)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     y_t, target = local_step(process, y_s, process.schedule.integral(s, t), batch, eps, mode, types)
     return regression_loss(model, y_t, t, batch, target, weight, process.schedule)
@@ -165,14 +165,14 @@ def ism_loss(
     *,
     times: TimeSampler = UniformTimes(),
     weight: Weight = vp_weight,
-    sim_steps: int = 8,
+    sim_budget: float = 0.25,
     sim_mode: Mode = "expm",
     types: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Implicit score matching: ``|s|^2 + 2 v^T (ds/dx) v`` with Rademacher ``v`` (projected by P)."""
     t = times(num_graphs(batch), generator)
-    x_t = simulate_forward(process, x0, t, batch, sim_steps, sim_mode, types, generator)
+    x_t = simulate_forward(process, x0, t, batch, sim_mode, sim_budget, types, generator)
     x_t = x_t.detach().requires_grad_(True)
     signs = torch.randint(0, 2, x0.shape, generator=generator).to(x0.dtype) * 2 - 1
     v = process.project(signs, batch)

@@ -95,8 +95,8 @@ def prior_sample(
     process: GradientProcess,
     batch: Tensor,
     dim: int,
-    n_steps: int = 100,
     duration: float = 10.0,
+    max_budget: float = 0.1,
     types: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
@@ -114,4 +114,4 @@ def prior_sample(
         energy=process.energy, schedule=ConstantSchedule(1.0), com_free=process.com_free
     )
     t = torch.full((int(batch.max()) + 1,), duration, dtype=torch.float64)
-    return simulate_forward(langevin, x, t, batch, n_steps, "expm", types, generator)
+    return simulate_forward(langevin, x, t, batch, "expm", max_budget, types, generator)

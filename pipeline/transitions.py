@@ -181,22 +181,25 @@ def simulate_forward(
     x0: Tensor,
     t: Tensor,
     batch: Tensor,
-    n_steps: int,
     mode: Mode = "expm",
+    max_budget: float = 0.25,
     types: Tensor | None = None,
     generator: torch.Generator | None = None,
     start: Tensor | None = None,
 ) -> Tensor:
-    """Draw ``x_t`` from ``x_0`` (at time ``start``, default 0) by ``n_steps`` local-linearisation steps.
+    """Draw ``x_t`` from ``x_0`` (at time ``start``, default 0) by local-linearisation steps.
 
-    Exponential (``expm``) steps stay stable where plain Euler-Maruyama blows up (DESIGN.md, Numerics).
-    ``t (num_graphs,)``; graphs with ``t == start`` are returned unchanged. No network is involved.
+    Each graph's interval is cut into the same number of steps of equal rate budget, at most
+    ``max_budget`` (the linearisation holds only while ``B |lambda(J)|`` is small; a non-convex U has
+    growing directions that a long step would blow up). Exponential (``expm``) steps stay stable where
+    plain Euler-Maruyama blows up (DESIGN.md, Numerics). ``t (num_graphs,)``; graphs with
+    ``t == start`` are returned unchanged. No network is involved.
     """
     start = torch.zeros_like(t) if start is None else start
+    total = process.schedule.integral(start, t)
+    n_steps = max(1, math.ceil(float(total.max()) / max_budget)) if total.numel() else 0
     x = x0
-    for i in range(n_steps):
-        t0 = start + (t - start) * (i / n_steps)
-        t1 = start + (t - start) * ((i + 1) / n_steps)
+    for _ in range(n_steps):
         eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x, _ = local_step(process, x, process.schedule.integral(t0, t1), batch, eps, mode, types)
+        x, _ = local_step(process, x, total / n_steps, batch, eps, mode, types)
     return x
