@@ -257,3 +257,26 @@ def molecule_inputs(names: tuple[str, ...], dtype: torch.dtype = torch.float64) 
         batch.append(torch.full((len(atoms),), i, dtype=torch.long))
     t = torch.linspace(0.1, 0.9, len(names), dtype=torch.float64)
     return Inputs(h=torch.cat(h), t=t, batch=torch.cat(batch), pos=torch.cat(pos)).to(dtype)
+
+
+def crystal_inputs(
+    crystals: list, num_types: int = 100, dtype: torch.dtype = torch.float64
+) -> Inputs:
+    """ASE ``Atoms`` crystals as a batch: wrapped fractional coordinates, lattice rows in Angstrom,
+    one-hot atomic numbers (``Z - 1``), one time per crystal."""
+    frac, lattice, h, batch = [], [], [], []
+    for i, atoms in enumerate(crystals):
+        frac.append(torch.tensor(atoms.get_scaled_positions(wrap=True), dtype=torch.float64))
+        lattice.append(torch.tensor(atoms.cell.array, dtype=torch.float64))
+        z = torch.tensor(atoms.numbers) - 1
+        h.append(torch.nn.functional.one_hot(z, num_types).double())
+        batch.append(torch.full((len(atoms),), i, dtype=torch.long))
+    t = torch.linspace(0.2, 0.8, len(crystals), dtype=torch.float64)
+    inputs = Inputs(
+        h=torch.cat(h),
+        t=t,
+        batch=torch.cat(batch),
+        frac=torch.cat(frac),
+        lattice=torch.stack(lattice),
+    )
+    return inputs.to(dtype)

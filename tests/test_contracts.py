@@ -4,19 +4,29 @@ from __future__ import annotations
 
 import pytest
 import torch
+from ase.build import bulk
 from contracts import (
     Inputs,
     Kind,
     assert_batch_independent,
     assert_no_cross_graph_gradient,
+    assert_periodic_shift_invariant,
     assert_permutation_equivariant,
     assert_rotation_equivariant,
     assert_translation_invariant,
+    crystal_inputs,
     molecule_inputs,
     random_orthogonal,
 )
 
-from models.graph import fully_connected_edges, remove_mean, scatter_sum
+from models.embeddings import periodic_fourier_features
+from models.graph import (
+    fully_connected_edges,
+    periodic_edges,
+    remove_mean,
+    scatter_mean,
+    scatter_sum,
+)
 
 NAMES = ("CH3CH2OH", "H2O", "C6H6")
 SPEC = {"pos": Kind.VECTOR}
@@ -97,3 +107,45 @@ def test_random_orthogonal_has_rotations_and_reflections():
     eye = torch.eye(3, dtype=torch.float64).expand(6, 3, 3)
     assert torch.allclose(q @ q.transpose(1, 2), eye, atol=1e-12)
     assert torch.allclose(torch.linalg.det(q), torch.tensor([1.0, -1.0] * 3, dtype=torch.float64))
+
+
+CRYSTAL_SPEC = {"frac": Kind.INVARIANT, "lattice": Kind.LATTICE}
+
+
+def _periodic_crystal_module(inp: Inputs, frac_diff: torch.Tensor, gram: torch.Tensor):
+    """Mean Fourier message per atom and a lattice head ``(1 + |mean message|) L``."""
+    edge_index, _ = periodic_edges(inp.frac, inp.batch, inp.num_graphs)
+    msg = periodic_fourier_features(frac_diff, 2)[:, :3] * gram[inp.batch[edge_index[0]], :1]
+    node = scatter_mean(msg, edge_index[0], inp.frac.shape[0])
+    scale = 1.0 + scatter_mean(node, inp.batch, inp.num_graphs).norm(dim=1)
+    return {"frac": node, "lattice": scale[:, None, None] * inp.lattice}
+
+
+def correct_crystal(inp: Inputs) -> dict[str, torch.Tensor]:
+    _, frac_diff = periodic_edges(inp.frac, inp.batch, inp.num_graphs)
+    gram = (inp.lattice @ inp.lattice.transpose(1, 2)).reshape(-1, 9)
+    return _periodic_crystal_module(inp, frac_diff, gram)
+
+
+def unwrapped_differences(inp: Inputs) -> dict[str, torch.Tensor]:
+    """Uses raw fractional differences (no torus): breaks under moving an atom by a lattice vector."""
+    edge_index, _ = periodic_edges(inp.frac, inp.batch, inp.num_graphs)
+    frac_diff = 0.3 * (inp.frac[edge_index[1]] - inp.frac[edge_index[0]])
+    gram = (inp.lattice @ inp.lattice.transpose(1, 2)).reshape(-1, 9)
+    return _periodic_crystal_module(inp, frac_diff, gram)
+
+
+def raw_lattice_entries(inp: Inputs) -> dict[str, torch.Tensor]:
+    """Feeds the lattice matrix itself instead of L L^T: depends on the Cartesian frame."""
+    _, frac_diff = periodic_edges(inp.frac, inp.batch, inp.num_graphs)
+    return _periodic_crystal_module(inp, frac_diff, inp.lattice.reshape(-1, 9))
+
+
+def test_crystal_checks_pass_a_periodic_module_and_catch_broken_ones():
+    inp = crystal_inputs([bulk("NaCl", "rocksalt", a=5.64), bulk("ZnO", "wurtzite", a=3.25, c=5.2)])
+    assert_periodic_shift_invariant(correct_crystal, CRYSTAL_SPEC, inp)
+    assert_rotation_equivariant(correct_crystal, CRYSTAL_SPEC, inp)
+    with pytest.raises(AssertionError, match="periodic shift|lattice translation"):
+        assert_periodic_shift_invariant(unwrapped_differences, CRYSTAL_SPEC, inp)
+    with pytest.raises(AssertionError, match="rotation"):
+        assert_rotation_equivariant(raw_lattice_entries, CRYSTAL_SPEC, inp)
