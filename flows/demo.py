@@ -1,0 +1,75 @@
+"""``ldsm demo``: local-DSM on a 2-D nonlinear process with a known score, in well under two minutes."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from functools import partial
+
+import torch
+
+from models.mlp import TimeMLP
+from pipeline.energies import Energy
+from pipeline.losses import ConstantBudget, UniformTimes, local_dsm_loss
+from pipeline.processes import GradientProcess
+from pipeline.schedules import LinearSchedule
+from pipeline.toy import demo_mixture, fit, score_error
+from pipeline.transitions import MODES
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "demo",
+        help="train a small score network with local-DSM on a 2-D nonlinear process",
+        description=(
+            "Train an MLP with local-DSM under f = -1/2 beta(t) grad U, U = -log of a 2-D Gaussian "
+            "mixture, on exact samples of exp(-U); the true score is -grad U at every t, so the "
+            "relative score error is exact."
+        ),
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="example: ldsm demo --steps 800 --mode taylor2",
+    )
+    parser.add_argument("--mode", choices=MODES, default="expm", help="local-DSM transition mode")
+    parser.add_argument("--steps", type=int, default=800, help="optimiser steps")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument(
+        "--budget", type=float, default=0.2, help="rate budget int_s^t beta per step"
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.manual_seed(args.seed)
+    gen = torch.Generator().manual_seed(args.seed)
+    gmm = demo_mixture()
+    process = GradientProcess(Energy([gmm]), schedule=LinearSchedule(0.1, 8.0))
+    model = TimeMLP(dim=2, hidden=64, layers=3).double()
+    loss = partial(
+        local_dsm_loss,
+        times=UniformTimes(0.05),
+        step=ConstantBudget(args.budget),
+        mode=args.mode,
+        sim_mode="euler",
+        sim_budget=0.1,
+    )
+    test = gmm.sample(8192, gen)
+    test_batch = torch.arange(8192)
+    before = score_error(model, process, test, test_batch, gen)
+    print(f"local-DSM ({args.mode}) on a 2-D Gaussian-mixture potential, {args.steps} steps")
+    start = time.perf_counter()
+    result = fit(
+        model,
+        process,
+        gmm.sample,
+        lambda m, p, x, b, g: loss(m, p, x, b, generator=g),
+        steps=args.steps,
+        batch_size=args.batch_size,
+        generator=gen,
+    )
+    after = score_error(model, process, test, test_batch, gen)
+    print(
+        f"relative score error E|s - grad log q_t|^2 / E|grad log q_t|^2: {before:.3f} -> {after:.4f}"
+    )
+    print(f"training time: {time.perf_counter() - start:.1f} s ({result.steps} steps)")
+    return 0
