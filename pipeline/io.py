@@ -327,11 +327,14 @@ def _parse_cif_block(block: str, name: str) -> Data:
         try:
             structures = CifParser.from_str(block).parse_structures(primitive=False)
         except Exception as exc:
-            details = "; ".join(
-                " ".join(str(w.message).split())
-                for w in caught
-                if "rounded to ideal" not in str(w.message)
-            )
+            # pymatgen repeats its reasons in a summary warning; keep each reason once.
+            notes = []
+            for w in caught:
+                text = " ".join(str(w.message).split())
+                noise = "rounded to ideal" in text or "Issues encountered" in text
+                if not noise and text not in notes:
+                    notes.append(text)
+            details = "; ".join(notes)[:300]
             message = f"broken CIF: {exc}" + (f" ({details})" if details else "")
             raise RecordError(message) from exc
     if len(structures) != 1:

@@ -296,9 +296,13 @@ def from_ase(atoms, name: str | None = None) -> Data:
     y = None if y is None else np.atleast_1d(np.asarray(y, dtype=np.float64))
     pbc = np.asarray(atoms.pbc, dtype=bool)
     if pbc.all():
+        frac = atoms.get_scaled_positions(wrap=False)
+        # ASE re-derives fractions by a float64 solve: a coordinate that was exactly 0 comes back
+        # as ~1e-33, which float32 can hold; snap that solver noise so round trips are exact.
+        frac[np.abs(frac) < 1e-12] = 0.0
         return make_crystal(
             atoms.numbers,
-            atoms.get_scaled_positions(wrap=False),
+            frac,
             atoms.cell.array,
             name=name,
             y=y,
