@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         model,
         process,
         gmm.sample,
-        lambda m, p, x, b, g: loss(m, p, x, b, generator=g),
+        loss,
         steps=args.steps,
         batch_size=args.batch_size,
         generator=gen,

@@ -17,7 +17,7 @@ from torch import Tensor
 from pipeline.losses import ScoreModel
 from pipeline.processes import ForwardProcess, GradientProcess
 from pipeline.schedules import ConstantSchedule
-from pipeline.transitions import simulate_forward
+from pipeline.transitions import Mode, simulate_forward
 
 
 @dataclass(frozen=True)
@@ -97,13 +97,15 @@ def prior_sample(
     dim: int,
     duration: float = 10.0,
     max_budget: float = 0.1,
+    mode: Mode = "expm",
     types: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """Draw from the stationary law ``exp(-U)`` of a gradient process: ``(num_nodes, dim)``.
 
     Starts from ``N(0, P)`` (exact for U = |x|^2/2, nothing more to do then) and runs Langevin
-    dynamics ``dx = -1/2 grad U dtau + dW`` for ``duration`` units of tau with exponential steps.
+    dynamics ``dx = -1/2 grad U dtau + dW`` for ``duration`` units of tau, by local-linearisation
+    steps of ``mode`` (``expm`` stable at large steps; ``euler`` cheap for many small ones).
     """
     x = process.project(
         torch.randn((batch.numel(), dim), generator=generator, dtype=torch.float64), batch
@@ -114,4 +116,4 @@ def prior_sample(
         energy=process.energy, schedule=ConstantSchedule(1.0), com_free=process.com_free
     )
     t = torch.full((int(batch.max()) + 1,), duration, dtype=torch.float64)
-    return simulate_forward(langevin, x, t, batch, "expm", max_budget, types, generator)
+    return simulate_forward(langevin, x, t, batch, mode, max_budget, types, generator)

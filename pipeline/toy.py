@@ -20,8 +20,8 @@ from pipeline.processes import GradientProcess
 
 F64 = torch.float64
 
-# (model, process, x0, batch, generator) -> per-graph losses
-LossFn = Callable[[nn.Module, GradientProcess, Tensor, Tensor, torch.Generator], Tensor]
+# loss_fn(model, process, x0, batch, generator=...) -> per-graph losses, as the pipeline.losses functions
+LossFn = Callable[..., Tensor]
 
 
 def demo_mixture() -> GaussianMixturePotential:
@@ -65,7 +65,8 @@ def fit(
     result = FitResult(steps=0, seconds=0.0)
     start = time.perf_counter()
     while result.steps < steps and (seconds is None or result.seconds < seconds):
-        loss = loss_fn(model, process, sample(batch_size, generator), batch, generator).mean()
+        x0 = sample(batch_size, generator)
+        loss = loss_fn(model, process, x0, batch, generator=generator).mean()
         opt.zero_grad()
         if torch.isfinite(loss):
             loss.backward()
