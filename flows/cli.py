@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows import demo, screen
+from flows import demo, ingest, screen
 
-COMMANDS = [demo, screen]
+COMMANDS = [demo, ingest, screen]
 
 
 def build_parser() -> argparse.ArgumentParser:
