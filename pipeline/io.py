@@ -91,14 +91,16 @@ def _read_text(path: Path, what: str) -> tuple[str | None, Reject | None]:
         return text, None
 
 
-def _accept(result: ReadResult, file: str, record: str, make: Callable[[], Data]) -> None:
+def _accept(
+    result: ReadResult, file: str, record: str, make: Callable[[], Data], min_distance: float
+) -> None:
     """Build one record with ``make``; a failure or a failed structure check becomes a Reject."""
     try:
         data = make()
     except Exception as exc:  # noqa: BLE001  (any parser error of one record is that record's)
         result.rejects.append(Reject(file, record, _reason(exc)))
         return
-    reason = S.check_structure(data)
+    reason = S.check_structure(data, min_distance)
     if reason is not None:
         result.rejects.append(Reject(file, record, reason))
     else:
@@ -157,7 +159,7 @@ def _check_molblock(lines: list[str]) -> str | None:
     return None
 
 
-def read_sdf(path: str | Path) -> ReadResult:
+def read_sdf(path: str | Path, min_distance: float = S.MIN_DISTANCE) -> ReadResult:
     """Molecules of an SDF (or MOL) file, with bonds and formal charges, hydrogens as written."""
     from rdkit import Chem, rdBase
 
@@ -184,7 +186,13 @@ def read_sdf(path: str | Path) -> ReadResult:
             continue
         props = _sd_properties(lines)
         name = title or f"{path.stem}:{k}"
-        _accept(result, str(path), record, lambda m=mol, n=name, p=props: _from_sd(m, n, p))
+        _accept(
+            result,
+            str(path),
+            record,
+            lambda m=mol, n=name, p=props: _from_sd(m, n, p),
+            min_distance,
+        )
     return result
 
 
@@ -242,7 +250,7 @@ def write_sdf(records: Iterable[Data], path: str | Path) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def read_xyz(path: str | Path) -> ReadResult:
+def read_xyz(path: str | Path, min_distance: float = S.MIN_DISTANCE) -> ReadResult:
     """Frames of an XYZ or extended XYZ file; periodic frames become crystals.
 
     A frame whose atom-count line is not an integer ends the file (the frames after it cannot be
@@ -281,7 +289,13 @@ def read_xyz(path: str | Path) -> ReadResult:
             break
         frame = "\n".join(lines[i : i + 2 + n_atoms]) + "\n"
         default_name = f"{path.stem}:{k}"
-        _accept(result, str(path), str(k), lambda f=frame, n=default_name: _from_frame(f, n))
+        _accept(
+            result,
+            str(path),
+            str(k),
+            lambda f=frame, n=default_name: _from_frame(f, n),
+            min_distance,
+        )
         i += 2 + n_atoms
         k += 1
     return result
@@ -342,7 +356,7 @@ def _parse_cif_block(block: str, name: str) -> Data:
     return S.from_pymatgen(structures[0], name=name)
 
 
-def read_cif(path: str | Path) -> ReadResult:
+def read_cif(path: str | Path, min_distance: float = S.MIN_DISTANCE) -> ReadResult:
     """Crystals of a CIF file, one per ``data_`` block."""
     path = Path(path)
     result = ReadResult()
@@ -357,11 +371,15 @@ def read_cif(path: str | Path) -> ReadResult:
     for k, (block_name, block) in enumerate(blocks):
         name = block_name or f"{path.stem}:{k}"
         record = f"{k} (data_{block_name})"
-        _accept(result, str(path), record, lambda b=block, n=name: _parse_cif_block(b, n))
+        _accept(
+            result, str(path), record, lambda b=block, n=name: _parse_cif_block(b, n), min_distance
+        )
     return result
 
 
-def read_cdvae_csv(path: str | Path, properties: Sequence[str] = ()) -> ReadResult:
+def read_cdvae_csv(
+    path: str | Path, properties: Sequence[str] = (), min_distance: float = S.MIN_DISTANCE
+) -> ReadResult:
     """CDVAE CSV: column ``cif`` holds one CIF per row; ``properties`` columns -> ``y (1, P)``.
 
     The name of a row is its ``material_id`` (else ``<stem>:<row>``); ``record`` is ``row k`` with
@@ -394,7 +412,13 @@ def read_cdvae_csv(path: str | Path, properties: Sequence[str] = ()) -> ReadResu
         material = (row.get("material_id") or "").strip()
         name = material or f"{path.stem}:{k}"
         record = f"row {k} ({material})" if material else f"row {k}"
-        _accept(result, str(path), record, lambda r=row, n=name: _from_csv_row(r, n, properties))
+        _accept(
+            result,
+            str(path),
+            record,
+            lambda r=row, n=name: _from_csv_row(r, n, properties),
+            min_distance,
+        )
     return result
 
 
@@ -450,18 +474,20 @@ def write_cdvae_csv(
 # ---------------------------------------------------------------------------------------------
 
 
-def read_file(path: str | Path, properties: Sequence[str] = ()) -> ReadResult:
+def read_file(
+    path: str | Path, properties: Sequence[str] = (), min_distance: float = S.MIN_DISTANCE
+) -> ReadResult:
     """One file, by suffix; an unknown suffix is a Reject."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in (".sdf", ".mol"):
-        return read_sdf(path)
+        return read_sdf(path, min_distance)
     if suffix in (".xyz", ".extxyz"):
-        return read_xyz(path)
+        return read_xyz(path, min_distance)
     if suffix == ".cif":
-        return read_cif(path)
+        return read_cif(path, min_distance)
     if suffix == ".csv":
-        return read_cdvae_csv(path, properties)
+        return read_cdvae_csv(path, properties, min_distance)
     reason = f"unsupported file type {suffix or '(no suffix)'!r}; expected one of {SUFFIXES}"
     return ReadResult(rejects=[Reject(str(path), "", reason)])
 
@@ -481,19 +507,23 @@ def list_files(path: str | Path) -> list[Path]:
     )
 
 
-def read_structures(path: str | Path, properties: Sequence[str] = ()) -> ReadResult:
+def read_structures(
+    path: str | Path, properties: Sequence[str] = (), min_distance: float = S.MIN_DISTANCE
+) -> ReadResult:
     """Read a file or a folder of SDF / MOL / XYZ / extxyz / CIF / CDVAE CSV files.
 
     Returns every good record (``Data`` with the fields of :mod:`pipeline.keys`) in file order and
     a Reject for every bad file or record; never raises on bad input. ``properties`` names the
-    CSV columns that become ``y (1, P)``.
+    CSV columns that become ``y (1, P)``. Atoms closer than ``min_distance`` (Angstrom, default
+    0.1: the same atom written twice) reject the record; a screening step that wants to judge
+    such candidates itself passes ``min_distance=0``.
     """
     path = Path(path)
     if not path.exists():
         return ReadResult(rejects=[Reject(str(path), "", "no such file or folder")])
     result = ReadResult()
     for file in list_files(path):
-        result.extend(read_file(file, properties))
+        result.extend(read_file(file, properties, min_distance))
     return result
 
 

@@ -217,3 +217,13 @@ def test_corrupted_corpus_lands_in_rejects_and_keeps_every_good_record(corpus):
 def test_missing_path_is_a_reject(tmp_path):
     result = read_structures(tmp_path / "nowhere")
     assert not result.records and result.rejects[0].reason == "no such file or folder"
+
+
+def test_min_distance_zero_keeps_overlapping_atoms_for_screening(corpus):
+    folder, _ = corpus
+    strict = read_structures(folder / "overlap.extxyz")
+    lenient = read_structures(folder / "overlap.extxyz", min_distance=0.0)
+    assert len(strict.records) == 1 and len(strict.rejects) == 1
+    assert len(lenient.records) == 2 and not lenient.rejects
+    nan = read_structures(folder / "nan.xyz", min_distance=0.0)
+    assert len(nan.rejects) == 1  # non-finite coordinates are never kept
