@@ -63,6 +63,12 @@ def test_full_qm9_sizes_and_train_histogram(full):
     n = full.structures.num_atoms().numpy()
     train = n[full.splits["train"]]
     assert train.min() == 3 and train.max() == 29
+    # EDM's published training histogram (configs/datasets_config.py, qm9_with_h "n_nodes").
+    edm_n_nodes = {22: 3393, 17: 13025, 23: 4848, 21: 9970, 19: 13832, 20: 9482, 16: 10644,
+                   13: 3060, 15: 7796, 25: 1506, 18: 13364, 12: 1689, 11: 807, 24: 539, 14: 5136,
+                   26: 48, 7: 16, 10: 362, 8: 49, 9: 124, 27: 266, 4: 4, 29: 25, 6: 9, 5: 5, 3: 1}  # fmt: skip
+    values, counts = np.unique(train, return_counts=True)
+    assert dict(zip(values.tolist(), counts.tolist(), strict=True)) == edm_n_nodes
     assert n.mean() == pytest.approx(18.03, abs=0.005)
     assert set(np.unique(full.structures.values[K.Z].numpy()).tolist()) == {1, 6, 7, 8, 9}
     # EDM permutes the molecules in QM9 index order, so the set must be in that order.
