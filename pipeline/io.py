@@ -42,8 +42,6 @@ from pipeline import keys as K
 from pipeline import structures as S
 
 SUFFIXES = (".sdf", ".mol", ".xyz", ".extxyz", ".cif", ".csv")
-# CDVAE's CIF strings run to tens of kB per field, past csv's default limit of 128 kB for big cells.
-csv.field_size_limit(2**31 - 1)
 
 
 @dataclass(frozen=True)
@@ -391,6 +389,8 @@ def read_cdvae_csv(
     if reject is not None:
         result.rejects.append(reject)
         return result
+    # A CIF of a big cell can pass csv's default field limit (128 kB); raise it, never lower it.
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     reader = csv.DictReader(io.StringIO(text))
     columns = reader.fieldnames or []
     missing = [c for c in ("cif", *properties) if c not in columns]
