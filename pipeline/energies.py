@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.func import jvp
 
 Param = float | Tensor
 
@@ -140,19 +141,25 @@ def pair_hessian(term: PairTerm, pos: Tensor, mask: Tensor, types: Tensor | None
 
     A radial ``phi(|u|)`` has Hessian ``A = phi'' u u^T / r^2 + (phi' / r)(I - u u^T / r^2)`` in the
     pair vector ``u = x_i - x_j`` (the chain rule, for any phi); ``phi'`` and ``phi''`` come from
-    autograd, elementwise over all pairs at once. Each pair adds ``+A`` to the blocks (i, i), (j, j)
-    and ``-A`` to (i, j), (j, i): O(n^2 d^2) work, against O(n^3 d) for a whole-graph Hessian.
+    forward-mode autograd, elementwise over all pairs at once (composable with torch.func). Each
+    pair adds ``+A`` to the blocks (i, i) and (j, j) and ``-A`` to (i, j) and (j, i): O(n^2 d^2)
+    work, against O(n^3 d) for a whole-graph Hessian.
     """
     b, n, d = pos.shape
     u = pos[:, :, None, :] - pos[:, None, :, :]  # (B, n, n, d)
     eye = torch.eye(n, dtype=torch.bool, device=pos.device)
     w = (mask[:, :, None] & mask[:, None, :] & ~eye).to(pos.dtype)  # (B, n, n), both orders
-    with torch.enable_grad():
-        r = torch.sqrt((u.detach() ** 2).sum(-1) + _R2_EPS).requires_grad_(True)
-        phi = term.phi(r, *term.params(types, r))
-        (d1,) = torch.autograd.grad(phi.sum(), r, create_graph=True)
-        (d2,) = torch.autograd.grad(d1.sum(), r)
-    d1, r = d1.detach(), r.detach()
+    r = torch.sqrt((u**2).sum(-1) + _R2_EPS)
+    params = term.params(types, r)
+    ones = torch.ones_like(r)
+
+    def phi(rr: Tensor) -> Tensor:
+        return term.phi(rr, *params)
+
+    def dphi(rr: Tensor) -> Tensor:  # phi is elementwise, so a JVP with ones is phi'
+        return jvp(phi, (rr,), (ones,))[1]
+
+    d1, d2 = jvp(dphi, (r,), (ones,))
     unit = u / r[..., None]
     outer = unit[..., :, None] * unit[..., None, :]
     ident = torch.eye(d, dtype=pos.dtype, device=pos.device)
