@@ -71,10 +71,11 @@ def _guess_cutoffs(reference: str | None) -> str | None:
 
 @task(retries=2, retry_delay_seconds=1)
 def read_task(path: str):
-    """Read candidates; I/O retries, bad records come back as rejects."""
+    """Read candidates; I/O retries, bad records come back as rejects. Overlapping atoms are kept
+    (``min_distance=0``): judging them is the screen's job, with its own reason."""
     from pipeline.io import read_structures
 
-    return read_structures(path)
+    return read_structures(path, min_distance=0.0)
 
 
 @task

@@ -140,7 +140,7 @@ def test_screen_flow_end_to_end(candidates, tmp_path, monkeypatch, prefect_harne
         rows = list(csv.DictReader(f))
     assert len(rows) == metrics["molecules"]["n"] + metrics["crystals"]["n"]
     by_name = {r["name"]: r for r in rows}
-    assert "merged" in by_name["merged.xyz"]["stable_reason"]
+    assert "merged" in by_name["merged:0"]["stable_reason"]
     assert any(r["read_ok"] == "False" and r["read_reason"] for r in rows)
     assert (out / "report.md").read_text().startswith("# Screening report")
     assert (out / "plots" / "molecules_metrics.png").exists()
