@@ -87,7 +87,12 @@ class PairTerm(ABC):
 
 @dataclass(frozen=True)
 class SoftSphere(PairTerm):
-    """``eps (1 - r/sigma)^2`` for ``r < sigma``: harmonic soft-sphere repulsion (max force 2 eps/sigma)."""
+    """``eps (1 - r^2/sigma^2)^2`` for ``r < sigma``: soft-sphere repulsion, smooth at r = 0.
+
+    Written in r^2 so that phi'(0) = 0: a radial term with a slope at r = 0 is a cone whose Hessian
+    grows like 1/r as atoms overlap, which the linearised transition would turn into exploding
+    directions. The force is at most ``8 eps / (3 sqrt(3) sigma)``.
+    """
 
     epsilon: Param = 1.0
     sigma: Param = 1.0
@@ -97,23 +102,28 @@ class SoftSphere(PairTerm):
 
     @staticmethod
     def phi(r, eps, sig):
-        return eps * torch.clamp(1 - r / sig, min=0.0) ** 2
+        return eps * torch.clamp(1 - (r / sig) ** 2, min=0.0) ** 2
 
 
 @dataclass(frozen=True)
 class Morse(PairTerm):
-    """``D_e (1 - exp(-a (r - r0)))^2 - D_e``: a bond well of depth D_e at r0, zero at infinity."""
+    """``D_e (1 - exp(-a (r_s - r0)))^2 - D_e`` with ``r_s = sqrt(r^2 + delta^2)``: a bond well of depth
+    D_e near r0, zero at infinity. The softening delta makes it smooth at r = 0 (see SoftSphere).
+    """
 
     depth: Param = 1.0
     width: Param = 1.0
     r0: Param = 1.0
+    softening: float = 0.3
 
     def params(self, types, like):
-        return tuple(_pair_param(v, types, like) for v in (self.depth, self.width, self.r0))
+        delta = torch.as_tensor(self.softening, dtype=like.dtype, device=like.device)
+        return (*(_pair_param(v, types, like) for v in (self.depth, self.width, self.r0)), delta)
 
     @staticmethod
-    def phi(r, de, a, r0):
-        return de * ((1 - torch.exp(-a * (r - r0))) ** 2 - 1)
+    def phi(r, de, a, r0, delta):
+        rs = torch.sqrt(r**2 + delta**2)
+        return de * ((1 - torch.exp(-a * (rs - r0))) ** 2 - 1)
 
 
 @dataclass(frozen=True)
