@@ -86,13 +86,6 @@ class ForwardProcess(ABC):
         raise NoClosedFormTransition(f"{type(self).__name__} has no closed-form transition")
 
 
-def _graph_energy(energy: Energy):
-    def u(pos: Tensor, mask: Tensor, types: Tensor | None) -> Tensor:
-        return energy(pos, mask, types)
-
-    return u
-
-
 @dataclass
 class GradientProcess(ForwardProcess):
     """The physical family ``f = -1/2 beta(t) grad U``, ``g = sqrt(beta(t))``: stationary law exp(-U).
@@ -114,12 +107,11 @@ class GradientProcess(ForwardProcess):
     def potential(self, x: Tensor, batch: Tensor, types: Tensor | None = None) -> Tensor:
         """``U`` per graph: ``(num_graphs,)``."""
         dense, mask, dt = self._dense(x, batch, types)
-        u = _graph_energy(self.energy)
-        return vmap(u, in_dims=(0, 0, None if dt is None else 0))(dense, mask, dt)
+        return vmap(self.energy, in_dims=(0, 0, None if dt is None else 0))(dense, mask, dt)
 
     def drift_field(self, x: Tensor, batch: Tensor, types: Tensor | None = None) -> Tensor:
         dense, mask, dt = self._dense(x, batch, types)
-        g = vmap(grad(_graph_energy(self.energy)), in_dims=(0, 0, None if dt is None else 0))
+        g = vmap(grad(self.energy), in_dims=(0, 0, None if dt is None else 0))
         return -0.5 * from_dense(g(dense, mask, dt), mask)
 
     def drift_jacobian(self, x: Tensor, batch: Tensor, types: Tensor | None = None):
@@ -193,17 +185,6 @@ class ActiveOUProcess(ForwardProcess):
         return torch.cat([pos, act]).to(like)
 
 
-__all__ = [
-    "ActiveOUProcess",
-    "ForwardProcess",
-    "GradientProcess",
-    "NoClosedFormTransition",
-    "ProductProcess",
-    "Transition",
-    "vp_process",
-]
-
-
 @dataclass
 class ProductProcess(ForwardProcess):
     """Independent processes on consecutive column blocks of the node state, on one clock.
@@ -251,3 +232,14 @@ class ProductProcess(ForwardProcess):
         if any(not torch.allclose(q.std, parts[0].std) for q in parts[1:]):
             raise NoClosedFormTransition("the parts' transitions have different noise levels")
         return Transition(mean=torch.cat([q.mean for q in parts], dim=1), std=parts[0].std)
+
+
+__all__ = [
+    "ActiveOUProcess",
+    "ForwardProcess",
+    "GradientProcess",
+    "NoClosedFormTransition",
+    "ProductProcess",
+    "Transition",
+    "vp_process",
+]
