@@ -4,7 +4,10 @@
 only) and ``path.with_suffix('.json')``::
 
     {"format": "ldsm-checkpoint", "version": 1, "model": "egnn" | "cspnet", "config": {...},
-     "parameters": <int>}
+     "parameters": <int>, "run": {...}}
+
+``run`` (optional) is whatever JSON the caller attaches: the training flow stores the recipe, the
+atom-count histogram and the training step there, so a checkpoint alone can generate.
 
 A checkpoint is untrusted input: the weights are read with ``torch.load(weights_only=True)`` (no
 pickled code runs), the JSON is validated against the typed config (unknown or ill-typed keys are
@@ -49,8 +52,9 @@ def config_path(path: str | Path) -> Path:
     return Path(path).with_suffix(".json")
 
 
-def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
-    """Write ``model``'s weights to ``path`` and its config to ``config_path(path)``; returns ``path``."""
+def save_checkpoint(model: nn.Module, path: str | Path, run: dict | None = None) -> Path:
+    """Write ``model``'s weights to ``path`` and its config (plus ``run``, if given) to
+    ``config_path(path)``, each atomically (a temporary file renamed into place); returns ``path``."""
     name = _name_of(model)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -61,8 +65,14 @@ def save_checkpoint(model: nn.Module, path: str | Path) -> Path:
         "config": model.cfg.model_dump(),
         "parameters": sum(p.numel() for p in model.parameters()),
     }
-    torch.save(model.state_dict(), path)
-    config_path(path).write_text(json.dumps(meta, indent=2) + "\n")
+    if run is not None:
+        meta["run"] = run
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(model.state_dict(), tmp)
+    tmp.replace(path)
+    tmp_json = path.with_name(path.name + ".json.tmp")
+    tmp_json.write_text(json.dumps(meta, indent=2) + "\n")
+    tmp_json.replace(config_path(path))
     return path
 
 
@@ -80,7 +90,7 @@ def _read_meta(json_path: Path) -> dict:
             f"{json_path}: not an {FORMAT} v{VERSION} file "
             f"(format={meta.get('format')!r}, version={meta.get('version')!r})"
         )
-    unknown = set(meta) - {"format", "version", "model", "config", "parameters"}
+    unknown = set(meta) - {"format", "version", "model", "config", "parameters", "run"}
     if unknown:
         raise CheckpointError(f"{json_path}: unknown top-level keys {sorted(unknown)}")
     if meta.get("model") not in MODELS:
@@ -88,6 +98,11 @@ def _read_meta(json_path: Path) -> dict:
             f"{json_path}: unknown model {meta.get('model')!r}; known models are {list(MODELS)}"
         )
     return meta
+
+
+def read_run(path: str | Path) -> dict:
+    """The ``run`` metadata saved with the checkpoint at ``path`` (``{}`` when there is none)."""
+    return _read_meta(config_path(path)).get("run") or {}
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> nn.Module:
