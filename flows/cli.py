@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows import demo, ingest, screen
+from flows import demo, ingest, screen, train
 
-COMMANDS = [demo, ingest, screen]
+COMMANDS = [demo, ingest, train, screen]
 
 
 def build_parser() -> argparse.ArgumentParser:

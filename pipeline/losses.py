@@ -81,6 +81,23 @@ class ConstantBudget:
 StepSchedule = Callable[[Tensor, Schedule], Tensor]
 
 
+@dataclass(frozen=True)
+class FractionBudget:
+    """``D(t)`` spending a fraction of the noise already added: ``int_s^t beta = min(r B_t, cap)``.
+
+    With ``B_t = int_0^t beta``, the local target's variance relative to exact DSM's is about
+    ``(1 - e^{-B_t}) / (1 - e^{-r B_t})`` (about ``1 / r``), instead of growing like ``1 / budget``
+    at large t as with :class:`ConstantBudget`; ``cap`` bounds the linearisation error.
+    """
+
+    fraction: float = 0.5
+    cap: float = 1.0
+
+    def __call__(self, t: Tensor, schedule: Schedule) -> Tensor:
+        total = schedule.integral(torch.zeros_like(t), t)
+        return schedule.time_before(t, (self.fraction * total).clamp(max=self.cap))
+
+
 def unit_weight(t: Tensor, schedule: Schedule) -> Tensor:
     """``lambda(t) = 1``."""
     return torch.ones_like(t)

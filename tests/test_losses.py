@@ -7,6 +7,7 @@ from models.mlp import TimeMLP
 from pipeline.energies import Energy, GaussianMixturePotential
 from pipeline.losses import (
     ConstantBudget,
+    FractionBudget,
     ConstantStep,
     UniformTimes,
     exact_dsm_loss,
@@ -16,7 +17,7 @@ from pipeline.losses import (
     unit_weight,
 )
 from pipeline.processes import GradientProcess, NoClosedFormTransition, vp_process
-from pipeline.schedules import ConstantSchedule, LinearSchedule
+from pipeline.schedules import ConstantSchedule, LinearSchedule, PolynomialSchedule
 
 F64 = torch.float64
 
@@ -151,3 +152,13 @@ def test_mlp_trained_with_local_dsm_learns_the_known_score():
     with torch.no_grad():
         err = relative_score_error(model(x, t, test_batch), true)
     assert err < 0.1
+
+
+@pytest.mark.parametrize("schedule", [PolynomialSchedule(), LinearSchedule()])
+def test_fraction_budget_spends_a_fraction_of_the_noise_up_to_its_cap(schedule):
+    t = torch.linspace(0.01, 1.0, 50, dtype=torch.float64)
+    s = FractionBudget(0.5, cap=1.0)(t, schedule)
+    spent = schedule.integral(s, t)
+    expected = (0.5 * schedule.integral(torch.zeros_like(t), t)).clamp(max=1.0)
+    torch.testing.assert_close(spent, expected, rtol=1e-6, atol=1e-9)
+    assert bool((s >= 0).all()) and bool((s <= t).all())
