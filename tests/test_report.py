@@ -1,0 +1,177 @@
+"""The design report: plots exist and are PNGs, the numbers it prints are the ones computed.
+
+Real data: the first 300 QM9 molecules (qm9pack) and the first 30 Perov-5 test crystals.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+
+from pipeline import datasets as D
+from pipeline import qm9
+from pipeline import report as R
+from pipeline import structures as S
+from pipeline.io import read_structures
+
+PNG = b"\x89PNG\r\n\x1a\n"
+PEROV_TEST = D.shared_data_dir() / "crystals" / "perov_5" / "test.csv"
+
+
+@pytest.fixture(scope="module")
+def qm9_head(tmp_path_factory):
+    path = tmp_path_factory.mktemp("qm9") / "head.csv"
+    with open(qm9.qm9pack_files()[0]) as f:
+        path.write_text("".join(next(f) for _ in range(301)))
+    return qm9.read_qm9pack([path])
+
+
+@pytest.fixture(scope="module")
+def perov(tmp_path_factory):
+    if not PEROV_TEST.exists():
+        pytest.skip(f"shared reference data not found at {PEROV_TEST} (set LDSM_SHARED_DATA)")
+    csv.field_size_limit(2**31 - 1)
+    path = tmp_path_factory.mktemp("perov") / "test.csv"
+    with open(PEROV_TEST, newline="") as src, open(path, "w", newline="") as dst:
+        reader, writer = csv.reader(src), csv.writer(dst)
+        for _ in range(31):
+            writer.writerow(next(reader))
+    result = read_structures(path)
+    assert not result.rejects and len(result.records) == 30
+    return result.records
+
+
+def _table(report: str, header: str) -> list[list[str]]:
+    """Rows (cells) of the Markdown table whose header line starts with ``header``."""
+    lines = report.splitlines()
+    start = next(k for k, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def _images(report: str) -> list[str]:
+    return re.findall(r"!\[[^\]]*\]\(([^)]+)\)", report)
+
+
+def test_ema_against_closed_forms():
+    assert R.ema(np.full(7, 3.0)).tolist() == [3.0] * 7
+    # A unit step after v_0 = 0: m_k = 1 - (1 - alpha)^k.
+    alpha, k = 0.2, np.arange(10)
+    values = np.r_[0.0, np.ones(9)]
+    np.testing.assert_allclose(R.ema(values, alpha), 1 - (1 - alpha) ** k, rtol=1e-12)
+
+
+def test_bond_lengths_of_methane_and_ethanol():
+    atoms = molecule("CH4")
+    methane = S.from_ase(atoms, name="CH4")
+    lengths = R.bond_lengths([methane])
+    expected = np.linalg.norm(atoms.positions[1:] - atoms.positions[0], axis=1)
+    assert list(lengths) == ["C-H"]  # symbols in Hill order
+    np.testing.assert_allclose(np.sort(lengths["C-H"]), np.sort(expected), atol=1e-6)
+    ethanol = R.bond_lengths([S.from_ase(molecule("CH3CH2OH"), name="EtOH")])
+    assert {k: v.size for k, v in ethanol.items()} == {"C-H": 5, "H-O": 1, "C-C": 1, "C-O": 1}
+
+
+def test_densities_scale_with_the_cell(perov):
+    rho = R.densities(perov)
+    assert rho.shape == (30,) and (rho > 0).all()
+    # Stretching every lattice vector by 1.1 keeps the mass and multiplies the volume by 1.331.
+    stretched = [
+        S.make_crystal(d.z, d.frac, d.lattice[0].numpy() * 1.1, name=d.name) for d in perov
+    ]
+    np.testing.assert_allclose(R.densities(stretched), rho / 1.1**3, rtol=1e-5)
+    collapsed = S.make_crystal(perov[0].z, perov[0].frac, np.zeros((3, 3)), name="flat")
+    assert R.densities([collapsed]).size == 0
+
+
+def _metrics_csv(path, steps: int = 50):
+    rng = np.random.default_rng(0)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["step", "loss", "grad_norm", "lr", "skipped", "seconds", "val_loss"])
+        for step in range(1, steps + 1):
+            loss = "nan" if step == 20 else 5.0 / step + rng.uniform(0, 0.1)
+            val = 1.0 / step if step % 25 == 0 else ""
+            writer.writerow([step, loss, 1.0, 1e-3, int(step >= 20), 0.1 * step, val])
+
+
+def test_molecule_report(qm9_head, tmp_path):
+    reference = list(qm9_head[100:300])
+    nan = S.make_molecule(qm9_head[5].z, torch.full_like(qm9_head[5].pos, math.nan), name="nan")
+    merged_pos = qm9_head[6].pos.clone()
+    merged_pos[1] = merged_pos[0]
+    merged = S.make_molecule(qm9_head[6].z, merged_pos, name="merged")
+    generated = [*qm9_head[:40], nan, merged]
+    _metrics_csv(tmp_path / "metrics.csv")
+    metrics = {"molecules": {"n": 42, "validity": 0.95, "novelty": None}}
+    path = R.design_report(tmp_path, generated, reference, metrics, tmp_path / "metrics.csv")
+    report = path.read_text()
+
+    images = _images(report)
+    assert images == [
+        "plots/loss.png",
+        "plots/bond_lengths.png",
+        "plots/atoms.png",
+        "plots/molecules.png",
+    ]
+    for image in images:
+        data = (tmp_path / image).read_bytes()
+        assert data.startswith(PNG) and len(data) > 1000
+    assert "| molecules.validity | 0.95 |" in report and "| molecules.novelty | n/a |" in report
+    assert "49 logged steps up to step 50" in report  # step 20 was skipped (NaN loss)
+    assert "skipped steps 1" in report
+
+    counts = _table(report, "| atoms |")
+    gen, ref = Counter(len(d.z) for d in generated), Counter(len(d.z) for d in reference)
+    assert {int(n): (int(g), int(r)) for n, g, r in counts} == {
+        n: (gen[n], ref[n]) for n in set(gen) | set(ref)
+    }
+
+    bonds = _table(report, "| pair |")
+    gen_b, ref_b = R.bond_lengths(generated), R.bond_lengths(reference)
+    by_pair = {row[0]: row for row in bonds}
+    assert int(by_pair["all"][1]) == sum(v.size for v in gen_b.values())
+    assert int(by_pair["all"][3]) == sum(v.size for v in ref_b.values())
+    assert float(by_pair["C-H"][4]) == pytest.approx(ref_b["C-H"].mean(), rel=1e-3)
+    assert 1.08 < ref_b["C-H"].mean() < 1.11  # QM9's C-H bonds
+    assert "non-finite coordinates: 1" in report
+    # The merged pair is bonded at 0 A: the shortest generated bond, none in the reference.
+    assert min(v.min() for v in gen_b.values()) == pytest.approx(0.0, abs=1e-6)
+    assert min(v.min() for v in ref_b.values()) > 0.9
+    n_drawn = int(re.search(r"The first (\d+) generated molecules", report).group(1))
+    assert n_drawn == 24  # the cap: QM9's first 40 molecules all sanitise
+
+
+def test_crystal_report_and_grid_fallback(perov, tmp_path):
+    generated = [
+        S.make_crystal(d.z, d.frac, d.lattice[0].numpy() * 1.05, name=d.name) for d in perov[:20]
+    ]
+    path = R.design_report(tmp_path, generated, perov, {}, metrics_csv=None)
+    report = path.read_text()
+    assert _images(report) == ["plots/atoms.png", "plots/density.png"]
+    assert "## Training" not in report and "## Bond lengths" not in report
+    rows = {r[0]: r for r in _table(report, "| set |")}
+    rho_gen, rho_ref = R.densities(generated), R.densities(perov)
+    assert rows["generated"][1] == "20 of 20" and rows["reference"][1] == "30 of 30"
+    assert float(rows["generated"][2]) == pytest.approx(rho_gen.mean(), rel=1e-3)
+    assert float(rows["reference"][3]) == pytest.approx(rho_ref.std(), rel=1e-3)
+    wdist = float(re.search(r"Wasserstein distance: ([0-9.e-]+)\.", report).group(1))
+    assert wdist == pytest.approx(R.density_summary(rho_gen, rho_ref)["wdist"], rel=1e-3)
+    assert _table(report, "| atoms |") == [["5", "20", "30"]]
+
+    # Molecules RDKit cannot sanitise: a note instead of a picture.
+    ch5 = S.make_molecule(torch.tensor([6, 1, 1, 1, 1, 1]), torch.randn(6, 3) * 0.1, name="x")
+    report = R.design_report(tmp_path / "bad", [ch5], [], {}).read_text()
+    assert "None of the generated molecules could be sanitised" in report
+    assert not (tmp_path / "bad" / "plots" / "molecules.png").exists()
