@@ -33,6 +33,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from flows.runners import add_arguments, with_runner
 from pipeline import crystal_checks as cc
 from pipeline import metrics as pm
 from pipeline import molecule_checks as mc
@@ -52,6 +53,8 @@ class ScreenConfig(BaseModel):
     chgnet: bool = False
     cov_cutoffs: str | None = None
     chunk_size: int = 256
+    workers: int = 0  # local Dask worker processes; 0: threads (see flows.runners)
+    dask_address: str | None = None  # an existing Dask scheduler instead
 
 
 def _ldsm_home() -> Path:
@@ -186,6 +189,12 @@ def screen_flow(config: ScreenConfig) -> dict:
     return metrics
 
 
+def run_screen(config: ScreenConfig) -> dict:
+    """:func:`screen_flow` on the task runner that ``config.workers`` / ``config.dask_address``
+    choose: the same rows and metrics whichever runs the chunks."""
+    return with_runner(screen_flow, config.workers, config.dask_address)(config)
+
+
 def _read_train_smiles(path: str) -> set[str]:
     """Canonical SMILES of a file with one SMILES per line (first column; a header is skipped)."""
     out = set()
@@ -301,6 +310,7 @@ def register(subparsers) -> None:
     parser.add_argument("--xtb", action="store_true", help="GFN2-xTB relaxation (slow)")
     parser.add_argument("--chgnet", action="store_true", help="CHGNet energy and relaxation")
     parser.add_argument("--chunk-size", type=int, default=256, help="candidates per task")
+    add_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -315,7 +325,9 @@ def run(args) -> int:
         chgnet=args.chgnet,
         cov_cutoffs=args.cov_cutoffs,
         chunk_size=args.chunk_size,
+        workers=args.workers,
+        dask_address=args.dask_address,
     )
-    metrics = screen_flow(config)
+    metrics = run_screen(config)
     print(json.dumps(metrics, indent=2))
     return 0

@@ -55,7 +55,7 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
     """A recipe config from the command line (``--recipe FILE`` wins over the single options)."""
     if args.recipe:
         return json.loads(Path(args.recipe).read_text())
-    loss = LossConfig(kind=args.loss, mode=args.mode, budget=args.budget)
+    loss = LossConfig(kind=args.loss, mode=args.mode, step=args.step, budget=args.budget)
     drift = "linear" if args.loss == "exact-dsm" else args.drift
     if args.dataset in CRYSTAL_DATASETS:
         from pipeline.crystal_recipe import CrystalRecipeConfig

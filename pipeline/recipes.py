@@ -60,8 +60,10 @@ class LossConfig(BaseModel):
     mode: Literal["expm", "taylor2", "euler"] = "expm"  # local-DSM transition moments
     # Local-DSM step D(t): "budget" spends int_s^t beta = budget (ConstantBudget); "fraction"
     # spends min(fraction * int_0^t beta, budget) (FractionBudget: a less noisy target at large t).
-    step: Literal["budget", "fraction"] = "budget"
-    budget: PositiveFloat = 0.05
+    # "fraction" 0.5 capped at 0.5 gave the lowest score error on the 2-D mixture with a known score
+    # (0.031 against 0.050 for a constant budget of 0.05 and 0.59 with a cap of 2; 800 steps each).
+    step: Literal["budget", "fraction"] = "fraction"
+    budget: PositiveFloat = 0.5
     fraction: float = Field(0.5, gt=0.0, le=1.0)
     # Simulating y_s from the data dominates the cost: Euler steps of budget 0.25 are stable for
     # these drifts (|lambda(J)| < 8) and 5x cheaper than expm steps of budget 1 (measured, QM9).
