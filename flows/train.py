@@ -115,7 +115,16 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         help="local-DSM transition moments",
     )
     g.add_argument(
-        "--budget", type=float, default=LossConfig().budget, help="local-DSM step: int_s^t beta"
+        "--step",
+        choices=["fraction", "budget"],
+        default=LossConfig().step,
+        help="local-DSM step rule D(t)",
+    )
+    g.add_argument(
+        "--budget",
+        type=float,
+        default=LossConfig().budget,
+        help="local-DSM step: int_s^t beta (the cap of the fraction rule)",
     )
     g.add_argument("--hidden", type=int, default=64, help="network width")
     g.add_argument("--layers", type=int, default=4, help="network depth")
