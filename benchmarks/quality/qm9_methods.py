@@ -1,0 +1,177 @@
+"""Issue 7.1 and 7.4: the same EGNN trained with exact DSM, local-DSM and ISM, sampled and screened.
+
+Each training run is an ``ldsm train`` run directory (the same network, the QM9 train split and
+the same CPU-time budget ``--max-minutes``); this script samples ``--n`` molecules from each run's
+EMA checkpoint at every ``--nfe``, screens them with the checks of ``ldsm screen`` (EDM stability,
+RDKit validity, uniqueness, novelty against the training SMILES, PoseBusters) and writes the table,
+with the published anchors, into BENCHMARKS.md. Resumable: one JSON per (run, NFE) under
+``--results``; a present file is reused.
+
+    python -m benchmarks.quality.qm9_methods --runs runs/q7-exact-dsm runs/q7-local-dsm runs/q7-ism
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmarks._report import write_section
+from pipeline import metrics as pm
+from pipeline import molecule_checks as mc
+from pipeline.datasets import load_dataset
+from pipeline.recipes import SamplerConfig, load_trained
+
+RESULTS = Path(__file__).resolve().parent / "results" / "qm9_methods"
+# Published QM9 numbers at 1000 NFE (atom stab., mol. stab., validity, V x U, %): EDM (Hoogeboom et
+# al. 2022, Table 1), GeoLDM (Xu et al. 2023, Table 1), EquiFM (Song et al. 2023, Table 1).
+ANCHORS = {
+    "EDM": (98.7, 82.0, 91.9, 90.7),
+    "GeoLDM": (98.9, 89.4, 93.8, 92.7),
+    "EquiFM": (98.9, 88.3, 94.7, 93.5),
+}
+
+
+def train_smiles() -> set[str]:
+    data = load_dataset("qm9")
+    smiles = data.structures.strings["smiles"]
+    out = set()
+    for i in data.splits["train"].tolist():
+        can = mc.canonicalize_smiles(smiles[i]) if smiles[i] else None
+        if can:
+            out.add(can)
+    return out
+
+
+def training_summary(run: Path) -> dict:
+    with (run / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    last = rows[-1]
+    config = json.loads((run / "config.json").read_text())
+    return {
+        "steps": int(last["step"]),
+        "cpu_minutes": round(float(last["cpu_seconds"]) / 60, 1),
+        "wall_minutes": round(float(last["seconds"]) / 60, 1),
+        "skipped": int(last["skipped"]),
+        "loss": config["recipe"]["loss"]["kind"],
+        "drift": config["recipe"]["process"]["drift"],
+        "batch_size": config["batch_size"],
+        "hidden": config["recipe"]["model"]["hidden"],
+        "layers": config["recipe"]["model"]["layers"],
+    }
+
+
+def evaluate(run: Path, nfe: int, n: int, batch: int, seed: int, known: set[str]) -> dict:
+    trained = load_trained(run / "checkpoints" / "last.pt")
+    sizes = np.array(sorted(trained.num_atoms))
+    freq = np.array([trained.num_atoms[s] for s in sizes], dtype=float)
+    rng = np.random.default_rng(seed)
+    counts = torch.as_tensor(rng.choice(sizes, size=n, p=freq / freq.sum()))
+    gen = torch.Generator().manual_seed(seed)
+    molecules, seconds, used = [], 0.0, 0
+    for start in range(0, n, batch):
+        started = time.perf_counter()
+        chunk, used = trained.recipe.sample(
+            trained.model,
+            counts[start : start + batch],
+            SamplerConfig(nfe=nfe),
+            gen,
+            prefix=f"s{start}",
+        )
+        seconds += time.perf_counter() - started
+        molecules += chunk
+    rows = pm.check_molecules(
+        [m.name for m in molecules],
+        [m.z.numpy() for m in molecules],
+        [m.pos.numpy().astype(np.float64) for m in molecules],
+        posebusters=True,
+    )
+    metrics = pm.molecule_set_metrics(rows, known)
+    uniq = metrics.get("uniqueness")
+    metrics["validity_x_uniqueness"] = (
+        None if uniq is None or metrics["validity"] is None else metrics["validity"] * uniq
+    )
+    metrics.update(nfe=used, seconds_per_molecule=seconds / n, n=n)
+    return metrics
+
+
+def pct(value) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}"
+
+
+def table(runs: list[Path], nfes: list[int], results: Path) -> str:
+    head = (
+        "| method | NFE | n | atom stab. | mol. stab. | valid | V x U | novel | PoseBusters | "
+        "s / molecule |\n|---|---|---|---|---|---|---|---|---|---|\n"
+    )
+    lines = []
+    for run in runs:
+        for nfe in nfes:
+            path = results / f"{run.name}-nfe{nfe}.json"
+            if not path.exists():
+                continue
+            m = json.loads(path.read_text())
+            lines.append(
+                f"| {run.name} | {m['nfe']} | {m['n']} | {pct(m['atom_stability'])} | "
+                f"{pct(m['molecule_stability'])} | {pct(m['validity'])} | "
+                f"{pct(m['validity_x_uniqueness'])} | {pct(m['novelty'])} | "
+                f"{pct(m['posebusters_pass'])} | {m['seconds_per_molecule']:.3f} |"
+            )
+    for name, (a, mol, v, vu) in ANCHORS.items():
+        lines.append(f"| {name} (published) | 1000 | 10000 | {a} | {mol} | {v} | {vu} | | | |")
+    train_lines = [
+        "| run | loss | drift | network | batch | steps | CPU min | wall min | skipped |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        s = training_summary(run)
+        train_lines.append(
+            f"| {run.name} | {s['loss']} | {s['drift']} | EGNN {s['layers']}x{s['hidden']} | "
+            f"{s['batch_size']} | {s['steps']} | {s['cpu_minutes']} | {s['wall_minutes']} | "
+            f"{s['skipped']} |"
+        )
+    return "\n".join(train_lines) + "\n\n" + head + "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", nargs="+", type=Path, required=True)
+    parser.add_argument("--nfe", nargs="+", type=int, default=[50, 100, 500])
+    parser.add_argument("--n", type=int, default=1000, help="molecules per (run, NFE)")
+    parser.add_argument("--batch", type=int, default=250, help="molecules sampled together")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--notes", default="", help="a Markdown paragraph placed under the table")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    args.results.mkdir(parents=True, exist_ok=True)
+    known = None
+    for run in args.runs:
+        for nfe in args.nfe:
+            path = args.results / f"{run.name}-nfe{nfe}.json"
+            if path.exists():
+                continue
+            known = known if known is not None else train_smiles()
+            print(f"{run.name}: sampling {args.n} molecules at {nfe} NFE", flush=True)
+            metrics = evaluate(run, nfe, args.n, args.batch, args.seed, known)
+            path.write_text(json.dumps(metrics, indent=2) + "\n")
+            print(json.dumps(metrics), flush=True)
+    body = table(args.runs, args.nfe, args.results)
+    if args.notes:
+        body += "\n\n" + Path(args.notes).read_text() if Path(args.notes).exists() else args.notes
+    print(body)
+    command = "python -m benchmarks.quality.qm9_methods --runs " + " ".join(
+        str(r) for r in args.runs
+    )
+    write_section("quality-qm9", "Quality: QM9, exact DSM vs local-DSM vs ISM", command, body)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
