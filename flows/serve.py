@@ -1,0 +1,133 @@
+"""``ldsm serve``: run the design flow on a cron schedule (a Prefect deployment served here).
+
+``ldsm serve --cron "0 3 * * *" [--name nightly] [--config RUN/config.json] [-- DESIGN OPTIONS]``
+registers the deployment ``design/<name>`` with the Prefect API that ``PREFECT_API_URL`` names
+and keeps running, starting each scheduled (or manually triggered) run in a subprocess of this
+process; Ctrl-C stops serving and pauses the schedule. The design parameters come from
+``--config`` (a ``DesignConfig`` as JSON, e.g. the ``config.json`` a design run writes) or from
+the options of ``ldsm design`` given after ``--``. The cron times are in ``--timezone`` (UTC).
+
+``--entrypoint`` serves another ``ldsm`` flow the same way (``flows.screen:screen_flow`` with a
+``ScreenConfig`` JSON screens a folder every night); every ``ldsm`` flow takes one ``config``.
+
+For a deployment that runs on a work pool instead (a worker per machine), see ``prefect.yaml``
+at the repository root and the README.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import typing
+from pathlib import Path
+
+DESIGN_ENTRYPOINT = "flows.design:design"
+
+
+def load_flow(entrypoint: str = DESIGN_ENTRYPOINT):
+    """The flow at ``module:attribute`` (imported, so it runs the code of this checkout)."""
+    from prefect.flows import load_flow_from_entrypoint
+
+    return load_flow_from_entrypoint(entrypoint, use_placeholder_flow=False)
+
+
+def resolve_annotations(flow):
+    """Replace the flow function's string annotations by the types they name; returns ``flow``.
+
+    ``flow.serve`` hands the flow to each run's subprocess with cloudpickle, which pickles the
+    function by value with only the globals its code uses. A module with
+    ``from __future__ import annotations`` leaves ``config: "DesignConfig"`` as a string whose
+    class is then missing in the subprocess, and Prefect fails the run with "... is not fully
+    defined" while validating the parameters. Resolved annotations travel with the function.
+    """
+    flow.fn.__annotations__ = typing.get_type_hints(flow.fn)
+    return flow
+
+
+def serve(
+    flow,
+    *,
+    name: str,
+    cron: str,
+    parameters: dict,
+    timezone: str = "UTC",
+    limit: int | None = None,
+    pause_on_shutdown: bool = True,
+) -> None:
+    """Serve ``flow`` as deployment ``<flow name>/<name>`` on ``cron``; blocks until stopped."""
+    from prefect.schedules import Cron
+
+    resolve_annotations(flow)
+    flow.serve(
+        name=name,
+        schedule=Cron(cron, timezone=timezone),
+        parameters=parameters,
+        limit=limit,
+        pause_on_shutdown=pause_on_shutdown,
+        description=f"ldsm serve: {flow.name} on '{cron}'",
+        tags=["ldsm"],
+    )
+
+
+def parameters_from_args(args: argparse.Namespace) -> dict:
+    """``{"config": {...}}`` from ``--config`` or from the ``ldsm design`` options after ``--``."""
+    rest = [a for a in args.design_args if a != "--"]
+    if args.config and rest:
+        raise ValueError("give either --config or design options after --, not both")
+    if args.config:
+        return {"config": json.loads(Path(args.config).read_text())}
+    if args.entrypoint != DESIGN_ENTRYPOINT:
+        if rest:
+            raise ValueError("options after -- are design options; use --config for other flows")
+        return {}
+    from flows import design
+    from flows.cli import build_parser
+
+    design_args = build_parser().parse_args(["design", *rest])
+    return {"config": design.config_from_args(design_args).model_dump(mode="json")}
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "serve",
+        help="serve the design flow on a cron schedule (a Prefect deployment)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog='example: ldsm serve --cron "0 3 * * *" --name nightly -- --n 500 --out runs/nightly',
+    )
+    parser.add_argument("--cron", default="0 3 * * *", help="cron schedule of the runs")
+    parser.add_argument("--timezone", default="UTC", help="IANA time zone of the schedule")
+    parser.add_argument("--name", default="nightly", help="deployment name")
+    parser.add_argument("--config", help="the flow's config as JSON (e.g. a run's config.json)")
+    parser.add_argument(
+        "--entrypoint", default=DESIGN_ENTRYPOINT, help="flow to serve, module:attribute"
+    )
+    parser.add_argument("--limit", type=int, help="at most this many concurrent runs")
+    parser.add_argument(
+        "--keep-schedule",
+        action="store_true",
+        help="leave the schedule active when serving stops (for a supervised, restarting serve)",
+    )
+    parser.add_argument(
+        "design_args", nargs=argparse.REMAINDER, help="after --: options of `ldsm design`"
+    )
+    parser.set_defaults(run=run)
+
+
+def run(args) -> int:
+    try:
+        parameters = parameters_from_args(args)
+        flow = load_flow(args.entrypoint)
+    except (ValueError, OSError) as exc:
+        print(f"ldsm serve: {exc}", file=sys.stderr)
+        return 2
+    serve(
+        flow,
+        name=args.name,
+        cron=args.cron,
+        parameters=parameters,
+        timezone=args.timezone,
+        limit=args.limit,
+        pause_on_shutdown=not args.keep_schedule,
+    )
+    return 0

@@ -1,0 +1,198 @@
+"""Scheduling against a real Prefect server: ``ldsm serve`` registers a cron deployment, a
+triggered run completes; ``prefect.yaml`` describes the design deployment.
+
+The server is ``prefect server start`` on a free loopback port with its own PREFECT_HOME (a
+subprocess of the test, torn down with it), not the session's test harness: serving is a
+long-running client of a real API, and the point is to see it work against one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from ase.build import molecule
+from ase.io import write
+
+from flows import serve as S
+from flows.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30) -> None:
+    """Stop a process started with ``start_new_session`` and its children (its own group)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    return path.read_text(errors="replace")[-n:] if path.exists() else ""
+
+
+@pytest.fixture(scope="module")
+def prefect_server(tmp_path_factory):
+    """``http://127.0.0.1:PORT/api`` of a fresh ``prefect server start``."""
+    home = tmp_path_factory.mktemp("prefect_server")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PREFECT_HOME": str(home),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    env.pop("PREFECT_API_URL", None)
+    log = home / "server.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).parent / "prefect"), "server", "start"]
+            + ["--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"prefect server exited with {proc.returncode}:\n{_tail(log)}")
+            try:
+                if httpx.get(f"{url}/health", timeout=2).json() is True:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"prefect server not healthy after 120 s:\n{_tail(log)}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        _stop(proc)
+
+
+def _deployment(url: str, name: str):
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    async def read():
+        async with get_client() as client:
+            try:
+                return await client.read_deployment_by_name(name)
+            except ObjectNotFound:
+                return None
+
+    with temporary_settings({PREFECT_API_URL: url}):
+        return asyncio.run(read())
+
+
+def test_serve_options_and_parameters(tmp_path):
+    args = build_parser().parse_args(
+        ["serve", "--cron", "*/5 * * * *", "--entrypoint", "flows.screen:screen_flow"]
+    )
+    assert args.name == "nightly" and args.timezone == "UTC" and args.cron == "*/5 * * * *"
+    assert S.parameters_from_args(args) == {}
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"input": "in", "out": "out"}))
+    args = build_parser().parse_args(["serve", "--config", str(config), "--", "--n", "5"])
+    with pytest.raises(ValueError, match="either --config or design options"):
+        S.parameters_from_args(args)
+
+
+def test_flow_annotations_resolve_for_pickling():
+    """The reason serve resolves annotations: a by-value pickle keeps only used globals."""
+    import cloudpickle
+
+    from flows.screen import ScreenConfig
+
+    flow = S.load_flow("flows.screen:screen_flow")
+    S.resolve_annotations(flow)
+    assert flow.fn.__annotations__["config"] is ScreenConfig
+    clone = cloudpickle.loads(cloudpickle.dumps(flow))
+    params = clone.validate_parameters({"config": {"input": "a", "out": "b"}})
+    assert params["config"] == ScreenConfig(input="a", out="b")
+
+
+def test_prefect_yaml_deploys_the_design_flow():
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (deployment,) = [d for d in spec["deployments"] if d["name"] == "nightly-design"]
+    assert deployment["entrypoint"] == "flows/design.py:design"
+    assert deployment["work_pool"]["name"] == "ldsm-process"
+    (schedule,) = deployment["schedules"]
+    from prefect.schedules import Cron
+
+    assert Cron(schedule["cron"], timezone=schedule["timezone"]).cron == schedule["cron"]
+    (pull,) = spec["pull"]
+    assert "prefect.deployments.steps.set_working_directory" in pull
+
+
+def test_ldsm_serve_runs_a_deployment(prefect_server, tmp_path):
+    """``ldsm serve`` in a subprocess; ``run_deployment`` triggers a run that completes."""
+    from prefect.deployments import run_deployment
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("CH4", "C2H6", "CH3OH"):
+        write(folder / f"{name}.xyz", molecule(name))
+    out = tmp_path / "out"
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({"input": str(folder), "out": str(out), "posebusters": False}))
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_server,
+        "PREFECT_HOME": str(tmp_path / "client_home"),
+        "LDSM_HOME": str(tmp_path / "ldsm_home"),
+    }
+    log = tmp_path / "serve.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli", "serve", "--cron", "0 3 * * *"]
+            + ["--name", "test-serve", "--entrypoint", "flows.screen:screen_flow"]
+            + ["--config", str(config)],
+            cwd=ROOT,
+            env=env,
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while (deployment := _deployment(prefect_server, "screen/test-serve")) is None:
+            assert proc.poll() is None, f"ldsm serve exited:\n{_tail(log)}"
+            assert time.monotonic() < deadline, f"no deployment after 120 s:\n{_tail(log)}"
+            time.sleep(1)
+        (schedule,) = deployment.schedules
+        assert schedule.schedule.cron == "0 3 * * *" and schedule.active
+        assert deployment.parameters["config"]["input"] == str(folder)
+        with temporary_settings({PREFECT_API_URL: prefect_server}):
+            flow_run = run_deployment("screen/test-serve", timeout=300)
+        assert flow_run.state.is_completed(), f"{flow_run.state}\n{_tail(log)}"
+        metrics = json.loads((out / "metrics.json").read_text())
+        assert metrics["molecules"]["n"] == 3 and metrics["molecules"]["validity"] == 1.0
+    finally:
+        _stop(proc, signal.SIGINT)
+    # Ctrl-C pauses the deployment: no scheduled runs pile up while nothing serves them.
+    assert _deployment(prefect_server, "screen/test-serve").paused, _tail(log)
