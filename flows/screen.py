@@ -10,7 +10,12 @@ checks of ``pipeline.molecule_checks`` and ``pipeline.crystal_checks`` on chunks
 - ``metrics.json``: ``{"molecules": {...}, "crystals": {...}, "n_read_rejects": k}`` with the keys
   of ``pipeline.metrics`` (None where a metric does not apply);
 - ``report.md`` with ``plots/*.png``; the same tables are published as Prefect artifacts;
-- ``config.json``: the ``ScreenConfig`` of the run.
+- ``config.json``: the ``ScreenConfig`` of the run;
+- ``.prefect/``: the checked chunks (``flows.persist``): a killed run started again into the same
+  DIR checks only the chunks that had not finished.
+
+``--workers N`` checks the chunks on N local Dask processes, ``--dask-address`` on a running Dask
+cluster (``flows.runners``); the outputs are the same.
 
 ``--reference`` is a reference (test) split read the same way: it enables crystal novelty,
 coverage (with CDVAE's cutoffs for the data set named by ``--cov-cutoffs``, guessed from the path)
@@ -33,6 +38,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
+from flows.persist import resumable
 from flows.runners import add_arguments, with_runner
 from pipeline import crystal_checks as cc
 from pipeline import metrics as pm
@@ -158,10 +164,10 @@ def screen_flow(config: ScreenConfig) -> dict:
         if crystals and cutoff_name is not None:
             ref_fps = reference_fingerprints_task(reference, key)
 
-    mol_futures = check_molecules_task.map(
+    mol_futures = resumable(check_molecules_task, out).map(
         _chunks(molecules, config.chunk_size), config.posebusters, config.xtb
     )
-    cry_futures = check_crystals_task.map(
+    cry_futures = resumable(check_crystals_task, out).map(
         _chunks(crystals, config.chunk_size), ref_fps is not None, config.chgnet
     )
     mol_rows = [row for f in mol_futures for row in f.result()]
