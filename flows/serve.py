@@ -102,7 +102,7 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--entrypoint", default=DESIGN_ENTRYPOINT, help="flow to serve, module:attribute"
     )
-    parser.add_argument("--limit", type=int, help="at most this many concurrent runs")
+    parser.add_argument("--concurrency", type=int, help="at most this many runs at once")
     parser.add_argument(
         "--keep-schedule",
         action="store_true",
@@ -127,7 +127,7 @@ def run(args) -> int:
         cron=args.cron,
         parameters=parameters,
         timezone=args.timezone,
-        limit=args.limit,
+        limit=args.concurrency,
         pause_on_shutdown=not args.keep_schedule,
     )
     return 0
