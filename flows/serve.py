@@ -1,11 +1,11 @@
 """``ldsm serve``: run the design flow on a cron schedule (a Prefect deployment served here).
 
-``ldsm serve --cron "0 3 * * *" [--name nightly] [--config RUN/config.json] [-- DESIGN OPTIONS]``
+``ldsm serve --cron "0 3 * * *" [--name nightly] [--config RUN/config.json | DESIGN OPTIONS]``
 registers the deployment ``design/<name>`` with the Prefect API that ``PREFECT_API_URL`` names
 and keeps running, starting each scheduled (or manually triggered) run in a subprocess of this
 process; Ctrl-C stops serving and pauses the schedule. The design parameters come from
 ``--config`` (a ``DesignConfig`` as JSON, e.g. the ``config.json`` a design run writes) or from
-the options of ``ldsm design`` given after ``--``. The cron times are in ``--timezone`` (UTC).
+the options of ``ldsm design``, which ``ldsm serve`` takes too. The cron times are in ``--timezone`` (UTC).
 
 ``--entrypoint`` serves another ``ldsm`` flow the same way (``flows.screen:screen_flow`` with a
 ``ScreenConfig`` JSON screens a folder every night); every ``ldsm`` flow takes one ``config``.
@@ -71,21 +71,14 @@ def serve(
 
 
 def parameters_from_args(args: argparse.Namespace) -> dict:
-    """``{"config": {...}}`` from ``--config`` or from the ``ldsm design`` options after ``--``."""
-    rest = [a for a in args.design_args if a != "--"]
-    if args.config and rest:
-        raise ValueError("give either --config or design options after --, not both")
+    """``{"config": {...}}`` from ``--config`` (which wins) or from the design options."""
     if args.config:
         return {"config": json.loads(Path(args.config).read_text())}
     if args.entrypoint != DESIGN_ENTRYPOINT:
-        if rest:
-            raise ValueError("options after -- are design options; use --config for other flows")
-        return {}
+        return {}  # the flow's own defaults
     from flows import design
-    from flows.cli import build_parser
 
-    design_args = build_parser().parse_args(["design", *rest])
-    return {"config": design.config_from_args(design_args).model_dump(mode="json")}
+    return {"config": design.config_from_args(args).model_dump(mode="json")}
 
 
 def register(subparsers) -> None:
@@ -93,12 +86,14 @@ def register(subparsers) -> None:
         "serve",
         help="serve the design flow on a cron schedule (a Prefect deployment)",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog='example: ldsm serve --cron "0 3 * * *" --name nightly -- --n 500 --out runs/nightly',
+        epilog='example: ldsm serve --cron "0 3 * * *" --name nightly --n 500 --out runs/nightly',
     )
     parser.add_argument("--cron", default="0 3 * * *", help="cron schedule of the runs")
     parser.add_argument("--timezone", default="UTC", help="IANA time zone of the schedule")
     parser.add_argument("--name", default="nightly", help="deployment name")
-    parser.add_argument("--config", help="the flow's config as JSON (e.g. a run's config.json)")
+    parser.add_argument(
+        "--config", help="the flow's config as JSON, e.g. a run's config.json (replaces the below)"
+    )
     parser.add_argument(
         "--entrypoint", default=DESIGN_ENTRYPOINT, help="flow to serve, module:attribute"
     )
@@ -108,9 +103,9 @@ def register(subparsers) -> None:
         action="store_true",
         help="leave the schedule active when serving stops (for a supervised, restarting serve)",
     )
-    parser.add_argument(
-        "design_args", nargs=argparse.REMAINDER, help="after --: options of `ldsm design`"
-    )
+    from flows import design  # imported here: design imports the flows that serve may serve
+
+    design.add_design_options(parser)
     parser.set_defaults(run=run)
 
 

@@ -114,11 +114,15 @@ def test_serve_options_and_parameters(tmp_path):
     )
     assert args.name == "nightly" and args.timezone == "UTC" and args.cron == "*/5 * * * *"
     assert S.parameters_from_args(args) == {}
-    config = tmp_path / "config.json"
-    config.write_text(json.dumps({"input": "in", "out": "out"}))
-    args = build_parser().parse_args(["serve", "--config", str(config), "--", "--n", "5"])
-    with pytest.raises(ValueError, match="either --config or design options"):
-        S.parameters_from_args(args)
+    # The design options of `ldsm design` become the deployment's parameters.
+    args = build_parser().parse_args(["serve", "--n", "5", "--nfe", "8", "--out", "runs/x"])
+    config = S.parameters_from_args(args)["config"]
+    assert config["n"] == 5 and config["sampler"]["nfe"] == 8 and config["out"] == "runs/x"
+    # --config wins: a previous run's config.json is served as it is.
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps({"out": "runs/y", "n": 7}))
+    args = build_parser().parse_args(["serve", "--config", str(path), "--n", "5"])
+    assert S.parameters_from_args(args) == {"config": {"out": "runs/y", "n": 7}}
 
 
 def test_flow_annotations_resolve_for_pickling():
