@@ -309,9 +309,13 @@ def train(
     net = DistributedDataParallel(model) if world.size > 1 else model
     log = MetricsLog(run_dir, step) if world.main else None
 
+    saved_at = step
+
     def checkpoint() -> None:
-        if not world.main:
+        nonlocal saved_at
+        if not world.main or saved_at == step:
             return
+        saved_at = step
         state = {
             "model": model.state_dict(),
             "ema": ema.state_dict(),
@@ -372,6 +376,7 @@ def train(
                         lr=lr,
                         skipped=skipped,
                         seconds=round(seconds, 3),
+                        cpu_seconds=round(cpu, 3),
                         val_loss=val_loss,
                     )
                 )

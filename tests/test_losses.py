@@ -7,8 +7,8 @@ from models.mlp import TimeMLP
 from pipeline.energies import Energy, GaussianMixturePotential
 from pipeline.losses import (
     ConstantBudget,
-    FractionBudget,
     ConstantStep,
+    FractionBudget,
     UniformTimes,
     exact_dsm_loss,
     ism_loss,

@@ -79,6 +79,7 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     assert steps == ["step", "1", "2", "3", "4", "5", "6"]
     rows = (tmp_path / "full" / "metrics.csv").read_text().splitlines()
     assert rows[3].split(",")[-1] != ""  # a validation loss at step 3
+    assert all(float(row.split(",")[6]) > 0 for row in rows[1:])  # CPU seconds
     trained = load_trained(tmp_path / "cut" / "checkpoints" / "last.pt")
     assert trained.info["step"] == 6
     assert sum(trained.num_atoms.values()) == 48

@@ -53,10 +53,11 @@ def training_summary(run: Path) -> dict:
         rows = list(csv.DictReader(f))
     last = rows[-1]
     config = json.loads((run / "config.json").read_text())
+    info = json.loads((run / "checkpoints" / "last.json").read_text())["run"]
     return {
-        "steps": int(last["step"]),
-        "cpu_minutes": round(float(last["cpu_seconds"]) / 60, 1),
-        "wall_minutes": round(float(last["seconds"]) / 60, 1),
+        "steps": info["step"],
+        "cpu_minutes": round(info["cpu_seconds"] / 60, 1),
+        "wall_minutes": round(info["seconds"] / 60, 1),
         "skipped": int(last["skipped"]),
         "loss": config["recipe"]["loss"]["kind"],
         "drift": config["recipe"]["process"]["drift"],
@@ -104,18 +105,16 @@ def pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
-def table(runs: list[Path], nfes: list[int], results: Path) -> str:
+def table(runs: list[Path], results: Path) -> str:
+    """The training table and the sample-quality table (every result present, by run and NFE)."""
     head = (
         "| method | NFE | n | atom stab. | mol. stab. | valid | V x U | novel | PoseBusters | "
         "s / molecule |\n|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for run in runs:
-        for nfe in nfes:
-            path = results / f"{run.name}-nfe{nfe}.json"
-            if not path.exists():
-                continue
-            m = json.loads(path.read_text())
+        found = [json.loads(p.read_text()) for p in results.glob(f"{run.name}-nfe*.json")]
+        for m in sorted(found, key=lambda m: m["nfe"]):
             lines.append(
                 f"| {run.name} | {m['nfe']} | {m['n']} | {pct(m['atom_stability'])} | "
                 f"{pct(m['molecule_stability'])} | {pct(m['validity'])} | "
@@ -162,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = evaluate(run, nfe, args.n, args.batch, args.seed, known)
             path.write_text(json.dumps(metrics, indent=2) + "\n")
             print(json.dumps(metrics), flush=True)
-    body = table(args.runs, args.nfe, args.results)
+    body = table(args.runs, args.results)
     if args.notes:
         body += "\n\n" + Path(args.notes).read_text() if Path(args.notes).exists() else args.notes
     print(body)
