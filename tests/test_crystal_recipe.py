@@ -21,6 +21,7 @@ from pipeline.crystal_recipe import (
     CrystalRecipeConfig,
     CrystalState,
     TorusProcess,
+    cell_shifts,
     noise_scales,
     periodic_pair_energy,
     periodic_pair_gradient,
@@ -28,7 +29,7 @@ from pipeline.crystal_recipe import (
     wrapped_normal_score,
 )
 from pipeline.datasets import shared_data_dir
-from pipeline.energies import SoftSphere
+from pipeline.energies import CappedLennardJones, SoftSphere
 from pipeline.io import read_cdvae_csv
 from pipeline.recipes import (
     LossConfig,
@@ -139,14 +140,17 @@ def _dense_cell(data, dtype=torch.float64):
     return data.frac[None].to(dtype), data.lattice.to(dtype), torch.ones(1, len(data.z), dtype=bool)
 
 
-def _brute_force_energy(term, frac, lattice, reach=3):
-    """``sum_{i<j} sum_{n in [-reach, reach]^3} phi(|(F_j - F_i + n) L|)``: the lattice sum."""
+def _brute_force_energy(term, frac, lattice, reach=3, wrap=False):
+    """``sum_{i<j} sum_{n in [-reach, reach]^3} phi(|(F_j - F_i + n) L|)``: the lattice sum
+    (``wrap``: of the difference wrapped into [-1/2, 1/2], the recipe's definition at reach 1)."""
     shifts = torch.tensor(
         list(itertools.product(range(-reach, reach + 1), repeat=3)), dtype=frac.dtype
     )
     total = torch.zeros((), dtype=frac.dtype)
     for i, j in itertools.combinations(range(frac.shape[0]), 2):
-        v = (frac[j] - frac[i] + shifts) @ lattice
+        delta = frac[j] - frac[i]
+        delta = delta - torch.round(delta) if wrap else delta
+        v = (delta + shifts) @ lattice
         total = total + term.phi(v.norm(dim=-1), *term.params(None, v)).sum()
     return total
 
@@ -166,8 +170,25 @@ def test_periodic_energy_is_the_lattice_sum(jitter):
         torch.testing.assert_close(got[0], want, rtol=1e-12, atol=1e-12)
 
 
-def test_periodic_gradient_and_hessian_equal_autograd():
-    term = SoftSphere(1.0, 3.0)
+def test_only_shifts_that_reach_the_cutoff_are_summed():
+    """Small noisy cells (the lattice near t = 1) need all 27 shifts, a Perov-5-like cubic cell one;
+    the energy is the 27-image sum of its definition either way."""
+    gen = torch.Generator().manual_seed(10)
+    cubic = 3.9 * torch.eye(3, dtype=torch.float64)[None]
+    assert cell_shifts(cubic, 1.0).tolist() == [[0.0, 0.0, 0.0]]
+    assert len(cell_shifts(cubic, 3.0)) == 27
+    assert len(cell_shifts(torch.zeros(1, 3, 3, dtype=torch.float64), 1.0)) == 27
+    term = SoftSphere(1.0, 1.0)
+    for lattice in (cubic, torch.randn(1, 3, 3, generator=gen, dtype=torch.float64)):
+        frac = torch.rand(1, 6, 3, generator=gen, dtype=torch.float64)
+        got = periodic_pair_energy(term, frac, lattice, torch.ones(1, 6, dtype=bool))
+        want = _brute_force_energy(term, frac[0], lattice[0], reach=1, wrap=True)
+        torch.testing.assert_close(got[0], want, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("term", [SoftSphere(1.0, 3.0), CappedLennardJones(0.5, 2.0)])
+def test_periodic_gradient_and_hessian_equal_autograd(term):
+    """Closed-form soft-sphere derivatives and the forward-mode path of other terms."""
     for cell in _cells()[0::2]:
         frac, lattice, mask = _dense_cell(cell)
         frac = frac + 0.01 * torch.randn(frac.shape, generator=torch.Generator().manual_seed(2))
