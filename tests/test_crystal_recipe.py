@@ -214,6 +214,31 @@ def test_periodic_gradient_and_hessian_equal_autograd(term):
         torch.testing.assert_close(got_hess, hess, rtol=1e-9, atol=1e-9)
 
 
+def test_torus_drift_and_jacobian_are_those_of_the_energy():
+    """``F(u) = -1/2 grad_u U(c u)`` and its Jacobian, per crystal, in lifted units (padding of
+    crystals of different sizes included)."""
+    cells = _cells()
+    sizes = torch.tensor([len(c.z) for c in cells])
+    batch = torch.repeat_interleave(torch.arange(3), sizes)
+    lattice = torch.cat([c.lattice for c in cells]).double()
+    scale = 0.2
+    process = TorusProcess(lattice, scale, SoftSphere(1.0, 3.0), PolynomialSchedule())
+    gen = torch.Generator().manual_seed(11)
+    u = torch.cat([c.frac for c in cells]).double() / scale
+    u = u + 0.1 * torch.randn(u.shape, generator=gen, dtype=torch.float64)
+    grad = torch.func.grad(lambda x: process.energy(x, batch).sum())(u)
+    torch.testing.assert_close(process.drift_field(u, batch), -0.5 * grad)
+    full = torch.autograd.functional.jacobian(lambda x: process.drift_field(x, batch), u)
+    jac, mask = process.drift_jacobian(u, batch)
+    start = 0
+    for g, n in enumerate(sizes.tolist()):
+        block = full[start : start + n, :, start : start + n, :].reshape(3 * n, 3 * n)
+        torch.testing.assert_close(jac[g, : 3 * n, : 3 * n], block, rtol=1e-9, atol=1e-9)
+        assert jac[g, 3 * n :].abs().sum() == 0  # padding rows
+        start += n
+    assert mask.sum(1).tolist() == sizes.tolist() and full.abs().max() > 1e-3
+
+
 def test_drift_is_periodic_translation_and_rotation_invariant():
     """A common shift of all frac, one atom moved by a lattice vector, and ``L -> L R^T`` leave the
     drift on frac unchanged (it acts on fractional coordinates, which do not rotate)."""
