@@ -25,7 +25,8 @@ Forward process on ``u``: ``du = -1/2 beta(t) grad_u U(c u; L_t) dt + sqrt(beta(
   ``frac`` and under moving an atom by a lattice vector; rotation invariant (it depends on L only
   through distances). The sum equals the full periodic lattice sum while the pair cut-off is below
   1.5 x the smallest cell height, true of real cells; only near t = 1, where the lattice is noise,
-  can it be a truncation. Only a finite-range term makes that sum exact, hence soft-sphere only.
+  can it be a truncation. Only a finite-range term makes that sum exact, hence soft-sphere only;
+  shifts that cannot come within the cut-off are skipped (:func:`cell_shifts`, exact).
 
 Types are independent of ``(u, L)`` (the pair term does not depend on them). ``u`` depends on ``L``
 through the drift; ``L`` is autonomous. In ``u`` units the process is a gradient drift with unit
@@ -44,9 +45,11 @@ see :class:`CrystalScoreFn`), per graph
   VP step ``s -> t``. Why a lifted target is right on the torus: given the wrapped point, the lifted
   displacement is one of its images ``delta + k`` with posterior weights ``w_k``, so
   ``E[-(u_t - m)/var | wrapped] = sum_k w_k (-(delta + k)/var)``, which *is* the wrapped-normal score:
-  the regression has the same minimiser (Rao-Blackwell). For a step with ``sigma_step << 1`` the
-  images carry weight ``exp(-1/(8 sigma_step^2))`` and the lifted target equals the wrapped score
-  itself to float64 precision (tests check both).
+  the regression has the same minimiser (Rao-Blackwell; exact for the zero drift, for the pair
+  drift up to the linearisation). Pointwise, for a step of std ``s`` (fractional units) and a
+  displacement ``|delta| <= 1/4`` (all but a fraction ``~exp(-1/(32 s^2))`` of draws) the other
+  images weigh below ``exp(-1/(4 s^2))``: at the default steps (``s <= c sqrt(0.5) = 0.125``) the
+  lifted target is the wrapped-normal score to ``e^-16`` (tests check both statements).
 * ``exact-dsm`` (linear drift only): DiffCSP's target, the wrapped-normal score of ``frac_t`` given
   ``frac_0`` by summing images (:func:`wrapped_normal_score`); closed-form VP for lattice and types.
 * ``ism``: Hyvarinen's implicit score matching with a Hutchinson divergence over all three parts; on
