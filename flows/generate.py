@@ -122,7 +122,7 @@ def register(subparsers) -> None:
         "--num-atoms",
         type=int,
         default=None,
-        help="atoms per structure (default: drawn from the training histogram)",
+        help="atoms per structure; None: drawn from the training histogram",
     )
     parser.add_argument(
         "--batch-size",
@@ -130,7 +130,7 @@ def register(subparsers) -> None:
         default=d.batch_size,
         help="structures per chunk (sampled together)",
     )
-    parser.add_argument("--seed", type=int, default=d.seed)
+    parser.add_argument("--seed", type=int, default=d.seed, help="chunk k is seeded by (seed, k)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads per chunk")
     runners.add_arguments(parser)
     parser.set_defaults(run=run)
