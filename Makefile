@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml constraints.txt
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/ldsm demo
+	$(BIN)/ldsm design
 
 test: $(STAMP)
 	$(BIN)/ruff check pipeline models flows tests benchmarks

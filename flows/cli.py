@@ -8,9 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flows import demo, generate, ingest, screen, serve, train
+from flows import demo, design, generate, ingest, screen, serve, train
 
-COMMANDS = [demo, ingest, train, generate, screen, serve]
+COMMANDS = [demo, ingest, train, generate, screen, design, serve]
 
 
 def build_parser() -> argparse.ArgumentParser:

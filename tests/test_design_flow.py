@@ -1,0 +1,82 @@
+"""The design flow end to end on a tiny model, its re-run reuse, and the shipped checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flows.design import DEFAULT_CHECKPOINT, DesignConfig, design
+from models.config import EGNNConfig
+from pipeline.recipes import MoleculeRecipeConfig, SamplerConfig, load_trained
+from pipeline.train import TrainConfig
+
+TINY = MoleculeRecipeConfig(model=EGNNConfig(hidden=16, layers=2)).model_dump(mode="json")
+
+
+def test_shipped_checkpoint_loads_with_its_recipe_and_histogram():
+    trained = load_trained(DEFAULT_CHECKPOINT)
+    assert trained.info["dataset"] == "qm9"
+    assert trained.recipe.config.kind == "molecule"
+    assert max(trained.num_atoms) == 29 and sum(trained.num_atoms.values()) == 100_000
+    assert DEFAULT_CHECKPOINT.stat().st_size < 5e6
+
+
+def test_design_trains_generates_screens_reports_and_reuses_finished_work(
+    tmp_path, prefect_harness
+):
+    run = tmp_path / "run"
+    train = TrainConfig(
+        recipe=TINY,
+        limit=32,
+        batch_size=8,
+        steps=3,
+        warmup=1,
+        checkpoint_every=1,
+        val_every=0,
+        threads=1,
+    )
+    config = DesignConfig(
+        out=str(run),
+        train=train,
+        n=6,
+        sampler=SamplerConfig(nfe=4),
+        reference_size=12,
+        posebusters=False,
+    )
+    metrics = design(config)
+    for name in [
+        "config.json",
+        "metrics.json",
+        "report.md",
+        "samples/samples.sdf",
+        "screen/screen.csv",
+        "train/metrics.csv",
+        "train/checkpoints/last.pt",
+    ]:
+        assert (run / name).exists(), name
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["molecules"]["n"] == 6 == metrics["molecules"]["n"]
+    assert set(saved["molecules"]) >= {"atom_stability", "molecule_stability", "validity"}
+    report = (run / "report.md").read_text()
+    assert "plots/loss.png" in report and "plots/atoms.png" in report
+    assert (run / "plots" / "loss.png").stat().st_size > 0
+
+    # A second run with the same config reuses the finished training and the sampled chunks.
+    samples = (run / "samples" / "samples.xyz").read_text()
+    state = (run / "train" / "checkpoints" / "state.pt").stat().st_mtime_ns
+    again = design(config)
+    assert again["molecules"] == metrics["molecules"]
+    assert (run / "samples" / "samples.xyz").read_text() == samples
+    assert (run / "train" / "checkpoints" / "state.pt").stat().st_mtime_ns == state
+
+
+@pytest.mark.parametrize("argv", [["design", "--help"], ["train", "--help"]])
+def test_cli_help_shows_defaults_and_an_example(argv, capsys):
+    from flows.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 0
+    text = capsys.readouterr().out
+    assert "example:" in text and "(default:" in text
