@@ -32,9 +32,9 @@ from flows.train import add_training_options, train_flow
 from flows.train import config_from_args as train_config_from_args
 from pipeline import report
 from pipeline.datasets import load_dataset
-from pipeline.generate import GenerateConfig
+from pipeline.generate import GenerateConfig, load_cached
 from pipeline.io import read_structures, write_structures
-from pipeline.recipes import SamplerConfig, load_trained
+from pipeline.recipes import SamplerConfig
 from pipeline.train import TrainConfig
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
@@ -101,7 +101,7 @@ def design(config: DesignConfig | None = None) -> dict:
         if summary["status"] == "interrupted":
             raise RuntimeError(f"training in {train_dir} was interrupted; re-run to resume")
         checkpoint, metrics_csv = summary["checkpoint"], train_dir / "metrics.csv"
-    trained = load_trained(checkpoint)
+    trained = load_cached(checkpoint)  # the generation tasks reuse this load
     refs = reference_task(trained.info.get("dataset", "qm9"), None, str(run), config.reference_size)
 
     gen_config = GenerateConfig(

@@ -247,9 +247,12 @@ class MoleculeRecipe:
             self.config.loss, self.score(model), self.process, x0, batch.batch, generator
         )
 
-    def prior(self, batch: Tensor, generator: torch.Generator | None) -> Tensor:
-        """A draw of the stationary law at t = 1: ``(num_nodes, 3 + K)`` float64."""
-        pos = prior_sample(self.positions, batch, 3, generator=generator)
+    def prior(
+        self, batch: Tensor, generator: torch.Generator | None, budget: float = 0.1
+    ) -> Tensor:
+        """A draw of the stationary law at t = 1 (Langevin steps of rate ``budget``):
+        ``(num_nodes, 3 + K)`` float64."""
+        pos = prior_sample(self.positions, batch, 3, max_budget=budget, generator=generator)
         types = torch.randn(
             (batch.numel(), len(self.config.elements)), generator=generator, dtype=torch.float64
         )
@@ -266,7 +269,7 @@ class MoleculeRecipe:
     ) -> tuple[list[Data], int]:
         """``len(num_atoms)`` molecules with the given atom counts, and the NFE spent."""
         batch = torch.repeat_interleave(torch.arange(len(num_atoms)), num_atoms)
-        x1 = self.prior(batch, generator).float()
+        x1 = self.prior(batch, generator, sampler.prior_budget).float()
         result = run_sampler(sampler, self.score(model), self.process, x1, batch, generator)
         return self.decode(result.x, batch, prefix), result.nfe
 
