@@ -79,6 +79,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         recipe=recipe_from_args(args),
         dataset=args.dataset,
         dataset_path=args.path,
+        split=args.split,
+        val_split=args.val_split,
         limit=args.limit,
         steps=args.steps or TrainConfig().steps,
         batch_size=args.batch_size,
@@ -100,6 +102,15 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("training")
     g.add_argument("--dataset", default=d.dataset, help="data set card name or a path")
     g.add_argument("--path", default=None, help="local source file or folder of the data set")
+    g.add_argument(
+        "--split",
+        default=d.split,
+        help="split to train on (the shared Perov-5 and Carbon-24 copies have val and test only:"
+        " --split val --val-split test)",
+    )
+    g.add_argument(
+        "--val-split", default=d.val_split, help="split for the validation loss (skipped if absent)"
+    )
     g.add_argument("--limit", type=int, default=None, help="train on the first N structures only")
     g.add_argument("--loss", choices=["local-dsm", "exact-dsm", "ism"], default="local-dsm")
     g.add_argument(

@@ -283,6 +283,11 @@ def train(
 
     recipe = config.validated_recipe()
     dataset = load_dataset(config.dataset, config.dataset_path)
+    if config.split not in dataset.splits:
+        raise ValueError(
+            f"{config.dataset}: no split {config.split!r} here (it has {sorted(dataset.splits)});"
+            " choose one with --split"
+        )
     data = dataset.split_set(config.split)
     if config.limit:
         data = data[: config.limit]
