@@ -221,3 +221,29 @@ def test_two_ddp_processes_give_the_gradient_of_one_process_on_the_same_global_b
     )
     g3 = torch.load(tmp_path / "g3.pt", weights_only=True)
     assert any(not torch.allclose(g3[k], g1[k], rtol=1e-3, atol=1e-6) for k in g1)
+
+
+def test_crystals_train_on_a_named_split_from_the_command_line_options(tmp_path):
+    """The shared Perov-5 copy has val and test only: ``--split val`` trains, a missing split says so."""
+    import argparse
+
+    from flows.train import add_training_options, config_from_args
+    from pipeline.datasets import shared_data_dir
+
+    perov = shared_data_dir() / "crystals" / "perov_5" / "val.csv"
+    if not perov.exists():
+        pytest.skip(f"reference data {perov} absent (set LDSM_SHARED_DATA)")
+    parser = argparse.ArgumentParser()
+    add_training_options(parser)
+    options = "--dataset perov-5 --limit 16 --batch-size 8 --steps 2 --hidden 16 --layers 1"
+    missing = config_from_args(parser.parse_args(options.split()))
+    with pytest.raises(ValueError, match=r"no split 'train' here \(it has \['test', 'val'\]\)"):
+        train(missing, tmp_path / "missing")
+    args = parser.parse_args([*options.split(), "--split", "val", "--val-split", "test"])
+    config = config_from_args(args)
+    assert (config.split, config.val_split, config.recipe["kind"]) == ("val", "test", "crystal")
+    result = train(config.model_copy(update={"threads": 1}), tmp_path / "run")
+    assert result.step == 2
+    trained = load_trained(result.checkpoint)
+    assert type(trained.recipe).__name__ == "CrystalRecipe"
+    assert trained.num_atoms == {5: 16}  # every Perov-5 cell has five atoms
