@@ -26,7 +26,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "mixture, on exact samples of exp(-U); the true score is -grad U at every t, so the "
             "relative score error is exact."
         ),
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="example: ldsm demo --steps 800 --mode taylor2",
     )
     parser.add_argument("--mode", choices=MODES, default="expm", help="local-DSM transition mode")

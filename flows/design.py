@@ -159,15 +159,25 @@ def add_design_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=d.checkpoint, help="trained checkpoint (.pt)")
     parser.add_argument("--train", action="store_true", help="train first (training options below)")
     parser.add_argument("--n", type=int, default=d.n, help="structures to generate")
-    parser.add_argument("--sampler", choices=["sde", "ode"], default=d.sampler.kind)
+    parser.add_argument(
+        "--sampler",
+        choices=["sde", "ode"],
+        default=d.sampler.kind,
+        help="reverse SDE (Euler-Maruyama) or probability-flow ODE (Heun)",
+    )
     parser.add_argument("--nfe", type=int, default=d.sampler.nfe, help="network evaluations")
     parser.add_argument(
         "--num-atoms",
         type=int,
         default=None,
-        help="atoms per structure (default: the training histogram)",
+        help="atoms per structure; None: drawn from the training histogram",
     )
-    parser.add_argument("--reference-size", type=int, default=d.reference_size)
+    parser.add_argument(
+        "--reference-size",
+        type=int,
+        default=d.reference_size,
+        help="test-split structures to compare with (novelty, coverage, report plots)",
+    )
     parser.add_argument("--no-posebusters", action="store_true", help="skip PoseBusters")
     runners.add_arguments(parser)
     add_training_options(parser)
@@ -178,11 +188,12 @@ def register(subparsers) -> None:
         "design",
         help="ingest -> train or load -> generate -> screen -> report",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog=(
             "example: ldsm design                        (the shipped QM9 model, 200 molecules)\n"
             "         ldsm design --n 1000 --nfe 200 --out runs/big --workers 2\n"
-            "         ldsm design --train --max-minutes 30 --out runs/fresh"
+            "         ldsm design --train --max-minutes 30 --out runs/fresh\n"
+            "         ldsm design --train --dataset perov-5 --split val --val-split test \\\n"
+            "             --hidden 128 --max-minutes 15 --out runs/perov"
         ),
     )
     add_design_options(parser)

@@ -104,7 +104,6 @@ def register(subparsers) -> None:
         "generate",
         help="sample molecules or crystals from a trained checkpoint",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="example: ldsm generate --checkpoint models/weights/qm9_egnn.pt --n 100 --out gen "
         "--nfe 50 --sampler sde",
     )

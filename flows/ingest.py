@@ -20,7 +20,6 @@ published as Prefect artifacts (a Markdown report and a table of the splits).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -173,10 +172,9 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "ingest",
         help="read, check, split and cache a data set",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog="examples: ldsm ingest qm9 --summary-json runs/qm9.json; "
-        "ldsm ingest perov-5 --path ../shared/datasets/crystals/perov_5; "
-        "ldsm ingest my_structures/",
+        epilog="example: ldsm ingest qm9 --summary-json runs/qm9.json\n"
+        "         ldsm ingest perov-5 --path ../shared/datasets/crystals/perov_5\n"
+        "         ldsm ingest my_structures/",
     )
     names = ", ".join(sorted(D.load_cards()))
     parser.add_argument("name", help=f"data set ({names}) or a file / folder of structures")

@@ -24,7 +24,6 @@ and the Wasserstein distances. Its fingerprints are cached under ``$LDSM_HOME/sc
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
 import json
@@ -303,7 +302,6 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "screen",
         help="validate and rank candidate molecules and crystals",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="example: ldsm screen samples/ --out runs/screen "
         "--reference ../shared/datasets/crystals/perov_5/test.csv",
     )

@@ -85,7 +85,6 @@ def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "serve",
         help="serve the design flow on a cron schedule (a Prefect deployment)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog='example: ldsm serve --cron "0 3 * * *" --name nightly --n 500 --out runs/nightly',
     )
     parser.add_argument("--cron", default="0 3 * * *", help="cron schedule of the runs")

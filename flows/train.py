@@ -173,10 +173,11 @@ def register(subparsers) -> None:
         "train",
         help="train a score network (local-DSM, exact DSM or ISM)",
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog=(
             "example: ldsm train --out runs/qm9 --steps 5000 --max-minutes 30\n"
             "         ldsm train --out runs/qm9 --resume      (after Ctrl-C or a kill)\n"
+            "         ldsm train --dataset perov-5 --split val --val-split test --hidden 128 \\\n"
+            "             --loss local-dsm --drift physical --out runs/perov\n"
             "         torchrun --nproc_per_node 2 -m flows.cli train --out runs/ddp"
         ),
     )

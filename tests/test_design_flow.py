@@ -71,12 +71,18 @@ def test_design_trains_generates_screens_reports_and_reuses_finished_work(
     assert (run / "train" / "checkpoints" / "state.pt").stat().st_mtime_ns == state
 
 
-@pytest.mark.parametrize("argv", [["design", "--help"], ["train", "--help"]])
-def test_cli_help_shows_defaults_and_an_example(argv, capsys):
+@pytest.mark.parametrize(
+    "command", ["demo", "ingest", "train", "generate", "screen", "design", "serve"]
+)
+def test_cli_help_shows_defaults_and_an_example(command, capsys):
     from flows.cli import main
 
     with pytest.raises(SystemExit) as exit_:
-        main(argv)
+        main([command, "--help"])
     assert exit_.value.code == 0
     text = capsys.readouterr().out
-    assert "example:" in text and "(default:" in text
+    assert "(default:" in text
+    example = text[text.index("example: ") :].splitlines()
+    # One command per line, as written (argparse's default formatter would re-flow them).
+    assert example[0].startswith(f"example: ldsm {command} ")
+    assert all(line.startswith(("         ", "example: ")) for line in example)
