@@ -174,7 +174,11 @@ def main(argv: list[str] | None = None) -> int:
         notes = Path(args.notes)
         body += "\n\n" + (notes.read_text() if notes.exists() else args.notes)
     print(body)
-    command = "python -m benchmarks.quality.crystals --runs " + " ".join(str(r) for r in args.runs)
+    command = (
+        "python -m benchmarks.quality.crystals --runs "
+        + " ".join(str(r) for r in args.runs)
+        + f" --nfe {' '.join(map(str, args.nfe))} --n {args.n}"
+    )
     write_section(
         f"quality-{dataset}",
         f"Quality: {dataset} de novo generation, linear vs physical drift",
