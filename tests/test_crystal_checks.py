@@ -112,6 +112,33 @@ def test_uniqueness_and_novelty_with_structure_matcher():
     assert cc.novel_mask([base], []) == [True]
 
 
+def test_matching_verdicts_equal_plain_structure_matcher_fits_on_real_cells():
+    """Reducing once and bucketing by reduced site count changes no verdict: brute force agrees."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    carbon = read_cdvae("carbon_24", "test", 14)
+    supercell = carbon[0].copy()
+    supercell.make_supercell([1, 1, 2])  # the same crystal, twice the sites
+    shifted = carbon[1].copy()
+    shifted.translate_sites(list(range(len(shifted))), [0.13, 0.0, 0.41])
+    structures = [*carbon, supercell, shifted, None]
+    matcher = StructureMatcher(**cc.MATCHER_KWARGS)
+
+    def fits(a, b) -> bool:
+        return a is not None and b is not None and bool(matcher.fit(a, b))
+
+    unique: list[bool] = []
+    for k, s in enumerate(structures):
+        earlier = [structures[j] for j in range(k) if unique[j]]
+        unique.append(s is not None and not any(fits(r, s) for r in earlier))
+    assert cc.unique_mask(structures) == unique
+    assert unique[-3:] == [False, False, False]  # the supercell, the shifted copy and None
+    reference = carbon[:5]
+    novel = [s is not None and not any(fits(r, s) for r in reference) for s in structures]
+    assert cc.novel_mask(structures, reference) == novel
+    assert novel[:5] == [False] * 5 and novel[-3:] == [False, False, False]
+
+
 def test_fingerprints_and_coverage():
     base = perovskite()
     fp = cc.structure_fingerprint(base)

@@ -68,8 +68,43 @@ def reference(dataset: str, split: str) -> tuple[list, tuple[list, list]]:
     return structures, (struct, comp)
 
 
+def distribution_metrics(rows: list[dict], ref: list, ref_fps, cutoffs: dict) -> dict:
+    """The metrics of :func:`pipeline.metrics.crystal_set_metrics` that need no StructureMatcher:
+    validity, coverage and the Wasserstein distances (uniqueness and novelty are None)."""
+    valid = [r for r in rows if r["valid"]]
+    recall, precision = cc.coverage(
+        [r.get("struct_fp") for r in rows],
+        [r.get("comp_fp") for r in rows],
+        ref_fps[0],
+        ref_fps[1],
+        cutoffs["struc"],
+        cutoffs["comp"],
+    )
+    out = dict.fromkeys(pm.CRYSTAL_KEYS)
+    out.update(
+        n=len(rows),
+        structural_validity=sum(r["struct_valid"] for r in rows) / len(rows),
+        compositional_validity=sum(r["comp_valid"] for r in rows) / len(rows),
+        coverage_recall=recall,
+        coverage_precision=precision,
+        wdist_density=cc.wdist([r["density"] for r in valid], [s.density for s in ref]),
+        wdist_num_elements=cc.wdist(
+            [r["num_elements"] for r in valid], [len(s.composition.elements) for s in ref]
+        ),
+    )
+    return out
+
+
 def evaluate(
-    run: Path, nfe: int, n: int, batch: int, seed: int, ref: list, ref_fps, cutoffs: dict
+    run: Path,
+    nfe: int,
+    n: int,
+    batch: int,
+    seed: int,
+    ref: list,
+    ref_fps,
+    cutoffs: dict,
+    matching: bool = True,
 ) -> dict:
     trained = load_trained(run / "checkpoints" / "last.pt")
     sizes = np.array(sorted(trained.num_atoms))
@@ -91,7 +126,10 @@ def evaluate(
         [c.z.numpy() for c in crystals],
         fingerprints=True,
     )
-    metrics = pm.crystal_set_metrics(rows, ref, ref_fps, cutoffs)
+    if matching:
+        metrics = pm.crystal_set_metrics(rows, ref, ref_fps, cutoffs)
+    else:
+        metrics = distribution_metrics(rows, ref, ref_fps, cutoffs)
     metrics.update(nfe=used, seconds_per_crystal=seconds / n, n=n)
     return metrics
 
@@ -149,6 +187,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--no-matching",
+        action="store_true",
+        help="skip uniqueness and novelty (StructureMatcher fits, the slowest metrics)",
+    )
     parser.add_argument("--notes", default="", help="a Markdown file or paragraph under the table")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -166,7 +209,9 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             ref = ref or reference(dataset, args.split)
             print(f"{run.name}: sampling {args.n} crystals at {nfe} NFE", flush=True)
-            metrics = evaluate(run, nfe, args.n, args.batch, args.seed, *ref, cutoffs)
+            metrics = evaluate(
+                run, nfe, args.n, args.batch, args.seed, *ref, cutoffs, not args.no_matching
+            )
             path.write_text(json.dumps(metrics, indent=2) + "\n")
             print(json.dumps(metrics), flush=True)
     body = table(args.runs, args.results, dataset)
@@ -178,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         "python -m benchmarks.quality.crystals --runs "
         + " ".join(str(r) for r in args.runs)
         + f" --nfe {' '.join(map(str, args.nfe))} --n {args.n}"
+        + (" --no-matching" if args.no_matching else "")
     )
     write_section(
         f"quality-{dataset}",
