@@ -24,7 +24,6 @@ A crystal is given as plain arrays: ``lattice`` (3, 3) rows are lattice vectors 
 
 from __future__ import annotations
 
-import itertools
 import math
 import warnings
 from collections import Counter, defaultdict
@@ -140,15 +139,8 @@ def _smact_validity(elems: tuple[str, ...], counts: tuple[int, ...]) -> CrystalV
         except (NameError, KeyError, ValueError) as err:
             return CrystalVerdict(False, f"no SMACT data: {err}")
     electronegs = [s.pauling_eneg for s in species]
-    ox_combos = [s.oxidation_states or [] for s in species]
-    threshold = max(counts)
     neutral_found = False
-    for ox_states in itertools.product(*ox_combos):
-        ratios = smact.neutral_ratios(
-            ox_states, stoichs=[(c,) for c in counts], threshold=threshold
-        )
-        if not ratios:
-            continue
+    for ox_states in _neutral_assignments([s.oxidation_states or [] for s in species], counts):
         neutral_found = True
         try:
             eneg_ok = pauling_test(ox_states, electronegs)
@@ -159,6 +151,31 @@ def _smact_validity(elems: tuple[str, ...], counts: tuple[int, ...]) -> CrystalV
     if neutral_found:
         return CrystalVerdict(False, "charge-neutral only against Pauling electronegativity order")
     return CrystalVerdict(False, "no charge-neutral oxidation-state assignment")
+
+
+def _neutral_assignments(ox_states: list[list[int]], counts: tuple[int, ...]):
+    """The oxidation-state tuples with ``sum(ox * count) == 0``, in ``itertools.product`` order.
+
+    ``counts`` are coprime (:func:`_composition`), so SMACT's ``neutral_ratios`` with these fixed
+    stoichiometries is exactly this sum test. CDVAE loops over the whole product, which never ends
+    for a generated cell with a dozen elements. Pruning with the sums the
+    remaining elements can still reach yields the same tuples in the same order, and no others.
+    """
+    reach = [{0}]  # reach[k]: sums of the last k elements
+    for ox, c in zip(reversed(ox_states), reversed(counts), strict=True):
+        reach.append({o * c + r for o in ox for r in reach[-1]})
+    reach.reverse()  # reach[i]: sums of elements i..n-1
+
+    def extend(i: int, total: int, chosen: tuple[int, ...]):
+        if i == len(ox_states):
+            yield chosen
+            return
+        for o in ox_states[i]:
+            if -(total + o * counts[i]) in reach[i + 1]:
+                yield from extend(i + 1, total + o * counts[i], (*chosen, o))
+
+    if 0 in reach[0]:
+        yield from extend(0, 0, ())
 
 
 def to_structure(lattice, frac, z):

@@ -139,6 +139,38 @@ def test_matching_verdicts_equal_plain_structure_matcher_fits_on_real_cells():
     assert novel[:5] == [False] * 5 and novel[-3:] == [False, False, False]
 
 
+def test_neutral_assignments_equal_the_full_oxidation_state_product():
+    """The pruned search yields exactly the neutral tuples of CDVAE's product loop, in its order."""
+    import itertools
+
+    import smact
+
+    rng = np.random.default_rng(0)
+    symbols = ["O", "N", "F", "S", "Ti", "Sr", "La", "Fe", "Mn", "Cu", "Cl", "P", "V", "Nb"]
+    for _ in range(60):
+        elems = rng.choice(symbols, size=rng.integers(2, 5), replace=False)
+        raw = rng.integers(1, 5, size=len(elems))
+        counts = tuple(int(c) for c in raw // np.gcd.reduce(raw))  # reduced, as _composition
+        ox = [smact.Element(e).oxidation_states for e in elems]
+        brute = [
+            o
+            for o in itertools.product(*ox)
+            if smact.neutral_ratios(o, stoichs=[(c,) for c in counts], threshold=max(counts))
+        ]
+        assert list(cc._neutral_assignments(ox, counts)) == brute
+
+
+def test_a_dozen_element_composition_gets_a_verdict():
+    # 12 elements of a generated cell: the full product has ~10^9 tuples and none is neutral.
+    z = np.array([9, 15, 23, 27, 34, 42, 50, 52, 61, 74, 77, 93, 9])
+    verdict = cc.compositional_validity(z)
+    assert verdict.reason in {
+        "ok",
+        "no charge-neutral oxidation-state assignment",
+        "charge-neutral only against Pauling electronegativity order",
+    }
+
+
 def test_fingerprints_and_coverage():
     base = perovskite()
     fp = cc.structure_fingerprint(base)
