@@ -110,12 +110,7 @@ def reference_fingerprints_task(structures: list, key: str) -> tuple[list, list]
     if cache.exists():
         data = np.load(cache)
         return list(data["struct"]), list(data["comp"])
-    struct, comp = [], []
-    for s in structures:
-        fp = cc.structure_fingerprint(s)
-        if fp is not None:
-            struct.append(fp)
-            comp.append(cc.composition_fingerprint(s.atomic_numbers))
+    struct, comp = cc.fingerprints(structures)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, struct=np.asarray(struct), comp=np.asarray(comp))
     return struct, comp

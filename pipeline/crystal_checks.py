@@ -380,6 +380,17 @@ def composition_fingerprint(z) -> np.ndarray:
     )
 
 
+def fingerprints(structures: Sequence) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(structure, composition) fingerprints of the structures CrystalNN can fingerprint."""
+    struct, comp = [], []
+    for s in structures:
+        fp = structure_fingerprint(s)
+        if fp is not None:
+            struct.append(fp)
+            comp.append(composition_fingerprint(s.atomic_numbers))
+    return struct, comp
+
+
 def coverage(
     struct_fps: Sequence[np.ndarray | None],
     comp_fps: Sequence[np.ndarray | None],

@@ -194,12 +194,14 @@ def crystal_set_metrics(
     reference: Sequence | None = None,
     reference_fps: tuple[list, list] | None = None,
     cutoffs: dict[str, float] | None = None,
+    matching: bool = True,
 ) -> dict:
     """Fill ``unique``/``novel``/``passed`` in ``rows`` (in place) and return the metrics dict.
 
     ``reference``: pymatgen Structures of the reference (test) split or None; ``reference_fps``:
     their (structure, composition) fingerprints; ``cutoffs``: ``COV_CUTOFFS[name]``. Coverage needs
-    both of the last two, and the rows computed with ``fingerprints=True``.
+    both of the last two, and the rows computed with ``fingerprints=True``. ``matching=False``
+    skips the StructureMatcher metrics: uniqueness and novelty stay None and ``passed`` is validity.
     """
     out = dict.fromkeys(CRYSTAL_KEYS)
     out["n"] = len(rows)
@@ -208,14 +210,14 @@ def crystal_set_metrics(
     out["structural_validity"] = sum(r.get("struct_valid", False) for r in rows) / len(rows)
     out["compositional_validity"] = sum(r.get("comp_valid", False) for r in rows) / len(rows)
     valid = [r for r in rows if r.get("valid", False)]
-    structures = [r["structure"] for r in valid]
-    unique = cc.unique_mask(structures)
-    for row in rows:
-        row["unique"], row["unique_reason"] = False, "not valid"
-    for row, u in zip(valid, unique, strict=True):
-        row["unique"], row["unique_reason"] = u, "ok" if u else "matches an earlier crystal"
-    out["uniqueness"] = sum(unique) / len(valid) if valid else None
-    if reference is not None:
+    if matching:
+        unique = cc.unique_mask([r["structure"] for r in valid])
+        for row in rows:
+            row["unique"], row["unique_reason"] = False, "not valid"
+        for row, u in zip(valid, unique, strict=True):
+            row["unique"], row["unique_reason"] = u, "ok" if u else "matches an earlier crystal"
+        out["uniqueness"] = sum(unique) / len(valid) if valid else None
+    if matching and reference is not None:
         uniq_rows = [r for r in valid if r["unique"]]
         novel = cc.novel_mask([r["structure"] for r in uniq_rows], reference)
         for row in rows:
@@ -223,6 +225,7 @@ def crystal_set_metrics(
         for row, n in zip(uniq_rows, novel, strict=True):
             row["novel"], row["novel_reason"] = n, "ok" if n else "matches a reference crystal"
         out["novelty"] = sum(novel) / len(uniq_rows) if uniq_rows else None
+    if reference is not None:
         out["wdist_density"] = cc.wdist(
             [r["density"] for r in valid], [s.density for s in reference]
         )
@@ -240,7 +243,7 @@ def crystal_set_metrics(
         )
         out["coverage_recall"], out["coverage_precision"] = recall, precision
     for row in rows:
-        checks = ["valid", "unique"] + (["novel"] if "novel" in row else [])
+        checks = ["valid"] + [c for c in ("unique", "novel") if c in row]
         row["passed"] = bool(row["read_ok"]) and all(row.get(c, False) for c in checks)
     return out
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from benchmarks._report import write_section
-from benchmarks.quality.qm9_methods import training_summary
+from benchmarks.quality.qm9_methods import training_table
 from pipeline import crystal_checks as cc
 from pipeline import metrics as pm
 from pipeline.cache import ldsm_home
@@ -57,42 +57,10 @@ def reference(dataset: str, split: str) -> tuple[list, tuple[list, list]]:
         data = np.load(cache)
         return structures, (list(data["struct"]), list(data["comp"]))
     print(f"fingerprinting {len(structures)} {dataset} {split} crystals (cached after)", flush=True)
-    struct, comp = [], []
-    for s in structures:
-        fp = cc.structure_fingerprint(s)
-        if fp is not None:
-            struct.append(fp)
-            comp.append(cc.composition_fingerprint(s.atomic_numbers))
+    struct, comp = cc.fingerprints(structures)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, struct=np.asarray(struct), comp=np.asarray(comp))
     return structures, (struct, comp)
-
-
-def distribution_metrics(rows: list[dict], ref: list, ref_fps, cutoffs: dict) -> dict:
-    """The metrics of :func:`pipeline.metrics.crystal_set_metrics` that need no StructureMatcher:
-    validity, coverage and the Wasserstein distances (uniqueness and novelty are None)."""
-    valid = [r for r in rows if r["valid"]]
-    recall, precision = cc.coverage(
-        [r.get("struct_fp") for r in rows],
-        [r.get("comp_fp") for r in rows],
-        ref_fps[0],
-        ref_fps[1],
-        cutoffs["struc"],
-        cutoffs["comp"],
-    )
-    out = dict.fromkeys(pm.CRYSTAL_KEYS)
-    out.update(
-        n=len(rows),
-        structural_validity=sum(r["struct_valid"] for r in rows) / len(rows),
-        compositional_validity=sum(r["comp_valid"] for r in rows) / len(rows),
-        coverage_recall=recall,
-        coverage_precision=precision,
-        wdist_density=cc.wdist([r["density"] for r in valid], [s.density for s in ref]),
-        wdist_num_elements=cc.wdist(
-            [r["num_elements"] for r in valid], [len(s.composition.elements) for s in ref]
-        ),
-    )
-    return out
 
 
 def evaluate(
@@ -126,10 +94,7 @@ def evaluate(
         [c.z.numpy() for c in crystals],
         fingerprints=True,
     )
-    if matching:
-        metrics = pm.crystal_set_metrics(rows, ref, ref_fps, cutoffs)
-    else:
-        metrics = distribution_metrics(rows, ref, ref_fps, cutoffs)
+    metrics = pm.crystal_set_metrics(rows, ref, ref_fps, cutoffs, matching=matching)
     metrics.update(nfe=used, seconds_per_crystal=seconds / n, n=n)
     return metrics
 
@@ -144,17 +109,6 @@ def _num(value) -> str:
 
 def table(runs: list[Path], results: Path, dataset: str) -> str:
     """The training table and the sample-quality table (every result present, by run and NFE)."""
-    train_lines = [
-        "| run | loss | drift | network | batch | steps | CPU min | wall min | skipped |",
-        "|---|---|---|---|---|---|---|---|---|",
-    ]
-    for run in runs:
-        s = training_summary(run)
-        train_lines.append(
-            f"| {run.name} | {s['loss']} | {s['drift']} | CSPNet {s['layers']}x{s['hidden']} | "
-            f"{s['batch_size']} | {s['steps']} | {s['cpu_minutes']} | {s['wall_minutes']} | "
-            f"{s['skipped']} |"
-        )
     lines = [
         "| method | NFE | n | struct. valid | comp. valid | COV-R | COV-P | W density | W #elements "
         "| unique | novel | s / crystal |",
@@ -174,7 +128,7 @@ def table(runs: list[Path], results: Path, dataset: str) -> str:
         lines.append(
             f"| {name} (published) | 1000 | 10000 | {sv} | {cv} | {cr} | {cp} | {wd} | {we} | | | |"
         )
-    return "\n".join(train_lines) + "\n\n" + "\n".join(lines)
+    return training_table(runs, "CSPNet") + "\n\n" + "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

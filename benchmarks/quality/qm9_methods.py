@@ -123,18 +123,23 @@ def table(runs: list[Path], results: Path) -> str:
             )
     for name, (a, mol, v, vu) in ANCHORS.items():
         lines.append(f"| {name} (published) | 1000 | 10000 | {a} | {mol} | {v} | {vu} | | | |")
-    train_lines = [
+    return training_table(runs, "EGNN") + "\n\n" + head + "\n".join(lines)
+
+
+def training_table(runs: list[Path], network: str) -> str:
+    """One Markdown row per training run: loss, drift, network size, steps and time spent."""
+    lines = [
         "| run | loss | drift | network | batch | steps | CPU min | wall min | skipped |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         s = training_summary(run)
-        train_lines.append(
-            f"| {run.name} | {s['loss']} | {s['drift']} | EGNN {s['layers']}x{s['hidden']} | "
+        lines.append(
+            f"| {run.name} | {s['loss']} | {s['drift']} | {network} {s['layers']}x{s['hidden']} | "
             f"{s['batch_size']} | {s['steps']} | {s['cpu_minutes']} | {s['wall_minutes']} | "
             f"{s['skipped']} |"
         )
-    return "\n".join(train_lines) + "\n\n" + head + "\n".join(lines)
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
