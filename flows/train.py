@@ -55,10 +55,20 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
     """A recipe config from the command line (``--recipe FILE`` wins over the single options)."""
     if args.recipe:
         return json.loads(Path(args.recipe).read_text())
-    loss = LossConfig(kind=args.loss, mode=args.mode, step=args.step, budget=args.budget)
+    loss = LossConfig(
+        kind=args.loss,
+        mode=args.mode,
+        step=args.step,
+        budget=args.budget,
+        time_power=args.time_power,
+        weight="output" if args.preconditioning == "edm" else LossConfig().weight,
+    )
     drift = "linear" if args.loss == "exact-dsm" else args.drift
     if args.dataset in CRYSTAL_DATASETS:
         from pipeline.crystal_recipe import CrystalRecipeConfig
+
+        if args.preconditioning != "sigma":
+            raise SystemExit("ldsm train: --preconditioning edm is for molecules only")
 
         base = CrystalRecipeConfig()
         model = CSPNetConfig(
@@ -70,7 +80,10 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
         ).model_dump(mode="json")
     model = EGNNConfig(hidden=args.hidden, layers=args.layers)
     return MoleculeRecipeConfig(
-        model=model, loss=loss, process=ProcessConfig(drift=drift)
+        model=model,
+        loss=loss,
+        process=ProcessConfig(drift=drift),
+        preconditioning=args.preconditioning,
     ).model_dump(mode="json")
 
 
@@ -136,6 +149,19 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=LossConfig().budget,
         help="local-DSM step: int_s^t beta (the cap of the fraction rule)",
+    )
+    g.add_argument(
+        "--time-power",
+        type=float,
+        default=LossConfig().time_power,
+        help="training times t = u^power: > 1 trains more at low noise, where bonds are decided",
+    )
+    g.add_argument(
+        "--preconditioning",
+        choices=["sigma", "edm"],
+        default=MoleculeRecipeConfig().preconditioning,
+        help="molecule score network: noise prediction (sigma) or Karras et al.'s EDM "
+        "preconditioning with unit weight on the network output (edm)",
     )
     g.add_argument("--hidden", type=int, default=64, help="network width")
     g.add_argument("--layers", type=int, default=4, help="network depth")

@@ -69,9 +69,12 @@ class LossConfig(BaseModel):
     # these drifts (|lambda(J)| < 8) and 5x cheaper than expm steps of budget 1 (measured, QM9).
     sim_budget: PositiveFloat = 0.25  # rate budget per step when simulating y_s from the data
     sim_mode: Literal["expm", "taylor2", "euler"] = "euler"
-    weight: Literal["vp", "unit"] = "vp"  # lambda(t) = sigma_VP^2(t) (EDM's eps-loss scale) or 1
+    # lambda(t) = sigma_VP^2(t) (EDM's eps-loss scale), 1, or "output": unit weight on the network's
+    # own output under the recipe's preconditioning (Karras et al. 2022's lambda = 1 / c_out^2)
+    weight: Literal["vp", "unit", "output"] = "vp"
     times: Literal["stratified", "uniform"] = "stratified"
     t_min: PositiveFloat = 1e-3
+    time_power: PositiveFloat = 1.0  # t = t_min + (1 - t_min) u^power: > 1 trains more at low noise
 
 
 def score_loss(
@@ -84,8 +87,17 @@ def score_loss(
     types: Tensor | None = None,
 ) -> Tensor:
     """The loss of ``cfg`` for ``model`` under ``process`` at data ``x0 (num_nodes, d)``: ``(num_graphs,)``."""
-    times = (StratifiedTimes if cfg.times == "stratified" else UniformTimes)(cfg.t_min)
-    weight = vp_weight if cfg.weight == "vp" else unit_weight
+    times = (StratifiedTimes if cfg.times == "stratified" else UniformTimes)(
+        cfg.t_min, cfg.time_power
+    )
+    if cfg.weight == "output":
+        if not hasattr(model, "output_weight"):
+            raise ValueError(
+                "weight='output' needs a preconditioned score model (preconditioning='edm')"
+            )
+        weight = model.output_weight
+    else:
+        weight = vp_weight if cfg.weight == "vp" else unit_weight
     if cfg.kind == "exact-dsm":
         return exact_dsm_loss(
             model, process, x0, batch, times=times, weight=weight, generator=generator
@@ -123,6 +135,42 @@ class SigmaScaled(nn.Module):
     def forward(self, x: Tensor, t: Tensor, batch: Tensor) -> Tensor:
         sigma = vp_signal_variance(self.schedule, t.double()).clamp(min=self.floor**2).sqrt()
         return self.net(x, t, batch) / sigma.to(x.dtype)[batch, None]
+
+
+class EDMPreconditioned(nn.Module):
+    """Preconditioning of Karras et al. (2022, Table 1, VP form) written as a score:
+
+    ``score = -x / v + c(t) net(x, t, batch)``, ``v = sigma^2 + alpha^2 sigma_data^2``,
+    ``c = alpha sigma_data / (sigma sqrt(v))`` per feature column, with ``alpha^2 = e^{-B}``,
+    ``sigma^2 = 1 - e^{-B}``, ``B = int_0^t beta``. This is EDM's ``D = c_skip x / alpha + c_out F``
+    turned into ``(alpha D - x) / sigma^2``: the first term is the exact score when the data are
+    ``N(0, sigma_data^2)``, and the network learns the rest with an O(1) target at every noise
+    level (noise prediction at low noise, clean-structure prediction at high noise). Any drift
+    can use it: it is a parameterisation, exact for none in particular. ``sigma_data (d,)`` gives
+    each feature column its data scale (positions in Angstrom, scaled one-hot types).
+    """
+
+    def __init__(self, net: nn.Module, schedule: Schedule, sigma_data: Tensor, floor: float = 1e-3):
+        super().__init__()
+        self.net, self.schedule, self.floor = net, schedule, floor
+        self.register_buffer("sigma_data", sigma_data.double(), persistent=False)
+
+    def _coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``v (num_graphs, d)`` and ``c (num_graphs, d)`` in float64."""
+        total = self.schedule.integral(torch.zeros_like(t), t.double())
+        sigma2 = (-torch.expm1(-total)).clamp(min=self.floor**2)
+        alpha2 = torch.exp(-total)
+        v = sigma2[:, None] + alpha2[:, None] * self.sigma_data**2
+        c = alpha2.sqrt()[:, None] * self.sigma_data / (sigma2.sqrt()[:, None] * v.sqrt())
+        return v, c
+
+    def forward(self, x: Tensor, t: Tensor, batch: Tensor) -> Tensor:
+        v, c = self._coefficients(t)
+        return -x / v.to(x.dtype)[batch] + c.to(x.dtype)[batch] * self.net(x, t, batch)
+
+    def output_weight(self, t: Tensor, schedule: Schedule) -> Tensor:
+        """``lambda = 1 / c^2 (num_graphs, d)``: unit weight on the network output's error."""
+        return self._coefficients(t)[1].pow(-2)
 
 
 class ProcessConfig(BaseModel):
@@ -164,6 +212,7 @@ class SamplerConfig(BaseModel):
     nfe: PositiveInt = 100
     t_end: PositiveFloat = 1e-3
     prior_budget: PositiveFloat = 0.1  # Langevin step of the prior (physical drifts)
+    grid_power: PositiveFloat = 1.0  # time grid t_end + (1 - t_end) u^power (samplers.time_grid)
 
 
 def run_sampler(
@@ -176,9 +225,20 @@ def run_sampler(
 ) -> SampleResult:
     """Integrate the reverse dynamics of ``cfg`` from ``x1`` at t = 1, spending at most ``cfg.nfe``."""
     if cfg.kind == "sde":
-        return reverse_sde_euler(model, process, x1, batch, cfg.nfe, cfg.t_end, generator=generator)
+        return reverse_sde_euler(
+            model,
+            process,
+            x1,
+            batch,
+            cfg.nfe,
+            cfg.t_end,
+            generator=generator,
+            grid_power=cfg.grid_power,
+        )
     steps = max(1, (cfg.nfe + 1) // 2)
-    return probability_flow_heun(model, process, x1, batch, steps, cfg.t_end)
+    return probability_flow_heun(
+        model, process, x1, batch, steps, cfg.t_end, grid_power=cfg.grid_power
+    )
 
 
 class MoleculeRecipeConfig(BaseModel):
@@ -189,6 +249,11 @@ class MoleculeRecipeConfig(BaseModel):
     kind: Literal["molecule"] = "molecule"
     elements: tuple[int, ...] = QM9_ELEMENTS
     type_scale: PositiveFloat = 0.25  # EDM's one-hot scale
+    # "sigma": score = net / sigma_VP(t) (noise prediction); "edm": EDMPreconditioned with
+    # sigma_data = (positions, types): QM9's rms of centred coordinates (1.40 A) and of the
+    # 0.25-scaled one-hot (0.11)
+    preconditioning: Literal["sigma", "edm"] = "sigma"
+    sigma_data: tuple[PositiveFloat, PositiveFloat] = (1.4, 0.11)
     model: EGNNConfig = Field(default_factory=lambda: EGNNConfig(hidden=64, layers=4))
     process: ProcessConfig = Field(default_factory=ProcessConfig)
     loss: LossConfig = Field(default_factory=LossConfig)
@@ -214,9 +279,14 @@ class MoleculeRecipe:
     def build_model(self) -> nn.Module:
         return EGNN(self.config.model)
 
-    def score(self, model: nn.Module) -> SigmaScaled:
+    def score(self, model: nn.Module) -> SigmaScaled | EDMPreconditioned:
         """The score function that losses and samplers call."""
-        return SigmaScaled(model, self.process.schedule)
+        if self.config.preconditioning == "sigma":
+            return SigmaScaled(model, self.process.schedule)
+        pos, types = self.config.sigma_data
+        k = len(self.config.elements)
+        sigma_data = torch.tensor([pos] * 3 + [types] * k, dtype=torch.float64)
+        return EDMPreconditioned(model, self.process.schedule, sigma_data)
 
     def encode(self, batch: Batch) -> Tensor:
         """``x (num_nodes, 3 + K)`` float32 of a Batch, positions centred per molecule."""

@@ -189,17 +189,40 @@ def simulate_forward(
 ) -> Tensor:
     """Draw ``x_t`` from ``x_0`` (at time ``start``, default 0) by local-linearisation steps.
 
-    Each graph's interval is cut into the same number of steps of equal rate budget, at most
+    Each graph's interval is cut into its own number of steps of equal rate budget, at most
     ``max_budget`` (the linearisation holds only while ``B |lambda(J)|`` is small; a non-convex U has
     growing directions that a long step would blow up). Exponential (``expm``) steps stay stable where
     plain Euler-Maruyama blows up (DESIGN.md, Numerics). ``t (num_graphs,)``; graphs with
     ``t == start`` are returned unchanged. No network is involved.
+
+    Cost: a step moves only the graphs that still have steps to take, so the work is
+    ``sum_g ceil(B_g / max_budget)`` graph-steps, not ``num_graphs * max_g ceil(B_g / max_budget)``.
+    On EDM's schedule with uniform t the mean of ``B_g = -log alpha^2(t)`` is about 1.2 against a
+    maximum of 11.5, so training batches simulate about 9x less. The process then sees a sub-batch
+    (graphs renumbered in order), so it must not hold per-graph state; processes that do (crystal
+    lattices) are only ever simulated with equal ``t`` for every graph, which never sub-batches.
     """
     start = torch.zeros_like(t) if start is None else start
     total = process.schedule.integral(start, t)
-    n_steps = max(1, math.ceil(float(total.max()) / max_budget)) if total.numel() else 0
+    if not total.numel():
+        return x0
+    steps = torch.ceil(total / max_budget).clamp(min=0).long()
+    per_step = total / steps.clamp(min=1)
     x = x0
-    for _ in range(n_steps):
-        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-        x, _ = local_step(process, x, total / n_steps, batch, eps, mode, types)
+    for k in range(int(steps.max())):
+        active = steps > k  # (num_graphs,)
+        if bool(active.all()):
+            eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+            x, _ = local_step(process, x, per_step, batch, eps, mode, types)
+            continue
+        nodes = active[batch]
+        renumber = torch.cumsum(active, 0) - 1
+        sub_batch = renumber[batch[nodes]]
+        eps = torch.randn(
+            (int(nodes.sum()), x.shape[1]), generator=generator, dtype=x.dtype, device=x.device
+        )
+        sub_types = None if types is None else types[nodes]
+        moved, _ = local_step(process, x[nodes], per_step[active], sub_batch, eps, mode, sub_types)
+        x = x.clone()
+        x[nodes] = moved
     return x

@@ -9,6 +9,7 @@ from pipeline.losses import (
     ConstantBudget,
     ConstantStep,
     FractionBudget,
+    StratifiedTimes,
     UniformTimes,
     exact_dsm_loss,
     ism_loss,
@@ -162,3 +163,17 @@ def test_fraction_budget_spends_a_fraction_of_the_noise_up_to_its_cap(schedule):
     expected = (0.5 * schedule.integral(torch.zeros_like(t), t)).clamp(max=1.0)
     torch.testing.assert_close(spent, expected, rtol=1e-6, atol=1e-9)
     assert bool((s >= 0).all()) and bool((s <= t).all())
+
+
+@pytest.mark.parametrize("sampler", [UniformTimes, StratifiedTimes])
+def test_time_power_gives_the_law_of_u_to_the_power(sampler):
+    """t = t_min + (1 - t_min) u^p: P((t - t_min) / (1 - t_min) <= x) = x^(1/p) (KS distance)."""
+    t_min, power, n = 0.01, 2.0, 20_000
+    t = sampler(t_min, power)(n, torch.Generator().manual_seed(0))
+    x = torch.sort((t - t_min) / (1 - t_min)).values
+    empirical = torch.arange(1, n + 1, dtype=F64) / n
+    assert float((empirical - x ** (1 / power)).abs().max()) < 0.015
+    assert torch.equal(
+        sampler(t_min)(64, torch.Generator().manual_seed(1)),
+        sampler(t_min, 1.0)(64, torch.Generator().manual_seed(1)),
+    )

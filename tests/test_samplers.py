@@ -6,8 +6,8 @@ import torch
 
 from pipeline.energies import Energy, GaussianMixturePotential
 from pipeline.processes import GradientProcess, vp_process
-from pipeline.samplers import prior_sample, probability_flow_heun, reverse_sde_euler
-from pipeline.schedules import LinearSchedule
+from pipeline.samplers import prior_sample, probability_flow_heun, reverse_sde_euler, time_grid
+from pipeline.schedules import LinearSchedule, PolynomialSchedule
 
 F64 = torch.float64
 MU, STD = 2.0, 0.5
@@ -37,6 +37,28 @@ def test_sampler_with_exact_gaussian_score_recovers_mean_and_std(sampler, steps,
     kwargs = {"generator": gen} if sampler is reverse_sde_euler else {}
     out = sampler(gaussian_data_score(process), process, x1, batch, steps, **kwargs)
     assert out.nfe == nfe
+    assert float(out.x.mean()) == pytest.approx(MU, abs=0.02)
+    assert float(out.x.std()) == pytest.approx(STD, abs=0.02)
+
+
+def test_time_grid_is_uniform_at_power_one_and_follows_its_formula_otherwise():
+    assert torch.equal(time_grid(100, 1e-3, torch.float32), torch.linspace(1.0, 1e-3, 101))
+    grid = time_grid(4, 0.01, F64, power=2.0)
+    expected = [0.01 + 0.99 * u**2 for u in (1.0, 0.75, 0.5, 0.25, 0.0)]
+    assert grid.tolist() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("power", [1.0, 3.0])
+def test_sampler_on_a_power_grid_recovers_mean_and_std_on_edm_schedule(power):
+    """EDM's schedule is stiff near t = 0; a power grid keeps the reverse SDE exact in the limit."""
+    process = vp_process(PolynomialSchedule())
+    n = 10_000
+    gen = torch.Generator().manual_seed(3)
+    batch = torch.arange(n)
+    x1 = prior_sample(process, batch, 2, generator=gen)
+    out = reverse_sde_euler(
+        gaussian_data_score(process), process, x1, batch, 200, generator=gen, grid_power=power
+    )
     assert float(out.x.mean()) == pytest.approx(MU, abs=0.02)
     assert float(out.x.std()) == pytest.approx(STD, abs=0.02)
 

@@ -11,7 +11,7 @@ from torch.func import jacrev
 from pipeline.energies import DoubleWell, Energy, HarmonicConfinement, SoftSphere
 from pipeline.processes import ActiveOUProcess, GradientProcess, vp_process
 from pipeline.schedules import ConstantSchedule, PolynomialSchedule
-from pipeline.transitions import MODES, local_step, phi1, van_loan_moments
+from pipeline.transitions import MODES, local_step, phi1, simulate_forward, van_loan_moments
 
 F64 = torch.float64
 
@@ -179,3 +179,20 @@ def test_local_step_is_float64_inside_and_keeps_caller_dtype(mode):
     # The CoM-free process keeps both the state and its score on the CoM-free subspace.
     for v in (y_t, target):
         torch.testing.assert_close(process.project(v, batch), v, atol=1e-4, rtol=1e-5)
+
+
+def test_simulate_forward_with_a_step_count_per_graph_gives_the_exact_ou_marginals():
+    """Graphs with different t take different numbers of steps (sub-batches); on the OU process
+    every one still ends at N(e^{-t/2} x0, 1 - e^{-t}) (expm steps are exact for a linear drift)."""
+    process = vp_process(ConstantSchedule(1.0))
+    n = 30_000
+    t = torch.tensor([0.0, 0.3, 3.0], dtype=F64).repeat(n // 3)  # 0, 2 and 12 steps of 0.25
+    nodes = torch.arange(n).repeat_interleave(2)  # two atoms per graph
+    x0 = torch.full((2 * n, 1), 2.0, dtype=F64)
+    x = simulate_forward(
+        process, x0, t, nodes, "expm", 0.25, generator=torch.Generator().manual_seed(0)
+    )
+    for value in (0.0, 0.3, 3.0):
+        group = x[(t == value)[nodes]]
+        assert float(group.mean()) == pytest.approx(2.0 * math.exp(-value / 2), abs=0.02)
+        assert float(group.var()) == pytest.approx(1 - math.exp(-value), abs=0.02)
