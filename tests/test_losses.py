@@ -122,7 +122,8 @@ def test_mlp_trained_with_local_dsm_learns_the_known_score():
     """Data drawn from exp(-U) stay at exp(-U) under f = -1/2 beta grad U, so the score of q_t is
     -grad U at every t. y_s is simulated by small Euler-Maruyama steps (cheap, and stable at this
     stiffness). A small MLP trained with local-DSM (expm target) must reach a relative score error
-    below 0.1 (a zero network scores 1.0)."""
+    below 0.1 (a zero network scores 1.0). After 300 steps seeds 0-2 gave 0.07-0.11, so it trains
+    400."""
     torch.manual_seed(0)
     gmm = two_mode_mixture()
     process = GradientProcess(Energy([gmm]), schedule=LinearSchedule(0.1, 8.0))
@@ -130,7 +131,7 @@ def test_mlp_trained_with_local_dsm_learns_the_known_score():
     model = TimeMLP(dim=2, hidden=64, layers=2).double()
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     batch = torch.arange(256)
-    for _ in range(300):
+    for _ in range(400):
         x0 = gmm.sample(256, gen)
         loss = local_dsm_loss(
             model,
