@@ -44,7 +44,13 @@ from pipeline.losses import (
     vp_weight,
 )
 from pipeline.processes import ForwardProcess, GradientProcess, ProductProcess, vp_process
-from pipeline.samplers import SampleResult, prior_sample, probability_flow_heun, reverse_sde_euler
+from pipeline.samplers import (
+    SampleResult,
+    prior_sample,
+    probability_flow_heun,
+    reverse_ancestral,
+    reverse_sde_euler,
+)
 from pipeline.schedules import PolynomialSchedule, Schedule, vp_signal_variance
 from pipeline.structures import make_molecule
 
@@ -204,11 +210,12 @@ class ProcessConfig(BaseModel):
 
 
 class SamplerConfig(BaseModel):
-    """How to draw samples: ``sde`` (Euler-Maruyama, NFE = steps) or ``ode`` (Heun, NFE = 2 steps - 1)."""
+    """How to draw samples: ``sde`` (Euler-Maruyama, NFE = steps), ``ode`` (Heun, NFE = 2 steps - 1)
+    or ``ancestral`` (EDM's posterior steps, linear process only, NFE = steps)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    kind: Literal["sde", "ode"] = "sde"
+    kind: Literal["sde", "ode", "ancestral"] = "sde"
     nfe: PositiveInt = 100
     t_end: PositiveFloat = 1e-3
     prior_budget: PositiveFloat = 0.1  # Langevin step of the prior (physical drifts)
@@ -234,6 +241,10 @@ def run_sampler(
             cfg.t_end,
             generator=generator,
             grid_power=cfg.grid_power,
+        )
+    if cfg.kind == "ancestral":
+        return reverse_ancestral(
+            model, process, x1, batch, cfg.nfe, cfg.t_end, generator, cfg.grid_power
         )
     steps = max(1, (cfg.nfe + 1) // 2)
     return probability_flow_heun(
