@@ -21,7 +21,6 @@ published as Prefect artifacts (a Markdown report and a table of the splits).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
+from flows.console import UsageError
 from pipeline import cache
 from pipeline import datasets as D
 
@@ -168,23 +168,13 @@ def ingest_flow(config: IngestConfig) -> dict:
     return summary
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "ingest",
-        help="read, check, split and cache a data set",
-        epilog="example: ldsm ingest qm9 --summary-json runs/qm9.json\n"
-        "         ldsm ingest perov-5 --path ../shared/datasets/crystals/perov_5\n"
-        "         ldsm ingest my_structures/",
-    )
-    names = ", ".join(sorted(D.load_cards()))
-    parser.add_argument("name", help=f"data set ({names}) or a file / folder of structures")
-    parser.add_argument("--path", help="source folder / file (CDVAE CSVs, QM9 archive, structures)")
-    parser.add_argument("--summary-json", help="write the summary here as JSON")
-    parser.add_argument("--no-cache", action="store_true", help="ignore and do not write the cache")
-    parser.set_defaults(run=run)
+def saved_on_stop(args) -> str:
+    """What an interrupted ``ldsm ingest`` leaves behind (one line)."""
+    return "nothing was cached (the cache entry is written only when the data set is complete)"
 
 
 def run(args) -> int:
+    """``ldsm ingest``: checks the name and files, runs :func:`ingest_flow`, prints the report."""
     config = IngestConfig(
         name=args.name, path=args.path, summary_json=args.summary_json, use_cache=not args.no_cache
     )
@@ -193,8 +183,7 @@ def run(args) -> int:
         card, path = D.resolve(config.name, config.path)
         D.source_files(card, path)
     except (ValueError, FileNotFoundError) as exc:
-        print(f"ldsm ingest: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from exc
     summary = ingest_flow(config)
     print(_report(summary))
     return 0 if summary["structures"] else 1
