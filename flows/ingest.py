@@ -53,8 +53,9 @@ def read_task(name: str, path: str | None) -> tuple[D.DatasetCard, dict, str, di
 
 
 @task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def load_cache_task(entry: str) -> dict | None:
-    return cache.load(Path(entry))
+def load_cache_task(entry: str) -> D.Dataset | None:
+    """The cached data set, or None when the entry is missing, unreadable or incomplete."""
+    return D.read_cache(Path(entry))
 
 
 @task(cache_policy=NO_CACHE)
@@ -73,13 +74,7 @@ def parse_task(card: D.DatasetCard, files: dict) -> D.Parsed:
 @task(cache_policy=NO_CACHE)
 def featurise_task(parsed: D.Parsed) -> dict:
     """Atom types present (sorted atomic numbers) and the atoms-per-structure range."""
-    z = parsed.structures.values["z"]
-    n = parsed.structures.num_atoms()
-    return {
-        "atom_types": sorted(set(z.tolist())),
-        "min_atoms": int(n.min()) if len(n) else 0,
-        "max_atoms": int(n.max()) if len(n) else 0,
-    }
+    return D.features(parsed.structures)
 
 
 @task(cache_policy=NO_CACHE)
@@ -88,8 +83,8 @@ def split_task(card: D.DatasetCard, parsed: D.Parsed) -> dict:
 
 
 @task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def save_cache_task(entry: str, payload: dict) -> str:
-    return str(cache.save(Path(entry), payload))
+def save_cache_task(entry: str, dataset: D.Dataset) -> str:
+    return str(D.write_cache(Path(entry), dataset))
 
 
 def _report(summary: dict) -> str:
@@ -130,11 +125,10 @@ def ingest_flow(config: IngestConfig) -> dict:
     start = time.perf_counter()
     card, files, key, checksums = read_task(config.name, config.path)
     entry = cache.cache_file(card.name, key)
-    payload = load_cache_task(str(entry)) if config.use_cache else None
-    cached = payload is not None
+    dataset = load_cache_task(str(entry)) if config.use_cache else None
+    cached = dataset is not None
     if cached:
-        dataset = D.from_payload(payload)
-        features = payload["features"]
+        features = D.features(dataset.structures)
     else:
         parsed = parse_task(card, files)
         features = featurise_task(parsed)
@@ -143,7 +137,7 @@ def ingest_flow(config: IngestConfig) -> dict:
             card.name, parsed.structures, splits, parsed.rejects, list(card.properties)
         )
         if config.use_cache:
-            save_cache_task(str(entry), {**D.to_payload(dataset), "features": features})
+            save_cache_task(str(entry), dataset)
     summary = {
         **D.summarise(dataset),
         **features,

@@ -97,8 +97,8 @@ def encode(value):
     if isinstance(value, Data):
         return {"__t": "Data", "v": encode(value.to_dict())}
     if type(value).__name__ in DATACLASSES and dataclasses.is_dataclass(value):
-        fields = {f.name: encode(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        return {"__t": "dataclass", "name": type(value).__name__, "v": fields}
+        fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+        return {"__t": "dataclass", "name": type(value).__name__, "v": encode(fields)}
     module = type(value).__module__
     if module.startswith("rdkit"):
         from rdkit import Chem
@@ -111,9 +111,9 @@ def encode(value):
             raise TypeError("a disordered structure")
         return {
             "__t": "Structure",
-            "lattice": torch.as_tensor(value.lattice.matrix),
-            "z": torch.as_tensor(value.atomic_numbers),
-            "frac": torch.as_tensor(value.frac_coords),
+            "lattice": torch.tensor(np.array(value.lattice.matrix)),
+            "z": torch.tensor(list(value.atomic_numbers)),
+            "frac": torch.tensor(np.array(value.frac_coords)),
         }
     raise TypeError(f"{type(value).__name__} is not stored as data")
 
