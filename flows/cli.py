@@ -2,7 +2,8 @@
 
 This module holds every sub-command's options and imports nothing heavy: ``ldsm --help`` and
 ``ldsm CMD --help`` answer without loading torch, RDKit or Prefect. A command's own module
-(``flows.<command>``, which has ``run(args)``) is imported only to run it. The defaults written
+(``flows.<command>``, with ``run(args)`` and optionally ``check(args)``, ``saved_on_stop(args)``)
+is imported only to run it. The defaults written
 here are the configs' own defaults (``tests/test_cli.py`` holds them equal).
 
 Around every command, :func:`main`:
@@ -464,13 +465,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def subcommand(parser: argparse.ArgumentParser, command: str) -> argparse.ArgumentParser:
+    """The parser of ``ldsm COMMAND``."""
+    return parser._subparsers._group_actions[0].choices[command]
+
+
 def explicit_options(parser: argparse.ArgumentParser, command: str, argv: list[str]) -> set[str]:
     """The ``dest`` of every option of ``command`` that ``argv`` gives (abbreviations are off)."""
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices[
-        command
-    ]
     given = {token.split("=", 1)[0] for token in argv if token.startswith("-")}
-    return {a.dest for a in sub._actions if given & set(a.option_strings)}
+    return {a.dest for a in subcommand(parser, command)._actions if given & set(a.option_strings)}
 
 
 class _Stop(KeyboardInterrupt):
@@ -490,7 +493,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run ``ldsm`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        subcommand(parser, args.command).error(f"unrecognized arguments: {' '.join(extra)}")
     args.explicit = explicit_options(parser, args.command, argv)
     prog = f"ldsm {args.command}"
 
@@ -511,6 +516,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as stack:
             module = importlib.import_module(f"flows.{args.command}")
+            if hasattr(module, "check"):
+                module.check(args)  # bad options and files: refused before waiting for a server
             if server is not None and server.wait() != os.environ["PREFECT_API_URL"]:
                 from prefect.settings import PREFECT_API_URL, temporary_settings
 

@@ -239,11 +239,14 @@ def saved_on_stop(args: argparse.Namespace) -> str:
     return f"kept in {run}: {', '.join(kept)}; run the same command again to resume"
 
 
+def check(args: argparse.Namespace) -> None:
+    """``ldsm design``'s checks before the flow: options agree, the checkpoint loads."""
+    check_design(config_from_args(args), args)
+
+
 def run(args: argparse.Namespace) -> int:
-    """``ldsm design``: checks the options and the checkpoint, then runs :func:`design`."""
-    config = config_from_args(args)
-    check_design(config, args)
-    metrics = design(config)
+    """``ldsm design``: runs :func:`design` and prints the headline metrics."""
+    metrics = design(config_from_args(args))
     mol = metrics.get("molecules") or {}
     keys = [
         "atom_stability",

@@ -148,9 +148,13 @@ def saved_on_stop(args: argparse.Namespace) -> str:
     )
 
 
-def run(args: argparse.Namespace) -> int:
-    """``ldsm generate``: checks the checkpoint, then runs :func:`generate_flow`."""
+def check(args: argparse.Namespace) -> None:
+    """``ldsm generate``'s checks before the flow: the checkpoint loads."""
     check_checkpoint(args.checkpoint)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``ldsm generate``: runs :func:`generate_flow` and prints its summary."""
     config = GenerateConfig(
         n=args.n,
         sampler=SamplerConfig(kind=args.sampler, nfe=args.nfe),

@@ -167,17 +167,20 @@ def saved_on_stop(args) -> str:
     return "nothing was cached (the cache entry is written only when the data set is complete)"
 
 
-def run(args) -> int:
-    """``ldsm ingest``: checks the name and files, runs :func:`ingest_flow`, prints the report."""
-    config = IngestConfig(
-        name=args.name, path=args.path, summary_json=args.summary_json, use_cache=not args.no_cache
-    )
-    # Name and files are checked before the flow starts so a typo is one line, not a traceback.
+def check(args) -> None:
+    """``ldsm ingest``'s checks before the flow: the name and its files exist."""
     try:
-        card, path = D.resolve(config.name, config.path)
+        card, path = D.resolve(args.name, args.path)
         D.source_files(card, path)
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from exc
+
+
+def run(args) -> int:
+    """``ldsm ingest``: runs :func:`ingest_flow` and prints the report."""
+    config = IngestConfig(
+        name=args.name, path=args.path, summary_json=args.summary_json, use_cache=not args.no_cache
+    )
     summary = ingest_flow(config)
     print(_report(summary))
     return 0 if summary["structures"] else 1

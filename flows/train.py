@@ -191,20 +191,26 @@ def saved_on_stop(args: argparse.Namespace) -> str:
     return "no checkpoint was written yet"
 
 
-def run(args: argparse.Namespace) -> int:
-    """``ldsm train``: checks the options, then trains (under torchrun: on every process)."""
+def _config(args: argparse.Namespace) -> TrainConfig:
     from flows.cli import build_parser
 
     out = Path(args.out)
     if args.resume:
-        defaults = build_parser().parse_args(["train", "--out", args.out])
-        config = resumed_config(args, defaults)
-    else:
-        if (out / "checkpoints" / "state.pt").exists():
-            raise UsageError(
-                f"--out {out} holds a training run: add --resume, or choose another --out"
-            )
-        config = config_from_args(args)
+        return resumed_config(args, build_parser().parse_args(["train", "--out", args.out]))
+    if (out / "checkpoints" / "state.pt").exists():
+        raise UsageError(f"--out {out} holds a training run: add --resume, or choose another --out")
+    return config_from_args(args)
+
+
+def check(args: argparse.Namespace) -> None:
+    """``ldsm train``'s checks before the flow: a resumable run, no contradicting options."""
+    _config(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``ldsm train``: trains (under torchrun: on every process) and prints the summary."""
+    out = Path(args.out)
+    config = _config(args)
     if int(os.environ.get("RANK", "0")) == 0:
         summary = train_flow(config, str(out), resume=args.resume)
     else:

@@ -1,0 +1,289 @@
+"""The ``ldsm`` command line as users meet it: fast help, one-line refusals, contradictions
+refused, a run that owns its folder, defaults that are the configs' own.
+
+Bad options are run as real subprocesses (exit code, stderr line count); the cases that need a
+model or a run folder call :func:`flows.cli.main` under the Prefect test harness.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ase.build import molecule
+from ase.io import write
+
+from flows import cli
+from flows import lock as L
+from models.config import CSPNetConfig, EGNNConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ldsm(*argv: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *argv],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, option, problem",
+    [
+        (["generate", "--checkpoint", "c.pt", "--out", "o", "--n", "0"], "--n", "must be >= 1"),
+        (["generate", "--checkpoint", "c.pt", "--out", "o", "--n", "-5"], "--n", "must be >= 1"),
+        (["design", "--nfe", "0"], "--nfe", "must be >= 1"),
+        (
+            ["generate", "--checkpoint", "c", "--out", "o", "--batch-size", "0"],
+            "--batch-size",
+            ">= 1",
+        ),
+        (["train", "--out", "r", "--steps", "0"], "--steps", "must be >= 1"),
+        (["train", "--out", "r", "--lr", "-1"], "--lr", "must be > 0.0"),
+        (["screen", "x", "--out", "o", "--workers", "-1"], "--workers", "must be >= 0"),
+        (["generate", "--out", "o"], "--checkpoint", "required"),
+        (["design", "--hid", "48"], "--hid", "unrecognized"),  # no abbreviations
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(argv, option, problem):
+    done = ldsm(*argv)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0] and problem in lines[0], done.stderr
+    assert lines[0].startswith(f"ldsm {argv[0]}: error:")
+
+
+def test_help_and_version_import_nothing_heavy():
+    code = (
+        "import sys, contextlib, io\n"
+        "from flows import cli\n"
+        "for argv in (['--help'], ['screen', '--help'], ['--version']):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        cli.main(argv)\n"
+        "print(sorted(m for m in ('torch', 'prefect', 'rdkit', 'pymatgen') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+    assert ldsm("--version").stdout.startswith("ldsm ")
+
+
+def test_every_option_shows_its_default_and_serve_has_a_description(capsys):
+    parser = cli.build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and "%(default)" not in action.help, (name, action.dest)
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    text = capsys.readouterr().out
+    assert "Register the deployment design/NAME" in text and "(default: 0 3 * * *)" in text
+
+
+def test_parser_defaults_are_the_configs_defaults():
+    from flows.design import DesignConfig, config_from_args
+    from flows.screen import ScreenConfig
+    from flows.train import config_from_args as train_config
+    from pipeline import crystal_checks, datasets, transitions
+    from pipeline.generate import GenerateConfig
+    from pipeline.recipes import LossConfig, MoleculeRecipeConfig, ProcessConfig, SamplerConfig
+    from pipeline.train import TrainConfig
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["design"])
+    assert config_from_args(args) == DesignConfig()
+    train = train_config(parser.parse_args(["train", "--out", "x"]))
+    recipe = MoleculeRecipeConfig(model=EGNNConfig(hidden=64, layers=4), loss=LossConfig())
+    assert train == TrainConfig(recipe=recipe.model_dump(mode="json"))
+    assert ProcessConfig().drift == cli.TRAIN["drift"]
+    generate = parser.parse_args(["generate", "--checkpoint", "c", "--out", "o"])
+    assert (
+        GenerateConfig(
+            n=generate.n,
+            sampler=SamplerConfig(kind=generate.sampler, nfe=generate.nfe),
+            batch_size=generate.batch_size,
+            seed=generate.seed,
+        )
+        == GenerateConfig()
+    )
+    screen = parser.parse_args(["screen", "x", "--out", "o"])
+    assert screen.chunk_size == ScreenConfig(input="x", out="o").chunk_size
+    assert set(cli.COV_CUTOFF_NAMES) == set(crystal_checks.COV_CUTOFFS)
+    assert cli.MODES == transitions.MODES
+    assert cli._card_names() == sorted(datasets.load_cards())
+
+
+# ---- files given as options -------------------------------------------------------------
+
+
+def test_a_missing_or_foreign_checkpoint_is_one_line(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    for path, problem in ((tmp_path / "nope.pt", "no such file"), (text, "not a torch file")):
+        done = ldsm("generate", "--checkpoint", str(path), "--out", str(tmp_path / "o"))
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert str(path) in line and problem in line and ".json" not in line
+
+
+def _molecule_checkpoint(path: Path, hidden: int = 16) -> Path:
+    from pipeline.recipes import MoleculeRecipe, MoleculeRecipeConfig, save_trained
+
+    recipe = MoleculeRecipe(MoleculeRecipeConfig(model=EGNNConfig(hidden=hidden, layers=1)))
+    return save_trained(path, recipe, recipe.build_model(), {3: 1}, dataset="qm9")
+
+
+def _crystal_checkpoint(path: Path) -> Path:
+    from pipeline.crystal_recipe import CrystalRecipe, CrystalRecipeConfig
+    from pipeline.recipes import save_trained
+
+    config = CrystalRecipeConfig(model=CSPNetConfig(hidden=16, layers=1))
+    recipe = CrystalRecipe(config)
+    return save_trained(path, recipe, recipe.build_model(), {5: 2}, dataset="perov-5")
+
+
+def test_checkpoint_problems_name_the_file(tmp_path, capsys, prefect_harness):
+    good = _molecule_checkpoint(tmp_path / "m.pt")
+    empty = tmp_path / "empty.pt"
+    empty.touch()
+    lonely = tmp_path / "lonely.pt"
+    lonely.write_bytes(good.read_bytes())  # weights without their .json
+    cases = [(empty, "empty file"), (lonely, "lonely.json is missing"), (tmp_path, "a folder")]
+    for path, problem in cases:
+        assert cli.main(["generate", "--checkpoint", str(path), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0] and problem in err[0], err
+
+
+def test_design_refuses_a_model_of_another_data_set(tmp_path, capsys, prefect_harness):
+    crystal = _crystal_checkpoint(tmp_path / "perov.pt")
+    argv = ["design", "--checkpoint", str(crystal), "--dataset", "qm9", "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--dataset qm9 contradicts" in err and "crystal model trained on perov-5" in err
+    assert not (tmp_path / "config.json").exists()  # refused before anything was written
+
+
+def test_design_for_a_crystal_set_needs_a_crystal_model(tmp_path, capsys, prefect_harness):
+    from flows import design
+
+    shipped = sorted(design.WEIGHTS.glob("perov5_*.pt"))
+    if shipped:  # a shipped model is picked up: the check then passes
+        args = cli.build_parser().parse_args(["design", "--dataset", "perov-5"])
+        args.explicit = {"dataset"}
+        assert design.config_from_args(args).checkpoint == str(shipped[0])
+        return
+    assert cli.main(["design", "--dataset", "perov-5", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "no crystal model ships for it yet" in err and "--checkpoint" in err
+    # Training options without --train would be ignored: refused instead.
+    assert cli.main(["design", "--hidden", "48", "--out", str(tmp_path / "d")]) == 2
+    assert "--hidden: training options, only used with --train" in capsys.readouterr().err
+
+
+def test_design_picks_up_a_shipped_model_by_data_set_name(tmp_path, monkeypatch):
+    from flows import design
+
+    monkeypatch.setattr(design, "WEIGHTS", tmp_path)
+    model = _crystal_checkpoint(tmp_path / "perov5_cspnet.pt")
+    assert design.shipped_checkpoint("perov-5") == model
+    with pytest.raises(cli_usage_error(), match="no model ships for it yet"):
+        design.shipped_checkpoint("qm9")
+
+
+def cli_usage_error():
+    from flows.console import UsageError
+
+    return UsageError
+
+
+# ---- training runs: --resume and --steps ------------------------------------------------
+
+
+@pytest.fixture
+def width_32_run(tmp_path, monkeypatch):
+    """A one-step training run of width 32 on three small molecules."""
+    from pipeline.train import train
+
+    monkeypatch.setenv("LDSM_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "mols"
+    folder.mkdir()
+    for k, name in enumerate(["CH4", "H2O", "NH3", "C2H6", "CH3OH", "HCN", "C2H2", "CO2"] * 2):
+        write(folder / f"{k}_{name}.xyz", molecule(name))
+    args = cli.build_parser().parse_args(
+        ["train", "--out", "x", "--dataset", str(folder), "--hidden", "32", "--layers", "1"]
+        + ["--steps", "1", "--batch-size", "2", "--val-every", "0"]
+    )
+    from flows.train import config_from_args
+
+    run = tmp_path / "run"
+    train(config_from_args(args).model_copy(update={"threads": 1}), run, progress=False)
+    return run, folder
+
+
+def test_resume_refuses_options_that_contradict_the_run(width_32_run, capsys, prefect_harness):
+    run, folder = width_32_run
+    argv = ["train", "--out", str(run), "--resume"]
+    assert cli.main([*argv, "--hidden", "48"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--hidden 48: the run has recipe.model.hidden = 32" in line
+    # The run's own values, and the options --resume may change, pass the check.
+    from flows import train
+
+    args = cli.build_parser().parse_args([*argv, "--hidden", "32", "--steps", "3"])
+    args.explicit = {"out", "resume", "hidden", "steps"}
+    config = train._config(args)
+    assert config.steps == 3 and config.recipe["model"]["hidden"] == 32
+    # Without --resume, a folder that holds a run is refused, not overwritten.
+    assert cli.main(["train", "--out", str(run), "--dataset", str(folder)]) == 2
+    assert "holds a training run: add --resume" in capsys.readouterr().err
+
+
+def test_empty_or_corrupt_training_state_is_one_line(width_32_run, capsys, prefect_harness):
+    run, _ = width_32_run
+    state = run / "checkpoints" / "state.pt"
+    for content, problem in ((b"", "empty file"), (b"PK\x03\x04garbage", "not a readable")):
+        state.write_bytes(content)
+        assert cli.main(["train", "--out", str(run), "--resume"]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert str(state) in line and problem in line
+
+
+# ---- a run owns its folder --------------------------------------------------------------
+
+
+def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(tmp_path):
+    out = tmp_path / "out"
+    water = tmp_path / "w.xyz"
+    write(water, molecule("H2O"))
+    code = f"from flows import lock; lock.acquire({str(out)!r}); print('held', flush=True); input()"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(L.FolderInUse, match=f"in use by pid {holder.pid} "):
+            L.acquire(out)
+        done = ldsm("screen", str(water), "--out", str(out), env={"LDSM_HOME": str(tmp_path)})
+        assert done.returncode == 2
+        assert f"in use by pid {holder.pid}" in done.stderr.strip().splitlines()[-1]
+        assert not (out / "screen.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with L.owned(out):  # the holder died: its lock went with it
+        with L.owned(out):  # re-entrant in one process
+            assert f"pid {os.getpid()} " in (out / L.LOCK_NAME).read_text()
+    assert (out / L.LOCK_NAME).read_text() == ""
