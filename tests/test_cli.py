@@ -403,3 +403,16 @@ def test_local_dask_cluster_listens_on_loopback_only():
         ]
     assert sockets  # the scheduler and its dashboard at least
     assert {c.laddr.ip for c in sockets} <= {"127.0.0.1", "::1"}, sockets
+
+
+def test_a_cpu_time_budget_is_what_the_progress_bar_shows(width_32_run, capfd):
+    from pipeline.train import TrainConfig, train
+
+    run, _ = width_32_run
+    config = TrainConfig.model_validate_json((run / "config.json").read_text())
+    budget = config.model_copy(update={"steps": 100000, "max_minutes": 0.002, "threads": 1})
+    capfd.readouterr()
+    result = train(budget, run.parent / "budget", progress=True)
+    err = capfd.readouterr().err
+    assert result.status == "budget" and result.step < 100000
+    assert "train (0.002 CPU-min budget)" in err and "cpu-s" in err and "/100000" in err
