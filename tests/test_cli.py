@@ -23,6 +23,12 @@ from models.config import CSPNetConfig, EGNNConfig
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.fixture(scope="session")
+def prefect_home() -> Path:
+    """The session's PREFECT_HOME (tests/conftest.py): its database is migrated once."""
+    return Path(os.environ["PREFECT_HOME"])
+
+
 def ldsm(*argv: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "flows.cli", *argv],
@@ -124,11 +130,14 @@ def test_parser_defaults_are_the_configs_defaults():
 # ---- files given as options -------------------------------------------------------------
 
 
-def test_a_missing_or_foreign_checkpoint_is_one_line(tmp_path):
+def test_a_missing_or_foreign_checkpoint_is_one_line(tmp_path, prefect_home):
     text = tmp_path / "notes.txt"
     text.write_text("not a model\n")
     for path, problem in ((tmp_path / "nope.pt", "no such file"), (text, "not a torch file")):
-        done = ldsm("generate", "--checkpoint", str(path), "--out", str(tmp_path / "o"))
+        out = str(tmp_path / "o")
+        done = ldsm(
+            "generate", "--checkpoint", str(path), "--out", out, env=_screen_env(prefect_home)
+        )
         assert done.returncode == 2, done.stderr
         (line,) = done.stderr.strip().splitlines()
         assert str(path) in line and problem in line and ".json" not in line
@@ -260,7 +269,7 @@ def test_empty_or_corrupt_training_state_is_one_line(width_32_run, capsys, prefe
 # ---- a run owns its folder --------------------------------------------------------------
 
 
-def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(tmp_path):
+def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(tmp_path, prefect_home):
     out = tmp_path / "out"
     water = tmp_path / "w.xyz"
     write(water, molecule("H2O"))
@@ -276,7 +285,7 @@ def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(tmp_path):
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(L.FolderInUse, match=f"in use by pid {holder.pid} "):
             L.acquire(out)
-        done = ldsm("screen", str(water), "--out", str(out), env={"LDSM_HOME": str(tmp_path)})
+        done = ldsm("screen", str(water), "--out", str(out), env=_screen_env(prefect_home))
         assert done.returncode == 2
         assert f"in use by pid {holder.pid}" in done.stderr.strip().splitlines()[-1]
         assert not (out / "screen.csv").exists()
@@ -292,13 +301,14 @@ def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(tmp_path):
 # ---- the Prefect server of a command, and stopping a command ---------------------------
 
 
-def _screen_env(tmp_path: Path) -> dict:
+def _screen_env(prefect_home: Path) -> dict:
+    """A command's environment: a temporary server on the session's PREFECT_HOME."""
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
-    return {**env, "PYTHONPATH": str(ROOT), "LDSM_HOME": str(tmp_path / "home"),
-            "LDSM_PREFECT_SERVER": "temporary"}  # fmt: skip
+    return {**env, "PYTHONPATH": str(ROOT), "LDSM_HOME": str(prefect_home / "ldsm"),
+            "PREFECT_HOME": str(prefect_home), "LDSM_PREFECT_SERVER": "temporary"}  # fmt: skip
 
 
-def _start_screen(tmp_path: Path, out: Path, *extra: str) -> subprocess.Popen:
+def _start_screen(tmp_path: Path, home: Path, out: Path, *extra: str) -> subprocess.Popen:
     folder = tmp_path / "in"
     folder.mkdir(exist_ok=True)
     for k, name in enumerate(["CH4", "H2O", "NH3", "C2H6", "CH3OH", "HCN", "C6H6", "CO2"] * 3):
@@ -306,7 +316,7 @@ def _start_screen(tmp_path: Path, out: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "flows.cli", "screen", str(folder), "--out", str(out), *extra],
         cwd=ROOT,
-        env=_screen_env(tmp_path),
+        env=_screen_env(home),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
@@ -325,10 +335,10 @@ def _server_of(proc: subprocess.Popen):
     raise AssertionError(f"no server child; exit {proc.returncode}: {proc.stderr.read()}")
 
 
-def test_kill_9_of_a_command_leaves_no_server_behind(tmp_path):
+def test_kill_9_of_a_command_leaves_no_server_behind(tmp_path, prefect_home):
     import psutil
 
-    proc = _start_screen(tmp_path, tmp_path / "out")
+    proc = _start_screen(tmp_path, prefect_home, tmp_path / "out")
     server = _server_of(proc)
     proc.kill()
     proc.wait()
@@ -336,11 +346,11 @@ def test_kill_9_of_a_command_leaves_no_server_behind(tmp_path):
     assert server in gone and not alive
 
 
-def test_sigterm_stops_a_screen_with_one_line_saying_what_was_kept(tmp_path):
+def test_sigterm_stops_a_screen_with_one_line_saying_what_was_kept(tmp_path, prefect_home):
     import psutil
 
     out = tmp_path / "out"
-    proc = _start_screen(tmp_path, out, "--chunk-size", "1")
+    proc = _start_screen(tmp_path, prefect_home, out, "--chunk-size", "1")
     server = _server_of(proc)
     while proc.poll() is None and not list((out / ".chunks").glob("*.pt")):
         psutil.wait_procs([psutil.Process(proc.pid)], timeout=0.2)
@@ -354,13 +364,13 @@ def test_sigterm_stops_a_screen_with_one_line_saying_what_was_kept(tmp_path):
     assert server in gone
 
 
-def test_a_server_that_does_not_start_is_retried_then_one_line(tmp_path):
+def test_a_server_that_does_not_start_is_retried_then_one_line(tmp_path, prefect_home):
     water = tmp_path / "water.xyz"
     write(water, molecule("H2O"))
     done = subprocess.run(
         [sys.executable, "-m", "flows.cli", "ingest", str(water)],
         cwd=ROOT,
-        env={**_screen_env(tmp_path), "LDSM_SERVER_TIMEOUT": "0.01"},
+        env={**_screen_env(prefect_home), "LDSM_SERVER_TIMEOUT": "0.01"},
         capture_output=True,
         text=True,
         timeout=300,
