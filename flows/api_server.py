@@ -109,6 +109,7 @@ class TemporaryServer:
         self.log = log or _prefect_home() / "ldsm-server.log"
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
+        self.started = 0.0
 
     @property
     def api_url(self) -> str:
@@ -131,6 +132,7 @@ class TemporaryServer:
         }
         env.pop("PREFECT_API_URL", None)
         self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.started = time.monotonic()
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "uvicorn", "--app-dir", str(app_dir), "--factory"]
@@ -146,8 +148,8 @@ class TemporaryServer:
         return self
 
     def _wait_once(self) -> str | None:
-        """None when healthy, else why not."""
-        deadline = time.monotonic() + self.timeout
+        """None when healthy within the timeout counted from the start, else why not."""
+        deadline = self.started + self.timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 return f"it exited with code {self.process.returncode}"

@@ -36,6 +36,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
+from rdkit import RDLogger
 
 from flows import lock
 from flows.persist import chunk_count, run_chunks
@@ -89,6 +90,9 @@ def read_task(path: str):
 
 @task
 def check_molecules_task(chunk: list, posebusters: bool, xtb: bool) -> list[dict]:
+    """Check one chunk of molecules (``pipeline.metrics.check_molecules``)."""
+    # RDKit's console lines off in this process too (a Dask worker): the reasons are in the rows.
+    RDLogger.DisableLog("rdApp.*")
     names = [str(getattr(d, "name", "")) or f"record{k}" for k, d in enumerate(chunk)]
     zs = [d.z.numpy() for d in chunk]
     poss = [d.pos.numpy() for d in chunk]

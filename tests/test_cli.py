@@ -7,6 +7,7 @@ model or a run folder call :func:`flows.cli.main` under the Prefect test harness
 
 from __future__ import annotations
 
+import csv
 import os
 import subprocess
 import sys
@@ -426,3 +427,22 @@ def test_a_cpu_time_budget_is_what_the_progress_bar_shows(width_32_run, capfd):
     err = capfd.readouterr().err
     assert result.status == "budget" and result.step < 100000
     assert "train (0.002 CPU-min budget)" in err and "cpu-s" in err and "/100000" in err
+
+
+def test_a_screen_console_has_no_library_noise(tmp_path, prefect_home):
+    """RDKit's own lines (a pentavalent carbon makes it print 'Explicit valence ...') and
+    Prefect's telemetry stay off the console; the verdict keeps the reason."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write(folder / "water.xyz", molecule("H2O"))
+    (folder / "ch5.xyz").write_text(
+        "6\nCH5\nC 0 0 0\nH 1.09 0 0\nH -1.09 0 0\nH 0 1.09 0\nH 0 -1.09 0\nH 0 0 1.09\n"
+    )
+    out = tmp_path / "out"
+    done = ldsm("screen", str(folder), "--out", str(out), env=_screen_env(prefect_home))
+    assert done.returncode == 0, done.stderr
+    for noise in ("Explicit valence", "telemetry", "Traceback", "[RDKit]", "WARNING"):
+        assert noise not in done.stderr, done.stderr
+    rows = {r["name"]: r for r in csv.DictReader(open(out / "screen.csv"))}
+    (ch5,) = [r for name, r in rows.items() if "ch5" in name.lower() or "CH5" in name]
+    assert ch5["valid"] == "False" and ch5["valid_reason"] not in ("", "ok")
