@@ -503,18 +503,26 @@ def main(argv: list[str] | None = None) -> int:
 
     console.quiet_environment()
     env_before = os.environ.get("PREFECT_API_URL")
-    server = None
+    server, saved_ui, module = None, False, None
     rank0 = int(os.environ.get("RANK", "0")) == 0
-    if args.command in FLOW_COMMANDS and rank0 and not _api_in_process():
-        url, server, note = api_server.choose_api()
-        if note:
-            print(f"ldsm: {note}", file=sys.stderr)
-        # Prefect reads its settings when imported: the URL goes in before the import below.
-        os.environ["PREFECT_API_URL"] = url or server.api_url
     previous = signal.signal(signal.SIGTERM, _raise_stop)
-    module = None
     try:
         with contextlib.ExitStack() as stack:
+            if args.command in FLOW_COMMANDS and rank0 and getattr(args, "out", None):
+                from flows import lock
+
+                # The run owns its folder before anything starts (a one-line refusal, at once).
+                stack.enter_context(lock.owned(time.strftime(args.out)))
+            if args.command in FLOW_COMMANDS and rank0 and not _api_in_process():
+                url, server, note = api_server.choose_api()
+                if note:
+                    print(f"ldsm: {note}", file=sys.stderr)
+                # Prefect reads its settings when imported: the URL goes in before the import.
+                os.environ["PREFECT_API_URL"] = url or server.api_url
+                if server is not None and "PREFECT_UI_URL" not in os.environ:
+                    # No "View at http://127.0.0.1:PORT/..." line: a temporary server has no UI.
+                    os.environ["PREFECT_UI_URL"] = ""
+                    saved_ui = True
             module = importlib.import_module(f"flows.{args.command}")
             if hasattr(module, "check"):
                 module.check(args)  # bad options and files: refused before waiting for a server
@@ -524,11 +532,6 @@ def main(argv: list[str] | None = None) -> int:
                 # The retry moved the server to another port.
                 stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
             console.quiet_libraries(args.debug)
-            if args.command in FLOW_COMMANDS and rank0 and getattr(args, "out", None):
-                from flows import lock
-
-                # The run owns its folder before anything is written (a clean one-line refusal).
-                stack.enter_context(lock.owned(time.strftime(args.out)))
             return int(module.run(args) or 0)
     except KeyboardInterrupt as stop:
         name = "SIGTERM" if isinstance(stop, _Stop) else "Ctrl-C"
@@ -554,6 +557,8 @@ def main(argv: list[str] | None = None) -> int:
         if server is not None:
             _drain_prefect(timeout=10)
             server.stop()
+        if saved_ui:
+            os.environ.pop("PREFECT_UI_URL", None)
         if env_before is None:
             os.environ.pop("PREFECT_API_URL", None)
         else:
