@@ -187,10 +187,10 @@ class TemporaryServer:
         self.process = None
 
 
-def choose_api() -> tuple[str | None, TemporaryServer | None, str | None]:
+def choose_api(temporary: bool = True) -> tuple[str | None, TemporaryServer | None, str | None]:
     """``(api_url, server, note)``: the configured API (server None), a running local server
-    (``note`` says so), or a started :class:`TemporaryServer` whose ``wait()`` gives the URL
-    (``api_url`` None until then)."""
+    (``note`` says so), or (``temporary``) a started :class:`TemporaryServer` whose ``wait()``
+    confirms its ``api_url``; ``(None, None, None)`` when none is found and ``temporary`` is off."""
     url = configured_api_url()
     if url:
         return url, None, None
@@ -200,4 +200,6 @@ def choose_api() -> tuple[str | None, TemporaryServer | None, str | None]:
             "(set PREFECT_API_URL to choose one, or LDSM_PREFECT_SERVER=temporary)"
         )
         return LOCAL_API, None, note
+    if not temporary:
+        return None, None, None
     return None, TemporaryServer().start(), None

@@ -513,12 +513,15 @@ def main(argv: list[str] | None = None) -> int:
 
                 # The run owns its folder before anything starts (a one-line refusal, at once).
                 stack.enter_context(lock.owned(time.strftime(args.out)))
-            if args.command in FLOW_COMMANDS and rank0 and not _api_in_process():
-                url, server, note = api_server.choose_api()
+            needs_api = args.command in FLOW_COMMANDS or args.command == "serve"
+            if needs_api and rank0 and not api_in_process():
+                # serve needs a server that outlives it: never a temporary one.
+                url, server, note = api_server.choose_api(temporary=args.command != "serve")
                 if note:
                     print(f"ldsm: {note}", file=sys.stderr)
                 # Prefect reads its settings when imported: the URL goes in before the import.
-                os.environ["PREFECT_API_URL"] = url or server.api_url
+                if url or server:
+                    os.environ["PREFECT_API_URL"] = url or server.api_url
                 if server is not None and "PREFECT_UI_URL" not in os.environ:
                     # No "View at http://127.0.0.1:PORT/..." line: a temporary server has no UI.
                     os.environ["PREFECT_UI_URL"] = ""
@@ -577,7 +580,7 @@ def _drain_prefect(timeout: float) -> None:
         worker.drain_all(timeout=timeout)
 
 
-def _api_in_process() -> str | None:
+def api_in_process() -> str | None:
     """The API of an already imported Prefect (a test harness, a caller's settings), if any."""
     settings = sys.modules.get("prefect.settings")
     return settings.PREFECT_API_URL.value() if settings is not None else None

@@ -22,7 +22,7 @@ import typing
 from pathlib import Path
 
 from flows.api_server import configured_api_url
-from flows.cli import DESIGN_ENTRYPOINT
+from flows.cli import DESIGN_ENTRYPOINT, api_in_process
 from flows.console import UsageError
 
 
@@ -84,7 +84,7 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
 
 def run(args) -> int:
     """``ldsm serve``: checks the API and the options, then serves until stopped."""
-    if not configured_api_url():
+    if not (configured_api_url() or api_in_process()):
         raise UsageError(
             "serving needs a Prefect server that outlives this command: start one "
             "(prefect server start --host 127.0.0.1 --port 4200) and set "
