@@ -101,8 +101,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 # Options that --resume may change (pipeline.train checks that nothing else differs).
-RESUMABLE_OPTIONS = {"steps": "steps", "max_minutes": "max_minutes",
-                     "checkpoint_every": "checkpoint_every", "threads": "threads"}  # fmt: skip
+RESUMABLE_OPTIONS = ("steps", "max_minutes", "checkpoint_every", "threads")
 # Options that are not part of the training config.
 NOT_CONFIG = {"out", "resume", "debug", "command", "explicit", "run"}
 
