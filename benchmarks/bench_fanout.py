@@ -80,7 +80,7 @@ def main() -> None:
         f"The machine has {os.cpu_count()} cores shared with other jobs, and the thread pool "
         "already overlaps the checks where they release the GIL: two Dask processes add their "
         "start-up (process spawn and imports) and gain little here. They pay off with more "
-        "cores or machines (`--dask-address`). The re-run loads every chunk from `OUT/.prefect`.",
+        "cores or machines (`--dask-address`). The re-run loads every chunk from `OUT/.chunks`.",
     ]
     body = "\n".join(lines)
     print(body)

@@ -14,31 +14,10 @@ from pipeline.losses import ConstantBudget, UniformTimes, local_dsm_loss
 from pipeline.processes import GradientProcess
 from pipeline.schedules import LinearSchedule
 from pipeline.toy import demo_mixture, fit, score_error
-from pipeline.transitions import MODES
-
-
-def register(subparsers: argparse._SubParsersAction) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="train a small score network with local-DSM on a 2-D nonlinear process",
-        description=(
-            "Train an MLP with local-DSM under f = -1/2 beta(t) grad U, U = -log of a 2-D Gaussian "
-            "mixture, on exact samples of exp(-U); the true score is -grad U at every t, so the "
-            "relative score error is exact."
-        ),
-        epilog="example: ldsm demo --steps 800 --mode taylor2",
-    )
-    parser.add_argument("--mode", choices=MODES, default="expm", help="local-DSM transition mode")
-    parser.add_argument("--steps", type=int, default=800, help="optimiser steps")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument(
-        "--budget", type=float, default=0.2, help="rate budget int_s^t beta per step"
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    """``ldsm demo``: fit, then print the score error before and after and the time."""
     torch.manual_seed(args.seed)
     gen = torch.Generator().manual_seed(args.seed)
     gmm = demo_mixture()

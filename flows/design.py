@@ -12,7 +12,8 @@ generates molecules, screens them and writes one run directory::
 
 Re-running a killed flow with the same ``--out`` reuses what finished: a finished training run is
 loaded (an unfinished one resumes from its checkpoint), and the generation and screening tasks
-persist their results keyed by their inputs (Prefect result persistence in ``RUN/.prefect``).
+keep their finished chunks, keyed by their inputs, as data in ``RUN/samples/.chunks`` and
+``RUN/screen/.chunks`` (``flows.persist``).
 """
 
 from __future__ import annotations
@@ -25,11 +26,14 @@ from pathlib import Path
 from prefect import flow, task
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
-from flows import runners
-from flows.generate import run_generate
+from flows import lock
+from flows.cli import CRYSTAL_DATASETS, add_training_options
+from flows.console import UsageError
+from flows.generate import check_checkpoint, run_generate
+from flows.persist import chunk_count
 from flows.screen import ScreenConfig, run_screen
-from flows.train import add_training_options, train_flow
 from flows.train import config_from_args as train_config_from_args
+from flows.train import train_flow
 from pipeline import report
 from pipeline.datasets import load_dataset
 from pipeline.generate import GenerateConfig, load_cached
@@ -53,6 +57,7 @@ class DesignConfig(BaseModel):
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(nfe=100))
     num_atoms: PositiveInt | None = None
     seed: int = 0
+    dataset_path: str | None = None  # source of the reference data set (as --path of ingest)
     reference_size: PositiveInt = 1000  # reference structures (test split) for plots / coverage
     posebusters: bool = True
     workers: int = 0
@@ -86,10 +91,15 @@ def reference_task(dataset: str, path: str | None, run: str, size: int) -> dict:
 
 @flow(name="design", log_prints=True)
 def design(config: DesignConfig | None = None) -> dict:
-    """Run the whole design pipeline into ``config.out``; returns the metrics dict."""
+    """Run the whole design pipeline into ``config.out`` (holding its lock, :mod:`flows.lock`);
+    returns the metrics dict."""
     config = config or DesignConfig()
     run = Path(time.strftime(config.out))  # "runs/nightly/%Y-%m-%d": one folder per scheduled day
-    run.mkdir(parents=True, exist_ok=True)
+    with lock.owned(run):
+        return _design(config, run)
+
+
+def _design(config: DesignConfig, run: Path) -> dict:
     (run / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
     started = time.perf_counter()
 
@@ -102,7 +112,10 @@ def design(config: DesignConfig | None = None) -> dict:
             raise RuntimeError(f"training in {train_dir} was interrupted; re-run to resume")
         checkpoint, metrics_csv = summary["checkpoint"], train_dir / "metrics.csv"
     trained = load_cached(checkpoint)  # the generation tasks reuse this load
-    refs = reference_task(trained.info.get("dataset", "qm9"), None, str(run), config.reference_size)
+    dataset_path = config.train.dataset_path if config.train is not None else config.dataset_path
+    refs = reference_task(
+        trained.info.get("dataset", "qm9"), dataset_path, str(run), config.reference_size
+    )
 
     gen_config = GenerateConfig(
         n=config.n, sampler=config.sampler, num_atoms=config.num_atoms, seed=config.seed
@@ -135,14 +148,63 @@ def design(config: DesignConfig | None = None) -> dict:
     return metrics
 
 
+def shipped_checkpoint(dataset: str) -> Path:
+    """The model that ships for ``dataset``: ``models/weights/<name>_*.pt`` with the name
+    without dashes (``qm9_egnn.pt``; a ``perov5_*.pt`` would serve ``perov-5``). Raises
+    :class:`UsageError` when none or several ship."""
+    slug = dataset.replace("-", "").replace("_", "").lower()
+    found = sorted(WEIGHTS.glob(f"{slug}_*.pt"))
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = ", ".join(str(p) for p in found)
+        raise UsageError(
+            f"--dataset {dataset}: several models ship ({names}); choose one with --checkpoint"
+        )
+    kind = "crystal model" if dataset in CRYSTAL_DATASETS else "model"
+    raise UsageError(
+        f"--dataset {dataset}: no {kind} ships for it yet; pass --checkpoint with a model "
+        f"trained on it (ldsm train --dataset {dataset} ...), or add --train"
+    )
+
+
+def _training_only(args: argparse.Namespace) -> list[str]:
+    """Training options given without ``--train`` (they would be ignored)."""
+    group = argparse.ArgumentParser(add_help=False)
+    add_training_options(group)
+    shared = {"dataset", "path", "seed"}  # also choose the model, the reference and the samples
+    dests = {a.dest for a in group._actions} - shared
+    return sorted("--" + d.replace("_", "-") for d in dests & getattr(args, "explicit", set()))
+
+
 def config_from_args(args: argparse.Namespace) -> DesignConfig:
-    train = train_config_from_args(args) if args.train else None
+    """The design config of the command line; contradictions raise :class:`UsageError`."""
+    explicit = getattr(args, "explicit", set())
+    train = None
+    if args.train:
+        if args.checkpoint:
+            raise UsageError(
+                "--checkpoint and --train contradict each other: --train trains the model"
+            )
+        train = train_config_from_args(args)
+        checkpoint = str(DEFAULT_CHECKPOINT)
+    else:
+        ignored = _training_only(args)
+        if ignored:
+            raise UsageError(f"{', '.join(ignored)}: training options, only used with --train")
+        if args.checkpoint:
+            checkpoint = args.checkpoint
+        elif "dataset" in explicit:
+            checkpoint = str(shipped_checkpoint(args.dataset))
+        else:
+            checkpoint = str(DEFAULT_CHECKPOINT)
     return DesignConfig(
         out=args.out,
-        checkpoint=args.checkpoint,
+        checkpoint=checkpoint,
         train=train,
+        dataset_path=args.path,
         n=args.n,
-        sampler=SamplerConfig(kind=args.sampler, nfe=args.nfe),
+        sampler=SamplerConfig(kind=args.sampler, nfe=args.nfe, grid_power=args.grid_power),
         num_atoms=args.num_atoms,
         seed=args.seed,
         reference_size=args.reference_size,
@@ -152,55 +214,38 @@ def config_from_args(args: argparse.Namespace) -> DesignConfig:
     )
 
 
-def add_design_options(parser: argparse.ArgumentParser) -> None:
-    """The design options (shared with ``ldsm serve``)."""
-    d = DesignConfig()
-    parser.add_argument("--out", default=d.out, help="run directory (re-use it to resume)")
-    parser.add_argument("--checkpoint", default=d.checkpoint, help="trained checkpoint (.pt)")
-    parser.add_argument("--train", action="store_true", help="train first (training options below)")
-    parser.add_argument("--n", type=int, default=d.n, help="structures to generate")
-    parser.add_argument(
-        "--sampler",
-        choices=["sde", "ode"],
-        default=d.sampler.kind,
-        help="reverse SDE (Euler-Maruyama) or probability-flow ODE (Heun)",
-    )
-    parser.add_argument("--nfe", type=int, default=d.sampler.nfe, help="network evaluations")
-    parser.add_argument(
-        "--num-atoms",
-        type=int,
-        default=None,
-        help="atoms per structure; None: drawn from the training histogram",
-    )
-    parser.add_argument(
-        "--reference-size",
-        type=int,
-        default=d.reference_size,
-        help="test-split structures to compare with (novelty, coverage, report plots)",
-    )
-    parser.add_argument("--no-posebusters", action="store_true", help="skip PoseBusters")
-    runners.add_arguments(parser)
-    add_training_options(parser)
+def check_design(config: DesignConfig, args: argparse.Namespace) -> None:
+    """Refuse a checkpoint that cannot be loaded, or one trained on another data set than an
+    explicit ``--dataset`` (a crystal model with ``--dataset qm9`` would design crystals and
+    report molecule metrics, all null)."""
+    if config.train is not None:
+        return
+    trained = check_checkpoint(config.checkpoint)
+    trained_on = trained.info.get("dataset", "?")
+    if "dataset" in getattr(args, "explicit", set()) and trained_on != args.dataset:
+        raise UsageError(
+            f"--dataset {args.dataset} contradicts --checkpoint {config.checkpoint}: "
+            f"a {trained.recipe.config.kind} model trained on {trained_on}"
+        )
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "design",
-        help="ingest -> train or load -> generate -> screen -> report",
-        description=__doc__.split("\n\n")[0],
-        epilog=(
-            "example: ldsm design                        (the shipped QM9 model, 200 molecules)\n"
-            "         ldsm design --n 1000 --nfe 200 --out runs/big --workers 2\n"
-            "         ldsm design --train --max-minutes 30 --out runs/fresh\n"
-            "         ldsm design --train --dataset perov-5 --split val --val-split test \\\n"
-            "             --hidden 128 --max-minutes 15 --out runs/perov"
-        ),
-    )
-    add_design_options(parser)
-    parser.set_defaults(run=run)
+def saved_on_stop(args: argparse.Namespace) -> str:
+    """What an interrupted ``ldsm design`` leaves behind (one line)."""
+    run = Path(time.strftime(args.out))
+    state = run / "train" / "checkpoints" / "state.pt"
+    kept = [f"the training checkpoint {state}"] if state.exists() else []
+    chunks = sum(chunk_count(run / part) for part in ("samples", "screen"))
+    kept.append(f"{chunks} finished chunks")
+    return f"kept in {run}: {', '.join(kept)}; run the same command again to resume"
+
+
+def check(args: argparse.Namespace) -> None:
+    """``ldsm design``'s checks before the flow: options agree, the checkpoint loads."""
+    check_design(config_from_args(args), args)
 
 
 def run(args: argparse.Namespace) -> int:
+    """``ldsm design``: runs :func:`design` and prints the headline metrics."""
     metrics = design(config_from_args(args))
     mol = metrics.get("molecules") or {}
     keys = [

@@ -7,7 +7,7 @@ The work is planned up front by :func:`pipeline.generate.plan` (sizes drawn from
 histogram, sorted, dealt ``--batch-size`` structures per chunk) and every chunk is one Prefect
 task seeded by ``(seed, chunk index)``: ``--workers 2`` runs them on a local two-process Dask
 cluster and ``--dask-address`` on an existing one, with the same output as one process.
-Finished chunks persist in ``DIR/.prefect``, so a killed run started again reuses them.
+Finished chunks are kept in ``DIR/.chunks`` (``flows.persist``), so a killed run started again reuses them.
 """
 
 from __future__ import annotations
@@ -15,17 +15,21 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import zipfile
+from pathlib import Path
 
 import torch
-from prefect import flow, task, unmapped
+from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows import runners
-from flows.persist import resumable
+from flows import lock, runners
+from flows.console import UsageError
+from flows.persist import chunk_count, run_chunks
 from pipeline.generate import (
     Chunk,
     ChunkResult,
     GenerateConfig,
+    Trained,
     checkpoint_key,
     collect,
     load_cached,
@@ -57,21 +61,30 @@ def sample_chunk_task(
 
 @flow(name="generate", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
 def generate_flow(checkpoint: str, config: GenerateConfig, out: str, threads: int = 1) -> dict:
-    """Sample ``config.n`` structures from ``checkpoint`` into ``out``; returns the summary."""
+    """Sample ``config.n`` structures from ``checkpoint`` into ``out`` (holding its lock,
+    :mod:`flows.lock`); returns the summary."""
+    with lock.owned(out):
+        return _generate(checkpoint, config, out, threads)
+
+
+def _generate(checkpoint: str, config: GenerateConfig, out: str, threads: int) -> dict:
     trained = load_cached(checkpoint)
     chunks = plan(config, trained.num_atoms)
     started = time.perf_counter()
-    futures = resumable(sample_chunk_task, out).map(
-        unmapped(checkpoint),
-        unmapped(checkpoint_key(checkpoint)),
-        [c.index for c in chunks],
-        [c.rows for c in chunks],
-        [c.counts for c in chunks],
-        unmapped(config.seed),
-        unmapped(config.sampler),
-        unmapped(threads),
-    )
-    result = collect([f.result() for f in futures], config.n)
+    calls = [
+        dict(
+            checkpoint=checkpoint,
+            checkpoint_key=checkpoint_key(checkpoint),
+            index=c.index,
+            rows=c.rows,
+            counts=c.counts,
+            seed=config.seed,
+            sampler=config.sampler,
+            threads=threads,
+        )
+        for c in chunks
+    ]
+    result = collect(run_chunks(sample_chunk_task, out, calls), config.n)
     info = {
         **summary_info(checkpoint, config, result),
         "chunks": len(chunks),
@@ -98,47 +111,53 @@ def run_generate(
     return runners.with_runner(generate_flow, workers, address)(checkpoint, config, out, threads)
 
 
-def register(subparsers) -> None:
-    d = GenerateConfig()
-    parser = subparsers.add_parser(
-        "generate",
-        help="sample molecules or crystals from a trained checkpoint",
-        description=__doc__.split("\n\n")[0],
-        epilog="example: ldsm generate --checkpoint models/weights/qm9_egnn.pt --n 100 --out gen "
-        "--nfe 50 --sampler sde",
+def check_checkpoint(path: str) -> Trained:
+    """The trained model at ``path``, or :class:`UsageError` naming the file and what is wrong
+    with it (missing, a folder, empty, not a torch file, no config beside it, bad content)."""
+    from models.checkpoint import CheckpointError, config_path
+
+    p = Path(path)
+    if not p.exists():
+        raise UsageError(f"--checkpoint {path}: no such file")
+    if p.is_dir():
+        raise UsageError(
+            f"--checkpoint {path}: a folder; give the .pt file, e.g. {p / 'checkpoints' / 'last.pt'}"
+        )
+    if p.stat().st_size == 0:
+        raise UsageError(f"--checkpoint {path}: empty file")
+    if not zipfile.is_zipfile(p):
+        raise UsageError(
+            f"--checkpoint {path}: not a checkpoint written by ldsm train (not a torch file)"
+        )
+    if not config_path(p).exists():
+        raise UsageError(
+            f"--checkpoint {path}: its config {config_path(p).name} is missing beside it "
+            "(a checkpoint is the .pt weights plus that .json)"
+        )
+    try:
+        return load_cached(p)
+    except CheckpointError as err:
+        raise UsageError(f"--checkpoint {' '.join(str(err).split())}") from err
+
+
+def saved_on_stop(args: argparse.Namespace) -> str:
+    """What an interrupted ``ldsm generate`` leaves behind (one line)."""
+    return (
+        f"{chunk_count(args.out)} finished chunks kept in {Path(args.out) / '.chunks'}; "
+        "run the same command again to resume"
     )
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by ldsm train")
-    parser.add_argument("--n", type=int, default=d.n, help="structures to generate")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        "--sampler",
-        choices=["sde", "ode"],
-        default=d.sampler.kind,
-        help="reverse SDE (Euler-Maruyama) or probability-flow ODE (Heun)",
-    )
-    parser.add_argument("--nfe", type=int, default=d.sampler.nfe, help="network evaluations")
-    parser.add_argument(
-        "--num-atoms",
-        type=int,
-        default=None,
-        help="atoms per structure; None: drawn from the training histogram",
-    )
-    parser.add_argument(
-        "--batch-size",
-        type=int,
-        default=d.batch_size,
-        help="structures per chunk (sampled together)",
-    )
-    parser.add_argument("--seed", type=int, default=d.seed, help="chunk k is seeded by (seed, k)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads per chunk")
-    runners.add_arguments(parser)
-    parser.set_defaults(run=run)
+
+
+def check(args: argparse.Namespace) -> None:
+    """``ldsm generate``'s checks before the flow: the checkpoint loads."""
+    check_checkpoint(args.checkpoint)
 
 
 def run(args: argparse.Namespace) -> int:
+    """``ldsm generate``: runs :func:`generate_flow` and prints its summary."""
     config = GenerateConfig(
         n=args.n,
-        sampler=SamplerConfig(kind=args.sampler, nfe=args.nfe),
+        sampler=SamplerConfig(kind=args.sampler, nfe=args.nfe, grid_power=args.grid_power),
         num_atoms=args.num_atoms,
         batch_size=args.batch_size,
         seed=args.seed,

@@ -21,7 +21,6 @@ published as Prefect artifacts (a Markdown report and a table of the splits).
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
+from flows.console import UsageError
 from pipeline import cache
 from pipeline import datasets as D
 
@@ -53,8 +53,9 @@ def read_task(name: str, path: str | None) -> tuple[D.DatasetCard, dict, str, di
 
 
 @task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def load_cache_task(entry: str) -> dict | None:
-    return cache.load(Path(entry))
+def load_cache_task(entry: str) -> D.Dataset | None:
+    """The cached data set, or None when the entry is missing, unreadable or incomplete."""
+    return D.read_cache(Path(entry))
 
 
 @task(cache_policy=NO_CACHE)
@@ -73,13 +74,7 @@ def parse_task(card: D.DatasetCard, files: dict) -> D.Parsed:
 @task(cache_policy=NO_CACHE)
 def featurise_task(parsed: D.Parsed) -> dict:
     """Atom types present (sorted atomic numbers) and the atoms-per-structure range."""
-    z = parsed.structures.values["z"]
-    n = parsed.structures.num_atoms()
-    return {
-        "atom_types": sorted(set(z.tolist())),
-        "min_atoms": int(n.min()) if len(n) else 0,
-        "max_atoms": int(n.max()) if len(n) else 0,
-    }
+    return D.features(parsed.structures)
 
 
 @task(cache_policy=NO_CACHE)
@@ -88,8 +83,8 @@ def split_task(card: D.DatasetCard, parsed: D.Parsed) -> dict:
 
 
 @task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
-def save_cache_task(entry: str, payload: dict) -> str:
-    return str(cache.save(Path(entry), payload))
+def save_cache_task(entry: str, dataset: D.Dataset) -> str:
+    return str(D.write_cache(Path(entry), dataset))
 
 
 def _report(summary: dict) -> str:
@@ -130,11 +125,10 @@ def ingest_flow(config: IngestConfig) -> dict:
     start = time.perf_counter()
     card, files, key, checksums = read_task(config.name, config.path)
     entry = cache.cache_file(card.name, key)
-    payload = load_cache_task(str(entry)) if config.use_cache else None
-    cached = payload is not None
+    dataset = load_cache_task(str(entry)) if config.use_cache else None
+    cached = dataset is not None
     if cached:
-        dataset = D.from_payload(payload)
-        features = payload["features"]
+        features = D.features(dataset.structures)
     else:
         parsed = parse_task(card, files)
         features = featurise_task(parsed)
@@ -143,7 +137,7 @@ def ingest_flow(config: IngestConfig) -> dict:
             card.name, parsed.structures, splits, parsed.rejects, list(card.properties)
         )
         if config.use_cache:
-            save_cache_task(str(entry), {**D.to_payload(dataset), "features": features})
+            save_cache_task(str(entry), dataset)
     summary = {
         **D.summarise(dataset),
         **features,
@@ -168,33 +162,25 @@ def ingest_flow(config: IngestConfig) -> dict:
     return summary
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "ingest",
-        help="read, check, split and cache a data set",
-        epilog="example: ldsm ingest qm9 --summary-json runs/qm9.json\n"
-        "         ldsm ingest perov-5 --path ../shared/datasets/crystals/perov_5\n"
-        "         ldsm ingest my_structures/",
-    )
-    names = ", ".join(sorted(D.load_cards()))
-    parser.add_argument("name", help=f"data set ({names}) or a file / folder of structures")
-    parser.add_argument("--path", help="source folder / file (CDVAE CSVs, QM9 archive, structures)")
-    parser.add_argument("--summary-json", help="write the summary here as JSON")
-    parser.add_argument("--no-cache", action="store_true", help="ignore and do not write the cache")
-    parser.set_defaults(run=run)
+def saved_on_stop(args) -> str:
+    """What an interrupted ``ldsm ingest`` leaves behind (one line)."""
+    return "nothing was cached (the cache entry is written only when the data set is complete)"
+
+
+def check(args) -> None:
+    """``ldsm ingest``'s checks before the flow: the name and its files exist."""
+    try:
+        card, path = D.resolve(args.name, args.path)
+        D.source_files(card, path)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def run(args) -> int:
+    """``ldsm ingest``: runs :func:`ingest_flow` and prints the report."""
     config = IngestConfig(
         name=args.name, path=args.path, summary_json=args.summary_json, use_cache=not args.no_cache
     )
-    # Name and files are checked before the flow starts so a typo is one line, not a traceback.
-    try:
-        card, path = D.resolve(config.name, config.path)
-        D.source_files(card, path)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"ldsm ingest: {exc}", file=sys.stderr)
-        return 2
     summary = ingest_flow(config)
     print(_report(summary))
     return 0 if summary["structures"] else 1

@@ -13,8 +13,6 @@ A flow's task runner is fixed when it is decorated, so a runner chosen at run ti
 
 from __future__ import annotations
 
-import argparse
-
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 DEFAULT_THREADS = 2
@@ -40,8 +38,10 @@ def task_runner(
             "n_workers": workers,
             "threads_per_worker": 1,
             "processes": True,
-            # A free port for the dashboard: concurrent runs would clash on the default 8787.
-            "dashboard_address": ":0",
+            # A free port on the loopback interface ("0.0.0.0" would expose the dashboard, which
+            # has no authentication, to the network): concurrent runs would clash on 8787.
+            "dashboard_address": "127.0.0.1:0",
+            "host": "127.0.0.1",
         }
     )
 
@@ -49,16 +49,3 @@ def task_runner(
 def with_runner(flow, workers: int = 0, address: str | None = None):
     """A copy of ``flow`` that runs its tasks on :func:`task_runner` ``(workers, address)``."""
     return flow.with_options(task_runner=task_runner(workers, address))
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--workers`` and ``--dask-address`` for a sub-command whose flow fans out."""
-    parser.add_argument(
-        "--workers",
-        type=int,
-        default=0,
-        help="local Dask worker processes (0: a thread pool in this process)",
-    )
-    parser.add_argument(
-        "--dask-address", help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786"
-    )

@@ -11,8 +11,8 @@ checks of ``pipeline.molecule_checks`` and ``pipeline.crystal_checks`` on chunks
   of ``pipeline.metrics`` (None where a metric does not apply);
 - ``report.md`` with ``plots/*.png``; the same tables are published as Prefect artifacts;
 - ``config.json``: the ``ScreenConfig`` of the run;
-- ``.prefect/``: the checked chunks (``flows.persist``): a killed run started again into the same
-  DIR checks only the chunks that had not finished.
+- ``.chunks/``: the checked chunks, stored as data (``flows.persist``): a killed run started
+  again into the same DIR checks only the chunks that had not finished.
 
 ``--workers N`` checks the chunks on N local Dask processes, ``--dask-address`` on a running Dask
 cluster (``flows.runners``); the outputs are the same.
@@ -36,9 +36,11 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
+from rdkit import RDLogger
 
-from flows.persist import resumable
-from flows.runners import add_arguments, with_runner
+from flows import lock
+from flows.persist import chunk_count, run_chunks
+from flows.runners import with_runner
 from pipeline import crystal_checks as cc
 from pipeline import metrics as pm
 from pipeline import molecule_checks as mc
@@ -88,6 +90,9 @@ def read_task(path: str):
 
 @task
 def check_molecules_task(chunk: list, posebusters: bool, xtb: bool) -> list[dict]:
+    """Check one chunk of molecules (``pipeline.metrics.check_molecules``)."""
+    # RDKit's console lines off in this process too (a Dask worker): the reasons are in the rows.
+    RDLogger.DisableLog("rdApp.*")
     names = [str(getattr(d, "name", "")) or f"record{k}" for k, d in enumerate(chunk)]
     zs = [d.z.numpy() for d in chunk]
     poss = [d.pos.numpy() for d in chunk]
@@ -142,9 +147,13 @@ def _reference_structures(path: str) -> tuple[list, str]:
 
 @flow(name="screen", task_runner=ThreadPoolTaskRunner(max_workers=2))
 def screen_flow(config: ScreenConfig) -> dict:
-    """Screen INPUT, write the outputs into ``config.out`` and return the metrics dict."""
-    out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    """Screen INPUT, write the outputs into ``config.out`` (holding its lock, :mod:`flows.lock`)
+    and return the metrics dict."""
+    with lock.owned(config.out):
+        return _screen(config, Path(config.out))
+
+
+def _screen(config: ScreenConfig, out: Path) -> dict:
     (out / "config.json").write_text(config.model_dump_json(indent=2))
 
     result = read_task(config.input)
@@ -158,14 +167,16 @@ def screen_flow(config: ScreenConfig) -> dict:
         if crystals and cutoff_name is not None:
             ref_fps = reference_fingerprints_task(reference, key)
 
-    mol_futures = resumable(check_molecules_task, out).map(
-        _chunks(molecules, config.chunk_size), config.posebusters, config.xtb
-    )
-    cry_futures = resumable(check_crystals_task, out).map(
-        _chunks(crystals, config.chunk_size), ref_fps is not None, config.chgnet
-    )
-    mol_rows = [row for f in mol_futures for row in f.result()]
-    cry_rows = [row for f in cry_futures for row in f.result()]
+    mol_calls = [
+        dict(chunk=c, posebusters=config.posebusters, xtb=config.xtb)
+        for c in _chunks(molecules, config.chunk_size)
+    ]
+    cry_calls = [
+        dict(chunk=c, fingerprints=ref_fps is not None, chgnet=config.chgnet)
+        for c in _chunks(crystals, config.chunk_size)
+    ]
+    mol_rows = [row for rows in run_chunks(check_molecules_task, out, mol_calls) for row in rows]
+    cry_rows = [row for rows in run_chunks(check_crystals_task, out, cry_calls) for row in rows]
     for reject in result.rejects:
         kind = "crystal" if Path(reject.file).suffix.lower() in CRYSTAL_SUFFIXES else "molecule"
         rows = cry_rows if kind == "crystal" else mol_rows
@@ -293,27 +304,16 @@ def _report(out: Path, rows: list[dict], metrics: dict, cutoff_name: str | None)
     return "\n".join(lines) + "\n"
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "screen",
-        help="validate and rank candidate molecules and crystals",
-        epilog="example: ldsm screen samples/ --out runs/screen "
-        "--reference ../shared/datasets/crystals/perov_5/test.csv",
+def saved_on_stop(args) -> str:
+    """What an interrupted ``ldsm screen`` leaves behind (one line)."""
+    return (
+        f"{chunk_count(args.out)} checked chunks kept in {Path(args.out) / '.chunks'}; "
+        "run the same command again to resume"
     )
-    parser.add_argument("input", help="file or folder of SDF / XYZ / extxyz / CIF / CDVAE CSV")
-    parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument("--reference", help="reference (test) split for novelty and coverage")
-    parser.add_argument("--train-smiles", help="file of training SMILES (one per line)")
-    parser.add_argument("--cov-cutoffs", choices=sorted(cc.COV_CUTOFFS), help="CDVAE cutoffs")
-    parser.add_argument("--no-posebusters", action="store_true", help="skip PoseBusters")
-    parser.add_argument("--xtb", action="store_true", help="GFN2-xTB relaxation (slow)")
-    parser.add_argument("--chgnet", action="store_true", help="CHGNet energy and relaxation")
-    parser.add_argument("--chunk-size", type=int, default=256, help="candidates per task")
-    add_arguments(parser)
-    parser.set_defaults(run=run)
 
 
 def run(args) -> int:
+    """``ldsm screen``: runs :func:`run_screen` with the options and prints the metrics."""
     config = ScreenConfig(
         input=args.input,
         out=args.out,

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import typing
 from pathlib import Path
 
-DESIGN_ENTRYPOINT = "flows.design:design"
+from flows.api_server import configured_api_url
+from flows.cli import DESIGN_ENTRYPOINT, api_in_process
+from flows.console import UsageError
 
 
 def load_flow(entrypoint: str = DESIGN_ENTRYPOINT):
@@ -81,40 +82,19 @@ def parameters_from_args(args: argparse.Namespace) -> dict:
     return {"config": design.config_from_args(args).model_dump(mode="json")}
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "serve",
-        help="serve the design flow on a cron schedule (a Prefect deployment)",
-        epilog='example: ldsm serve --cron "0 3 * * *" --name nightly --n 500 --out runs/nightly',
-    )
-    parser.add_argument("--cron", default="0 3 * * *", help="cron schedule of the runs")
-    parser.add_argument("--timezone", default="UTC", help="IANA time zone of the schedule")
-    parser.add_argument("--name", default="nightly", help="deployment name")
-    parser.add_argument(
-        "--config", help="the flow's config as JSON, e.g. a run's config.json (replaces the below)"
-    )
-    parser.add_argument(
-        "--entrypoint", default=DESIGN_ENTRYPOINT, help="flow to serve, module:attribute"
-    )
-    parser.add_argument("--concurrency", type=int, help="at most this many runs at once")
-    parser.add_argument(
-        "--keep-schedule",
-        action="store_true",
-        help="leave the schedule active when serving stops (for a supervised, restarting serve)",
-    )
-    from flows import design  # imported here: design imports the flows that serve may serve
-
-    design.add_design_options(parser)
-    parser.set_defaults(run=run)
-
-
 def run(args) -> int:
+    """``ldsm serve``: checks the API and the options, then serves until stopped."""
+    if not (configured_api_url() or api_in_process()):
+        raise UsageError(
+            "serving needs a Prefect server that outlives this command: start one "
+            "(prefect server start --host 127.0.0.1 --port 4200) and set "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api"
+        )
     try:
         parameters = parameters_from_args(args)
         flow = load_flow(args.entrypoint)
     except (ValueError, OSError) as exc:
-        print(f"ldsm serve: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(str(exc)) from exc
     serve(
         flow,
         name=args.name,

@@ -14,22 +14,26 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
+from flows import lock
+from flows.cli import CRYSTAL_DATASETS
+from flows.console import UsageError
 from models.config import CSPNetConfig, EGNNConfig
 from pipeline.recipes import LossConfig, MoleculeRecipeConfig, ProcessConfig
 from pipeline.train import TrainConfig, TrainResult, train
 
-CRYSTAL_DATASETS = {"perov-5", "carbon-24", "mp-20"}
-
 
 @flow(name="train", log_prints=True)
 def train_flow(config: TrainConfig, out: str, resume: bool = False) -> dict:
-    """Train into ``out`` and publish a summary artifact; returns the result as a dict."""
-    result = train(config, out, resume=resume)
+    """Train into ``out`` (holding its lock, :mod:`flows.lock`) and publish a summary artifact;
+    returns the result as a dict."""
+    with lock.owned(out):
+        result = train(config, out, resume=resume)
     summary = _summary(result)
     create_markdown_artifact(
         key="train-summary",
@@ -95,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         split=args.split,
         val_split=args.val_split,
         limit=args.limit,
-        steps=args.steps or TrainConfig().steps,
+        steps=args.steps if args.steps is not None else TrainConfig().steps,
         batch_size=args.batch_size,
         accumulate=args.accumulate,
         lr=args.lr,
@@ -109,122 +113,123 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-def add_training_options(parser: argparse.ArgumentParser) -> None:
-    """The training options, shared with ``ldsm design --train``."""
-    d = TrainConfig()
-    g = parser.add_argument_group("training")
-    g.add_argument("--dataset", default=d.dataset, help="data set card name or a path")
-    g.add_argument("--path", default=None, help="local source file or folder of the data set")
-    g.add_argument(
-        "--split",
-        default=d.split,
-        help="split to train on (the shared Perov-5 and Carbon-24 copies have val and test only:"
-        " --split val --val-split test)",
-    )
-    g.add_argument(
-        "--val-split", default=d.val_split, help="split for the validation loss (skipped if absent)"
-    )
-    g.add_argument("--limit", type=int, default=None, help="train on the first N structures only")
-    g.add_argument("--loss", choices=["local-dsm", "exact-dsm", "ism"], default="local-dsm")
-    g.add_argument(
-        "--drift",
-        choices=["physical", "linear"],
-        default="physical",
-        help="forward drift on positions (exact-dsm implies linear)",
-    )
-    g.add_argument(
-        "--mode",
-        choices=["expm", "taylor2", "euler"],
-        default="expm",
-        help="local-DSM transition moments",
-    )
-    g.add_argument(
-        "--step",
-        choices=["fraction", "budget"],
-        default=LossConfig().step,
-        help="local-DSM step rule D(t)",
-    )
-    g.add_argument(
-        "--budget",
-        type=float,
-        default=LossConfig().budget,
-        help="local-DSM step: int_s^t beta (the cap of the fraction rule)",
-    )
-    g.add_argument(
-        "--time-power",
-        type=float,
-        default=LossConfig().time_power,
-        help="training times t = u^power: > 1 trains more at low noise, where bonds are decided",
-    )
-    g.add_argument(
-        "--preconditioning",
-        choices=["sigma", "edm"],
-        default=MoleculeRecipeConfig().preconditioning,
-        help="molecule score network: noise prediction (sigma) or Karras et al.'s EDM "
-        "preconditioning with unit weight on the network output (edm)",
-    )
-    g.add_argument("--hidden", type=int, default=64, help="network width")
-    g.add_argument("--layers", type=int, default=4, help="network depth")
-    g.add_argument("--recipe", default=None, help="a recipe JSON file (overrides the above)")
-    g.add_argument(
-        "--steps",
-        type=int,
-        default=None,
-        help=f"optimiser steps (default {d.steps}; with --resume: the run's own)",
-    )
-    g.add_argument("--batch-size", type=int, default=d.batch_size, help="global batch")
-    g.add_argument(
-        "--accumulate",
-        type=int,
-        default=d.accumulate,
-        help="gradient-accumulation shards per process",
-    )
-    g.add_argument("--lr", type=float, default=d.lr)
-    g.add_argument("--warmup", type=int, default=d.warmup)
-    g.add_argument("--ema", type=float, default=d.ema_decay, help="EMA decay of the saved weights")
-    g.add_argument("--seed", type=int, default=d.seed)
-    g.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every)
-    g.add_argument("--val-every", type=int, default=d.val_every, help="0 disables")
-    g.add_argument(
-        "--max-minutes",
-        type=float,
-        default=None,
-        help="training budget in CPU minutes of the process",
-    )
-    g.add_argument("--threads", type=int, default=None, help="torch threads per process")
+# Options that --resume may change (pipeline.train checks that nothing else differs).
+RESUMABLE_OPTIONS = ("steps", "max_minutes", "checkpoint_every", "threads")
+# Options that are not part of the training config.
+NOT_CONFIG = {"out", "resume", "debug", "command", "explicit", "run"}
 
 
-def register(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "train",
-        help="train a score network (local-DSM, exact DSM or ISM)",
-        description=__doc__.split("\n\n")[0],
-        epilog=(
-            "example: ldsm train --out runs/qm9 --steps 5000 --max-minutes 30\n"
-            "         ldsm train --out runs/qm9 --resume      (after Ctrl-C or a kill)\n"
-            "         ldsm train --dataset perov-5 --split val --val-split test --hidden 128 \\\n"
-            "             --loss local-dsm --drift physical --out runs/perov\n"
-            "         torchrun --nproc_per_node 2 -m flows.cli train --out runs/ddp"
-        ),
-    )
-    parser.add_argument("--out", required=True, help="run directory")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out")
-    add_training_options(parser)
-    parser.set_defaults(run=run)
+def _flat(value, prefix: str = "") -> dict:
+    """``{"a.b": leaf}`` of nested dicts."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out = {}
+    for key, item in value.items():
+        out.update(_flat(item, f"{prefix}.{key}" if prefix else str(key)))
+    return out
+
+
+def resume_conflicts(args: argparse.Namespace, saved: TrainConfig, defaults) -> list[str]:
+    """The options given with ``--resume`` that contradict the run's own config ``saved``.
+
+    An option's effect is found by building the config with and without it (every other option
+    at its default, ``defaults`` a namespace of the parser's defaults); the fields it sets must
+    equal the run's. ``--hidden 48`` on a width-32 run gives ``--hidden 48: the run has
+    recipe.model.hidden = 32``.
+    """
+    base = _flat(config_from_args(defaults).model_dump(mode="json"))
+    run = _flat(saved.model_dump(mode="json"))
+    conflicts = []
+    for dest in sorted(args.explicit - NOT_CONFIG - set(RESUMABLE_OPTIONS)):
+        alone = argparse.Namespace(**{**vars(defaults), dest: getattr(args, dest)})
+        changed = _flat(config_from_args(alone).model_dump(mode="json"))
+        differs = [k for k, v in changed.items() if base.get(k) != v or k not in base]
+        wrong = [k for k in differs if run.get(k) != changed[k]]
+        if wrong:
+            option = "--" + dest.replace("_", "-")
+            shown = ", ".join(f"{k} = {run.get(k)!r}" for k in wrong[:3])
+            conflicts.append(f"{option} {getattr(args, dest)}: the run has {shown}")
+    return conflicts
+
+
+def resumed_config(args: argparse.Namespace, defaults: argparse.Namespace) -> TrainConfig:
+    """The run's own config with the resumable options the user gave; refuses contradictions
+    and an unreadable ``state.pt`` with :class:`UsageError`."""
+    out = Path(args.out)
+    config_file, state = out / "config.json", out / "checkpoints" / "state.pt"
+    if not state.exists():
+        raise UsageError(f"--resume: {state} does not exist (nothing to resume in {out})")
+    check_state(state)
+    try:
+        saved = TrainConfig.model_validate_json(config_file.read_text())
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--resume: {config_file} is not a readable training config") from err
+    conflicts = resume_conflicts(args, saved, defaults)
+    if conflicts:
+        raise UsageError(
+            "--resume keeps the run's own settings; "
+            + "; ".join(conflicts)
+            + " (drop the option, or train into a new --out)"
+        )
+    update = {k: getattr(args, k) for k in RESUMABLE_OPTIONS if getattr(args, k) is not None}
+    return saved.model_copy(update=update)
+
+
+def check_state(path: Path) -> None:
+    """Refuse an empty, truncated or unsafe ``state.pt`` with one line naming it."""
+    import torch
+
+    if path.stat().st_size == 0:
+        raise UsageError(
+            f"{path}: empty file (a run killed while saving?); delete it to start over"
+        )
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises several types for truncated or unsafe files
+        raise UsageError(
+            f"{path}: not a readable training state (corrupt, truncated or not written by "
+            f"ldsm train: {type(err).__name__})"
+        ) from err
+    missing = {"model", "ema", "optimizer", "step"} - set(state if isinstance(state, dict) else ())
+    if missing:
+        raise UsageError(f"{path}: not a training state (missing {sorted(missing)})")
+
+
+def saved_on_stop(args: argparse.Namespace) -> str:
+    """What an interrupted ``ldsm train`` leaves behind (one line)."""
+    state = Path(args.out) / "checkpoints" / "state.pt"
+    if state.exists():
+        return f"the last checkpoint is {state}; continue with --resume"
+    return "no checkpoint was written yet"
+
+
+def _config(args: argparse.Namespace) -> TrainConfig:
+    from flows.cli import build_parser
+
+    out = Path(args.out)
+    if args.resume:
+        return resumed_config(args, build_parser().parse_args(["train", "--out", args.out]))
+    if (out / "checkpoints" / "state.pt").exists():
+        raise UsageError(f"--out {out} holds a training run: add --resume, or choose another --out")
+    return config_from_args(args)
+
+
+def check(args: argparse.Namespace) -> None:
+    """``ldsm train``'s checks before the flow: a resumable run, no contradicting options."""
+    _config(args)
 
 
 def run(args: argparse.Namespace) -> int:
+    """``ldsm train``: trains (under torchrun: on every process) and prints the summary."""
     out = Path(args.out)
-    if args.resume:
-        # The run's own config; only the length and the time budget may change on resume.
-        config = TrainConfig.model_validate_json((out / "config.json").read_text())
-        update = {"steps": args.steps, "max_minutes": args.max_minutes}
-        config = config.model_copy(update={k: v for k, v in update.items() if v is not None})
-    else:
-        config = config_from_args(args)
+    config = _config(args)
     if int(os.environ.get("RANK", "0")) == 0:
         summary = train_flow(config, str(out), resume=args.resume)
     else:
         summary = _summary(train(config, out, resume=args.resume, progress=False))
     print(json.dumps(summary, indent=2))
-    return 0 if summary["status"] != "interrupted" else 130
+    if summary["status"] == "interrupted":
+        print(f"ldsm train: stopped at step {summary['step']}; saved {summary['checkpoint']} "
+              f"and its state.pt; continue with --resume", file=sys.stderr)  # fmt: skip
+        return 130
+    return 0

@@ -255,7 +255,11 @@ def to_payload(dataset: Dataset) -> dict:
     }
 
 
+PAYLOAD_KEYS = ("name", "structures", "splits", "rejects", "properties")
+
+
 def from_payload(payload: dict) -> Dataset:
+    """The data set of a cache payload (``KeyError`` / ``TypeError`` when it lacks a part)."""
     return Dataset(
         name=payload["name"],
         structures=StructureSet.from_state_dict(payload["structures"]),
@@ -263,6 +267,37 @@ def from_payload(payload: dict) -> Dataset:
         rejects=[Reject(*r) for r in payload["rejects"]],
         properties=list(payload["properties"]),
     )
+
+
+def features(structures: StructureSet) -> dict:
+    """Atom types present (sorted atomic numbers) and the atoms-per-structure range."""
+    z = structures.values[K.Z]
+    n = structures.num_atoms()
+    return {
+        "atom_types": sorted(set(z.tolist())),
+        "min_atoms": int(n.min()) if len(n) else 0,
+        "max_atoms": int(n.max()) if len(n) else 0,
+    }
+
+
+def read_cache(entry: Path) -> Dataset | None:
+    """The data set cached at ``entry``, or None (rebuild it) when there is none, it is from
+    another format version, it cannot be read, or it lacks a part a reader needs."""
+    try:
+        payload = cache.load(entry)
+    except Exception:  # a truncated or foreign file: rebuilt, never a crash
+        return None
+    if payload is None or any(k not in payload for k in PAYLOAD_KEYS):
+        return None
+    try:
+        return from_payload(payload)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
+def write_cache(entry: Path, dataset: Dataset) -> Path:
+    """The one writer of cache entries (``ldsm ingest`` and :func:`load_dataset` both use it)."""
+    return cache.save(entry, to_payload(dataset))
 
 
 def resolve(name: str, path: str | Path | None = None) -> tuple[DatasetCard, str | Path | None]:
@@ -284,13 +319,13 @@ def load_dataset(name: str, path: str | Path | None = None, use_cache: bool = Tr
     files = source_files(card, path)
     entry = cache.cache_file(card.name, cache_key(card, files))
     if use_cache:
-        payload = cache.load(entry)
-        if payload is not None:
-            return from_payload(payload)
+        dataset = read_cache(entry)
+        if dataset is not None:
+            return dataset
     parsed = parse(card, files)
     dataset = Dataset(
         card.name, parsed.structures, split(card, parsed), parsed.rejects, list(card.properties)
     )
     if use_cache:
-        cache.save(entry, to_payload(dataset))
+        write_cache(entry, dataset)
     return dataset

@@ -343,8 +343,14 @@ def train(
         )
 
     status, loss_value = "finished", math.nan
+    # A CPU-time budget shows as the bar (in CPU seconds): the step count may never be reached.
+    budget = 60.0 * config.max_minutes if config.max_minutes else None
     bar = tqdm(
-        total=config.steps, initial=step, disable=not (progress and world.main), desc="train"
+        total=budget or config.steps,
+        initial=round(min(cpu, budget), 1) if budget else step,
+        unit="cpu-s" if budget else "it",
+        disable=not (progress and world.main),
+        desc=f"train ({config.max_minutes:g} CPU-min budget)" if budget else "train",
     )
     with _StopSignal() as stop:
         while step < config.steps:
@@ -367,8 +373,10 @@ def train(
             step += 1
             seconds += time.perf_counter() - started
             cpu += time.process_time() - started_cpu
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", skipped=skipped)
+            bar.update(round(min(cpu, budget) - bar.n, 1) if budget else 1)
+            bar.set_postfix(
+                loss=f"{loss_value:.4f}", skipped=skipped, step=f"{step}/{config.steps}"
+            )
             if log is not None and (step % config.log_every == 0 or step == config.steps):
                 val_loss = ""
                 if val is not None and (step % config.val_every == 0 or step == config.steps):

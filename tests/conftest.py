@@ -1,6 +1,16 @@
 """Shared fixtures."""
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
+
+# The commands that tests run start Prefect servers on PREFECT_HOME's database: a home of the
+# session's own keeps the user's database (which another Prefect version may share) untouched.
+os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="ldsm-test-prefect-")
+atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,7 @@ from ase.collections import g2
 
 from flows import ingest
 from flows.cli import main
+from pipeline import cache
 from pipeline import datasets as D
 from pipeline import structures as S
 from pipeline.io import write_structures
@@ -98,3 +99,27 @@ def test_flow_reports_rejects_from_a_folder(tmp_path, home, prefect_harness):
 def test_cli_unknown_name_is_one_line(capsys):
     assert main(["ingest", "qm10"]) == 2
     assert "unknown data set 'qm10'" in capsys.readouterr().err
+
+
+def test_design_loading_then_ingest_share_one_cache_entry(
+    perov_folder, tmp_path, home, prefect_harness
+):
+    """`make run` then `ldsm ingest`: the entry that the design flow's data loading wrote is
+    the one ingest reads (it once lacked the ingest's `features`: KeyError)."""
+    D.load_dataset("perov-5", perov_folder)  # what `ldsm design` / `ldsm train` do
+    out = tmp_path / "summary.json"
+    argv = ["ingest", "perov-5", "--path", str(perov_folder), "--summary-json", str(out)]
+    assert main(argv) == 0
+    summary = json.loads(out.read_text())
+    assert summary["cached"] is True and summary["structures"] == 60
+    assert (summary["min_atoms"], summary["max_atoms"]) == (5, 5) and summary["atom_types"]
+
+
+def test_an_incomplete_or_unreadable_cache_entry_is_rebuilt(perov_folder, home):
+    card, path = D.resolve("perov-5", perov_folder)
+    entry = cache.cache_file(card.name, D.cache_key(card, D.source_files(card, path)))
+    cache.save(entry, {"name": "perov-5", "properties": []})  # no structures, no splits
+    assert len(D.load_dataset("perov-5", perov_folder).structures) == 60
+    assert len(D.read_cache(entry).structures) == 60  # rewritten whole
+    entry.write_bytes(b"not a torch file")
+    assert len(D.load_dataset("perov-5", perov_folder).split_set("test")) == 20

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import pickle
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
-from flows.persist import content_hash
+from flows.persist import STORE, ChunkStore, content_hash
+from flows.screen import check_molecules_task
 from pipeline import qm9
 from pipeline import structures as S
 from pipeline.io import read_structures, write_structures
@@ -59,7 +63,7 @@ def test_rerun_reuses_finished_chunks(sdf, tmp_path, monkeypatch, prefect_harnes
     states = _task_states(first.state_details.flow_run_id)
     checks = [s for name, s in states.items() if name.startswith("check_molecules_task")]
     assert checks == ["Completed"] * 4  # 20 molecules, chunks of 5
-    results = sorted((out / ".prefect").iterdir())
+    results = sorted((out / STORE).iterdir())
     assert len(results) == 4
 
     # A run killed while one chunk was being checked: that chunk's result never got written.
@@ -67,6 +71,76 @@ def test_rerun_reuses_finished_chunks(sdf, tmp_path, monkeypatch, prefect_harnes
     (out / "screen.csv").unlink()
     second = screen_flow(config, return_state=True)
     states = _task_states(second.state_details.flow_run_id)
-    checks = sorted(s for name, s in states.items() if name.startswith("check_molecules_task"))
-    assert checks == ["Cached", "Cached", "Cached", "Completed"]
+    checks = [s for name, s in states.items() if name.startswith("check_molecules_task")]
+    assert checks == ["Completed"]  # only the lost chunk runs again
     assert (out / "screen.csv").read_text() == table
+
+
+class Planted:
+    """A pickle that touches ``marker`` when it is loaded: what a hostile folder would hold."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_planted_pickle_is_refused_and_recomputed(
+    sdf, tmp_path, monkeypatch, capfd, prefect_harness
+):
+    from flows.screen import ScreenConfig, screen_flow
+
+    monkeypatch.setenv("LDSM_HOME", str(tmp_path / "home"))
+    out = tmp_path / "out"
+    config = ScreenConfig(input=str(sdf), out=str(out), chunk_size=10, posebusters=False)
+    screen_flow(config)
+    table = (out / "screen.csv").read_text()
+    first, second = sorted((out / STORE).iterdir())
+    markers = tmp_path / "ran-a", tmp_path / "ran-b"
+    first.write_bytes(pickle.dumps(Planted(markers[0])))  # a bare pickle
+    torch.save(Planted(markers[1]), second)  # a pickle inside torch's zip format
+    # Prefect's own result files name their serializer: one saying "pickle" is never read.
+    legacy = out / ".prefect"
+    legacy.mkdir()
+    (legacy / "x").write_text('{"metadata": {"serializer": {"type": "pickle"}}, "result": ""}')
+    capfd.readouterr()
+    screen_flow(config)
+    assert not any(m.exists() for m in markers)
+    err = capfd.readouterr().err
+    assert err.count("refused") == 2 and str(first) in err and str(second) in err
+    assert (out / "screen.csv").read_text() == table  # recomputed, same verdicts
+    found, rows = ChunkStore(out, check_molecules_task).load(first.stem)
+    assert found and len(rows) == 10  # rewritten as data
+
+
+def test_chunks_round_trip_as_data_and_are_bound_to_their_key(sdf, tmp_path):
+    from pymatgen.core import Lattice, Structure
+    from rdkit import Chem
+
+    from pipeline.generate import ChunkResult
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("c1ccccc1O"))
+    mol.SetProp("_Name", "phenol")
+    salt = Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    records = read_structures(sdf).records[:2]
+    value = {
+        "rows": [{"mol": mol, "fp": np.arange(3.0), "n": np.int64(4), "ok": True, "x": None}],
+        "structure": salt,
+        "chunk": ChunkResult(1, torch.arange(2), records, 8, 0.5),
+        (1, "a"): 2.5,
+    }
+    store = ChunkStore(tmp_path, check_molecules_task)
+    key = store.key({"chunk": records})
+    assert store.save(key, value)
+    found, back = store.load(key)
+    assert found
+    assert Chem.MolToSmiles(back["rows"][0]["mol"]) == Chem.MolToSmiles(mol)
+    assert back["rows"][0]["mol"].GetProp("_Name") == "phenol"
+    assert np.array_equal(back["rows"][0]["fp"], np.arange(3.0)) and back["rows"][0]["n"] == 4
+    assert back["structure"] == salt and back[(1, "a")] == 2.5
+    assert content_hash(back["chunk"].structures) == content_hash(records)
+    # A chunk copied under another chunk's name is refused.
+    other = store.key({"chunk": records[:1]})
+    store.path(key).rename(store.path(other))
+    assert store.load(other) == (False, None)

@@ -1,0 +1,452 @@
+"""The ``ldsm`` command line as users meet it: fast help, one-line refusals, contradictions
+refused, a run that owns its folder, defaults that are the configs' own.
+
+Bad options are run as real subprocesses (exit code, stderr line count); the cases that need a
+model or a run folder call :func:`flows.cli.main` under the Prefect test harness.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+from ase.build import molecule
+from ase.io import write
+
+from flows import cli
+from flows import lock as L
+from models.config import CSPNetConfig, EGNNConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_home() -> Path:
+    """The session's PREFECT_HOME (tests/conftest.py): its database is migrated once."""
+    return Path(os.environ["PREFECT_HOME"])
+
+
+def ldsm(*argv: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *argv],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+@pytest.mark.parametrize(
+    "argv, option, problem",
+    [
+        (["generate", "--checkpoint", "c.pt", "--out", "o", "--n", "0"], "--n", "must be >= 1"),
+        (["generate", "--checkpoint", "c.pt", "--out", "o", "--n", "-5"], "--n", "must be >= 1"),
+        (["design", "--nfe", "0"], "--nfe", "must be >= 1"),
+        (
+            ["generate", "--checkpoint", "c", "--out", "o", "--batch-size", "0"],
+            "--batch-size",
+            ">= 1",
+        ),
+        (["train", "--out", "r", "--steps", "0"], "--steps", "must be >= 1"),
+        (["train", "--out", "r", "--lr", "-1"], "--lr", "must be > 0.0"),
+        (["screen", "x", "--out", "o", "--workers", "-1"], "--workers", "must be >= 0"),
+        (["generate", "--out", "o"], "--checkpoint", "required"),
+        (["design", "--hid", "48"], "--hid", "unrecognized"),  # no abbreviations
+    ],
+)
+def test_bad_options_are_one_line_and_exit_2(argv, option, problem):
+    done = ldsm(*argv)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and option in lines[0] and problem in lines[0], done.stderr
+    assert lines[0].startswith(f"ldsm {argv[0]}: error:")
+
+
+def test_help_and_version_import_nothing_heavy():
+    code = (
+        "import sys, contextlib, io\n"
+        "from flows import cli\n"
+        "for argv in (['--help'], ['screen', '--help'], ['--version']):\n"
+        "    with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+        "        cli.main(argv)\n"
+        "print(sorted(m for m in ('torch', 'prefect', 'rdkit', 'pymatgen') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
+    assert ldsm("--version").stdout.startswith("ldsm ")
+
+
+def test_every_option_shows_its_default_and_serve_has_a_description(capsys):
+    parser = cli.build_parser()
+    for name, sub in parser._subparsers._group_actions[0].choices.items():
+        for action in sub._actions:
+            if action.option_strings and action.dest != "help":
+                assert action.help and "%(default)" not in action.help, (name, action.dest)
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    text = capsys.readouterr().out
+    assert "Register the deployment design/NAME" in text and "(default: 0 3 * * *)" in text
+
+
+def test_parser_defaults_are_the_configs_defaults():
+    from flows.design import DesignConfig, config_from_args
+    from flows.screen import ScreenConfig
+    from flows.train import config_from_args as train_config
+    from pipeline import crystal_checks, datasets, transitions
+    from pipeline.generate import GenerateConfig
+    from pipeline.recipes import LossConfig, MoleculeRecipeConfig, ProcessConfig, SamplerConfig
+    from pipeline.train import TrainConfig
+
+    parser = cli.build_parser()
+    args = parser.parse_args(["design"])
+    assert config_from_args(args) == DesignConfig()
+    train = train_config(parser.parse_args(["train", "--out", "x"]))
+    recipe = MoleculeRecipeConfig(model=EGNNConfig(hidden=64, layers=4), loss=LossConfig())
+    assert train == TrainConfig(recipe=recipe.model_dump(mode="json"))
+    assert ProcessConfig().drift == cli.TRAIN["drift"]
+    generate = parser.parse_args(["generate", "--checkpoint", "c", "--out", "o"])
+    assert (
+        GenerateConfig(
+            n=generate.n,
+            sampler=SamplerConfig(
+                kind=generate.sampler, nfe=generate.nfe, grid_power=generate.grid_power
+            ),
+            batch_size=generate.batch_size,
+            seed=generate.seed,
+        )
+        == GenerateConfig()
+    )
+    screen = parser.parse_args(["screen", "x", "--out", "o"])
+    assert screen.chunk_size == ScreenConfig(input="x", out="o").chunk_size
+    assert set(cli.COV_CUTOFF_NAMES) == set(crystal_checks.COV_CUTOFFS)
+    assert cli.MODES == transitions.MODES
+    assert set(cli.SAMPLERS) == set(typing.get_args(SamplerConfig.model_fields["kind"].annotation))
+    assert cli._card_names() == sorted(datasets.load_cards())
+
+
+# ---- files given as options -------------------------------------------------------------
+
+
+def test_a_missing_or_foreign_checkpoint_is_one_line(tmp_path, prefect_home):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    for path, problem in ((tmp_path / "nope.pt", "no such file"), (text, "not a torch file")):
+        out = str(tmp_path / "o")
+        done = ldsm(
+            "generate", "--checkpoint", str(path), "--out", out, env=_screen_env(prefect_home)
+        )
+        assert done.returncode == 2, done.stderr
+        (line,) = done.stderr.strip().splitlines()
+        assert str(path) in line and problem in line and ".json" not in line
+
+
+def _molecule_checkpoint(path: Path, hidden: int = 16) -> Path:
+    from pipeline.recipes import MoleculeRecipe, MoleculeRecipeConfig, save_trained
+
+    recipe = MoleculeRecipe(MoleculeRecipeConfig(model=EGNNConfig(hidden=hidden, layers=1)))
+    return save_trained(path, recipe, recipe.build_model(), {3: 1}, dataset="qm9")
+
+
+def _crystal_checkpoint(path: Path) -> Path:
+    from pipeline.crystal_recipe import CrystalRecipe, CrystalRecipeConfig
+    from pipeline.recipes import save_trained
+
+    config = CrystalRecipeConfig(model=CSPNetConfig(hidden=16, layers=1))
+    recipe = CrystalRecipe(config)
+    return save_trained(path, recipe, recipe.build_model(), {5: 2}, dataset="perov-5")
+
+
+def test_checkpoint_problems_name_the_file(tmp_path, capsys, prefect_harness):
+    good = _molecule_checkpoint(tmp_path / "m.pt")
+    empty = tmp_path / "empty.pt"
+    empty.touch()
+    lonely = tmp_path / "lonely.pt"
+    lonely.write_bytes(good.read_bytes())  # weights without their .json
+    cases = [(empty, "empty file"), (lonely, "lonely.json is missing"), (tmp_path, "a folder")]
+    for path, problem in cases:
+        assert cli.main(["generate", "--checkpoint", str(path), "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and str(path) in err[0] and problem in err[0], err
+
+
+def test_design_refuses_a_model_of_another_data_set(tmp_path, capsys, prefect_harness):
+    crystal = _crystal_checkpoint(tmp_path / "perov.pt")
+    argv = ["design", "--checkpoint", str(crystal), "--dataset", "qm9", "--out", str(tmp_path)]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--dataset qm9 contradicts" in err and "crystal model trained on perov-5" in err
+    assert not (tmp_path / "config.json").exists()  # refused before anything was written
+
+
+def test_design_for_a_crystal_set_needs_a_crystal_model(tmp_path, capsys, prefect_harness):
+    from flows import design
+
+    shipped = sorted(design.WEIGHTS.glob("perov5_*.pt"))
+    if shipped:  # a shipped model is picked up: the check then passes
+        args = cli.build_parser().parse_args(["design", "--dataset", "perov-5"])
+        args.explicit = {"dataset"}
+        assert design.config_from_args(args).checkpoint == str(shipped[0])
+        return
+    assert cli.main(["design", "--dataset", "perov-5", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "no crystal model ships for it yet" in err and "--checkpoint" in err
+    # Training options without --train would be ignored: refused instead.
+    assert cli.main(["design", "--hidden", "48", "--out", str(tmp_path / "d")]) == 2
+    assert "--hidden: training options, only used with --train" in capsys.readouterr().err
+
+
+def test_design_picks_up_a_shipped_model_by_data_set_name(tmp_path, monkeypatch):
+    from flows import design
+
+    monkeypatch.setattr(design, "WEIGHTS", tmp_path)
+    model = _crystal_checkpoint(tmp_path / "perov5_cspnet.pt")
+    assert design.shipped_checkpoint("perov-5") == model
+    with pytest.raises(cli_usage_error(), match="no model ships for it yet"):
+        design.shipped_checkpoint("qm9")
+
+
+def cli_usage_error():
+    from flows.console import UsageError
+
+    return UsageError
+
+
+# ---- training runs: --resume and --steps ------------------------------------------------
+
+
+@pytest.fixture
+def width_32_run(tmp_path, monkeypatch):
+    """A one-step training run of width 32 on three small molecules."""
+    from pipeline.train import train
+
+    monkeypatch.setenv("LDSM_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "mols"
+    folder.mkdir()
+    for k, name in enumerate(["CH4", "H2O", "NH3", "C2H6", "CH3OH", "HCN", "C2H2", "CO2"] * 2):
+        write(folder / f"{k}_{name}.xyz", molecule(name))
+    args = cli.build_parser().parse_args(
+        ["train", "--out", "x", "--dataset", str(folder), "--hidden", "32", "--layers", "1"]
+        + ["--steps", "1", "--batch-size", "2", "--val-every", "0"]
+    )
+    from flows.train import config_from_args
+
+    run = tmp_path / "run"
+    train(config_from_args(args).model_copy(update={"threads": 1}), run, progress=False)
+    return run, folder
+
+
+def test_resume_refuses_options_that_contradict_the_run(width_32_run, capsys, prefect_harness):
+    run, folder = width_32_run
+    argv = ["train", "--out", str(run), "--resume"]
+    assert cli.main([*argv, "--hidden", "48"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--hidden 48: the run has recipe.model.hidden = 32" in line
+    # The run's own values, and the options --resume may change, pass the check.
+    from flows import train
+
+    args = cli.build_parser().parse_args([*argv, "--hidden", "32", "--steps", "3"])
+    args.explicit = {"out", "resume", "hidden", "steps"}
+    config = train._config(args)
+    assert config.steps == 3 and config.recipe["model"]["hidden"] == 32
+    # Without --resume, a folder that holds a run is refused, not overwritten.
+    assert cli.main(["train", "--out", str(run), "--dataset", str(folder)]) == 2
+    assert "holds a training run: add --resume" in capsys.readouterr().err
+
+
+def test_empty_or_corrupt_training_state_is_one_line(width_32_run, capsys, prefect_harness):
+    run, _ = width_32_run
+    state = run / "checkpoints" / "state.pt"
+    for content, problem in ((b"", "empty file"), (b"PK\x03\x04garbage", "not a readable")):
+        state.write_bytes(content)
+        assert cli.main(["train", "--out", str(run), "--resume"]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert str(state) in line and problem in line
+
+
+# ---- a run owns its folder --------------------------------------------------------------
+
+
+def test_a_second_run_into_a_held_folder_is_refused_naming_the_holder(tmp_path, prefect_home):
+    out = tmp_path / "out"
+    water = tmp_path / "w.xyz"
+    write(water, molecule("H2O"))
+    code = f"from flows import lock; lock.acquire({str(out)!r}); print('held', flush=True); input()"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(L.FolderInUse, match=f"in use by pid {holder.pid} "):
+            L.acquire(out)
+        done = ldsm("screen", str(water), "--out", str(out), env=_screen_env(prefect_home))
+        assert done.returncode == 2
+        assert f"in use by pid {holder.pid}" in done.stderr.strip().splitlines()[-1]
+        assert not (out / "screen.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with L.owned(out):  # the holder died: its lock went with it
+        with L.owned(out):  # re-entrant in one process
+            assert f"pid {os.getpid()} " in (out / L.LOCK_NAME).read_text()
+    assert (out / L.LOCK_NAME).read_text() == ""
+
+
+# ---- the Prefect server of a command, and stopping a command ---------------------------
+
+
+def _screen_env(prefect_home: Path) -> dict:
+    """A command's environment: a temporary server on the session's PREFECT_HOME."""
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    return {**env, "PYTHONPATH": str(ROOT), "LDSM_HOME": str(prefect_home / "ldsm"),
+            "PREFECT_HOME": str(prefect_home), "LDSM_PREFECT_SERVER": "temporary"}  # fmt: skip
+
+
+def _start_screen(tmp_path: Path, home: Path, out: Path, *extra: str) -> subprocess.Popen:
+    folder = tmp_path / "in"
+    folder.mkdir(exist_ok=True)
+    for k, name in enumerate(["CH4", "H2O", "NH3", "C2H6", "CH3OH", "HCN", "C6H6", "CO2"] * 3):
+        write(folder / f"{k}.xyz", molecule(name))
+    return subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "screen", str(folder), "--out", str(out), *extra],
+        cwd=ROOT,
+        env=_screen_env(home),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _server_of(proc: subprocess.Popen):
+    """The temporary server child of ``proc`` (waits for it to be started)."""
+    import psutil
+
+    parent = psutil.Process(proc.pid)
+    while proc.poll() is None:
+        for child in parent.children():
+            if "uvicorn" in " ".join(child.cmdline()):
+                return child
+    raise AssertionError(f"no server child; exit {proc.returncode}: {proc.stderr.read()}")
+
+
+def test_kill_9_of_a_command_leaves_no_server_behind(tmp_path, prefect_home):
+    import psutil
+
+    proc = _start_screen(tmp_path, prefect_home, tmp_path / "out")
+    server = _server_of(proc)
+    proc.kill()
+    proc.wait()
+    gone, alive = psutil.wait_procs([server], timeout=60)
+    assert server in gone and not alive
+
+
+def test_sigterm_stops_a_screen_with_one_line_saying_what_was_kept(tmp_path, prefect_home):
+    import psutil
+
+    out = tmp_path / "out"
+    proc = _start_screen(tmp_path, prefect_home, out, "--chunk-size", "1")
+    server = _server_of(proc)
+    while proc.poll() is None and not list((out / ".chunks").glob("*.pt")):
+        psutil.wait_procs([psutil.Process(proc.pid)], timeout=0.2)
+    proc.terminate()
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 143, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("ldsm screen: stopped by SIGTERM; ") and "checked chunks kept in" in last
+    assert "Traceback" not in err
+    gone, _ = psutil.wait_procs([server], timeout=30)
+    assert server in gone
+
+
+def test_a_server_that_does_not_start_is_retried_then_one_line(tmp_path, prefect_home):
+    water = tmp_path / "water.xyz"
+    write(water, molecule("H2O"))
+    done = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "ingest", str(water)],
+        cwd=ROOT,
+        env={**_screen_env(prefect_home), "LDSM_SERVER_TIMEOUT": "0.01"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "the temporary Prefect server did not start twice" in line and "log:" in line
+
+
+def test_the_api_url_comes_from_the_environment_or_the_active_profile(tmp_path, monkeypatch):
+    from flows import api_server
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("PREFECT_PROFILE", raising=False)
+    profiles = tmp_path / "profiles.toml"
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(profiles))
+    assert api_server.configured_api_url() is None
+    profiles.write_text(
+        'active = "lab"\n[profiles.lab]\nPREFECT_API_URL = "http://127.0.0.1:4300/api"\n'
+        '[profiles.other]\nPREFECT_API_URL = "http://10.0.0.9:4200/api"\n'
+    )
+    assert api_server.configured_api_url() == "http://127.0.0.1:4300/api"
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4400/api")
+    assert api_server.configured_api_url() == "http://127.0.0.1:4400/api"
+
+
+def test_local_dask_cluster_listens_on_loopback_only():
+    import psutil
+
+    from flows.runners import task_runner
+
+    with task_runner(workers=1) as runner:
+        assert runner.client.wait_for_workers(1, timeout=120) is None  # starts the cluster
+        me = psutil.Process()
+        sockets = [
+            c
+            for p in [me, *me.children(recursive=True)]
+            for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN
+        ]
+    assert sockets  # the scheduler and its dashboard at least
+    assert {c.laddr.ip for c in sockets} <= {"127.0.0.1", "::1"}, sockets
+
+
+def test_a_cpu_time_budget_is_what_the_progress_bar_shows(width_32_run, capfd):
+    from pipeline.train import TrainConfig, train
+
+    run, _ = width_32_run
+    config = TrainConfig.model_validate_json((run / "config.json").read_text())
+    budget = config.model_copy(update={"steps": 100000, "max_minutes": 0.002, "threads": 1})
+    capfd.readouterr()
+    result = train(budget, run.parent / "budget", progress=True)
+    err = capfd.readouterr().err
+    assert result.status == "budget" and result.step < 100000
+    assert "train (0.002 CPU-min budget)" in err and "cpu-s" in err and "/100000" in err
+
+
+def test_a_screen_console_has_no_library_noise(tmp_path, prefect_home):
+    """RDKit's own lines (a pentavalent carbon makes it print 'Explicit valence ...') and
+    Prefect's telemetry stay off the console; the verdict keeps the reason."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write(folder / "water.xyz", molecule("H2O"))
+    (folder / "ch5.xyz").write_text(
+        "6\nCH5\nC 0 0 0\nH 1.09 0 0\nH -1.09 0 0\nH 0 1.09 0\nH 0 -1.09 0\nH 0 0 1.09\n"
+    )
+    out = tmp_path / "out"
+    done = ldsm("screen", str(folder), "--out", str(out), env=_screen_env(prefect_home))
+    assert done.returncode == 0, done.stderr
+    for noise in ("Explicit valence", "telemetry", "Traceback", "[RDKit]", "WARNING"):
+        assert noise not in done.stderr, done.stderr
+    rows = {r["name"]: r for r in csv.DictReader(open(out / "screen.csv"))}
+    (ch5,) = [r for name, r in rows.items() if "ch5" in name.lower() or "CH5" in name]
+    assert ch5["valid"] == "False" and ch5["valid_reason"] not in ("", "ok")
