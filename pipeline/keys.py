@@ -28,6 +28,9 @@ Y: Final = "y"  # (1, P) float32
 # Plain (non-tensor) attributes.
 NAME: Final = "name"  # str, record id as the source gives it ("dsgdb9nsd_000001", "mp-1234")
 SMILES: Final = "smiles"  # str, where the source gives one
+# str, what a reader noticed but did not reject the record for ("; "-joined): a parser warning,
+# symmetry generated from a space-group symbol, 2-D coordinates, isotopes read as the element.
+NOTE: Final = "note"
 
 # Added by torch_geometric when structures are batched.
 BATCH: Final = "batch"  # (total_nodes,) int64 graph index of each node
@@ -36,5 +39,5 @@ PTR: Final = "ptr"  # (num_graphs + 1,) int64 node offsets of the graphs
 NODE_KEYS: Final = (Z, POS, FRAC, CHARGE)
 EDGE_KEYS: Final = (EDGE_INDEX, BOND_ORDER)
 GRAPH_KEYS: Final = (LATTICE, Y)
-STRING_KEYS: Final = (NAME, SMILES)
+STRING_KEYS: Final = (NAME, SMILES, NOTE)
 TENSOR_KEYS: Final = NODE_KEYS + EDGE_KEYS + GRAPH_KEYS
