@@ -551,7 +551,7 @@ def _prepare_cif_block(block) -> tuple[bool, list[str]]:
     labels = data.get("_atom_site_label")
     if symbols is None and labels is None:
         raise RecordError(
-            "no atoms: the CIF has neither _atom_site_type_symbol nor _atom_site_label"
+            "broken CIF: no atom sites (neither _atom_site_type_symbol nor _atom_site_label)"
         )
     symbols = [symbols] if isinstance(symbols, str) else symbols
     labels = [labels] if isinstance(labels, str) else labels
