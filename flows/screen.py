@@ -28,6 +28,7 @@ import csv
 import hashlib
 import json
 import os
+import sys
 from collections import Counter
 from pathlib import Path
 
@@ -40,10 +41,10 @@ from pydantic import BaseModel
 from flows.persist import resumable
 from flows.runners import add_arguments, with_runner
 from pipeline import crystal_checks as cc
+from pipeline import keys as K
 from pipeline import metrics as pm
 from pipeline import molecule_checks as mc
-
-CRYSTAL_SUFFIXES = {".cif", ".csv"}
+from pipeline import structures as S
 
 
 class ScreenConfig(BaseModel):
@@ -86,12 +87,26 @@ def read_task(path: str):
     return read_structures(path, min_distance=0.0)
 
 
+def _file_mol(data):
+    """The record's own bonds and formal charges as an RDKit molecule; None without bonds."""
+    edges = getattr(data, K.EDGE_INDEX, None)
+    return None if edges is None or edges.shape[1] == 0 else S.to_rdkit(data)
+
+
 @task
 def check_molecules_task(chunk: list, posebusters: bool, xtb: bool) -> list[dict]:
     names = [str(getattr(d, "name", "")) or f"record{k}" for k, d in enumerate(chunk)]
     zs = [d.z.numpy() for d in chunk]
     poss = [d.pos.numpy() for d in chunk]
-    return pm.check_molecules(names, zs, poss, posebusters=posebusters, xtb=xtb)
+    return pm.check_molecules(
+        names,
+        zs,
+        poss,
+        posebusters=posebusters,
+        xtb=xtb,
+        file_mols=[_file_mol(d) for d in chunk],
+        notes=[getattr(d, K.NOTE, None) for d in chunk],
+    )
 
 
 @task
@@ -100,7 +115,10 @@ def check_crystals_task(chunk: list, fingerprints: bool, chgnet: bool) -> list[d
     lattices = [d.lattice.numpy().reshape(3, 3) for d in chunk]
     fracs = [d.frac.numpy() for d in chunk]
     zs = [d.z.numpy() for d in chunk]
-    return pm.check_crystals(names, lattices, fracs, zs, fingerprints=fingerprints, chgnet=chgnet)
+    notes = [getattr(d, K.NOTE, None) for d in chunk]
+    return pm.check_crystals(
+        names, lattices, fracs, zs, fingerprints=fingerprints, chgnet=chgnet, notes=notes
+    )
 
 
 @task
@@ -166,10 +184,7 @@ def screen_flow(config: ScreenConfig) -> dict:
     )
     mol_rows = [row for f in mol_futures for row in f.result()]
     cry_rows = [row for f in cry_futures for row in f.result()]
-    for reject in result.rejects:
-        kind = "crystal" if Path(reject.file).suffix.lower() in CRYSTAL_SUFFIXES else "molecule"
-        rows = cry_rows if kind == "crystal" else mol_rows
-        rows.append(pm.reject_row(kind, f"{reject.file}:{reject.record}", reject.reason))
+    unread = [pm.reject_row(r.file, r.record, r.reason) for r in result.rejects]
 
     train = None
     if config.train_smiles is not None:
@@ -184,7 +199,7 @@ def screen_flow(config: ScreenConfig) -> dict:
         ),
         "n_read_rejects": len(result.rejects),
     }
-    rows = pm.rank(mol_rows) + pm.rank(cry_rows)
+    rows = pm.rank(mol_rows) + pm.rank(cry_rows) + unread
     write_outputs(out, rows, metrics, cutoff_name)
     return metrics
 
@@ -289,7 +304,16 @@ def _report(out: Path, rows: list[dict], metrics: dict, cutoff_name: str | None)
         lines.append("")
     if metrics["crystals"]["n"]:
         lines.append(f"Coverage cutoffs: {cutoff_name or 'none (no reference data set named)'}.")
-    lines.append(f"Read rejects: {metrics['n_read_rejects']}.")
+    unread = [r for r in rows if r["kind"] == "unread"]
+    lines += ["", f"## Read rejects ({metrics['n_read_rejects']})", ""]
+    lines += ["Files and records that could not be read; they are in no rate above.", ""]
+    lines += [f"- {r['name']}: {r['read_reason']}" for r in unread[:20]] or ["- none"]
+    if len(unread) > 20:
+        lines.append(f"- ... and {len(unread) - 20} more (screen.csv, kind 'unread')")
+    notes = Counter(r["read_note"] for r in rows if r.get("read_note"))
+    if notes:
+        lines += ["", "## Read notes", "", "Records read with a remark from the reader:", ""]
+        lines += [f"- {n} x {note}" for note, n in notes.most_common(10)]
     return "\n".join(lines) + "\n"
 
 
@@ -313,7 +337,29 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
+def input_error(path: str) -> tuple[int, str] | None:
+    """``(exit code, one line)`` when INPUT holds nothing to screen, found before any flow starts:
+    2 for a path that does not exist, 1 when every file is unreadable as a whole (empty,
+    binary, unsupported, a CSV without its ``cif`` column); None otherwise."""
+    from pipeline.io import input_problems, list_files
+
+    problems = input_problems(path)
+    if not problems:
+        return None
+    if not Path(path).exists():
+        return 2, f"ldsm screen: {path}: no such file or folder"
+    if Path(path).is_dir() and len(problems) < len(list_files(path)):
+        return None  # some files may hold records; the others are reported as read rejects
+    first = problems[0]
+    more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
+    return 1, f"ldsm screen: {first.file}: {first.reason}{more}"
+
+
 def run(args) -> int:
+    problem = input_error(args.input)
+    if problem is not None:
+        print(problem[1], file=sys.stderr)
+        return problem[0]
     config = ScreenConfig(
         input=args.input,
         out=args.out,
@@ -329,4 +375,11 @@ def run(args) -> int:
     )
     metrics = run_screen(config)
     print(json.dumps(metrics, indent=2))
+    if not metrics["molecules"]["n"] and not metrics["crystals"]["n"]:
+        print(
+            f"ldsm screen: {args.input}: nothing could be read ({metrics['n_read_rejects']} read "
+            f"rejects, listed in {Path(args.out) / 'screen.csv'})",
+            file=sys.stderr,
+        )
+        return 1
     return 0

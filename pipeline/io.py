@@ -845,6 +845,33 @@ def list_files(path: str | Path) -> list[Path]:
     )
 
 
+def input_problems(path: str | Path) -> list[Reject]:
+    """File-level problems of an input, found without parsing a record: a missing path, a folder
+    without files, an unsupported file name, an unreadable, empty or binary file, a CSV without its
+    ``cif`` column. One Reject per bad file; an empty list when every file may hold records."""
+    path = Path(path)
+    if not path.exists():
+        return [Reject(str(path), "", "no such file or folder")]
+    files = list_files(path)
+    if not files:
+        return [Reject(str(path), "", "folder holds no files")]
+    problems = []
+    for file in files:
+        kind = file_format(file)
+        if kind is None:
+            problems += read_file(file).rejects
+            continue
+        text, reject = _read_text(file, kind.upper())
+        if reject is not None:
+            problems.append(reject)
+        elif kind == "csv":
+            header = next(csv.reader(io.StringIO(text.split("\n", 1)[0])), [])
+            if "cif" not in header:
+                reason = f"CSV has no column 'cif' (columns: {header[:12]})"
+                problems.append(Reject(str(file), "", reason))
+    return problems
+
+
 def read_structures(
     path: str | Path, properties: Sequence[str] = (), min_distance: float = S.MIN_DISTANCE
 ) -> ReadResult:
@@ -905,4 +932,5 @@ __all__ = [
     "write_cif",
     "write_cdvae_csv",
     "list_files",
+    "input_problems",
 ]

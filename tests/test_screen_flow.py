@@ -37,16 +37,17 @@ def test_molecule_rows_and_metrics():
     zs = [z1, z2, z2, z1, z1]
     poss = [p1, p2, p2 + 5.0, np.full_like(p1, np.nan), merged]
     rows = pm.check_molecules(names, zs, poss, posebusters=False)
-    rows.append(pm.reject_row("molecule", "bad.xyz:0", "unreadable"))
     metrics = pm.molecule_set_metrics(rows, {mc.canonicalize_smiles("CC")})
     assert set(metrics) == set(pm.MOLECULE_KEYS)
-    assert metrics["n"] == 6
-    assert metrics["molecule_stability"] == pytest.approx(3 / 6)
+    assert metrics["n"] == 5
+    assert metrics["molecule_stability"] == pytest.approx(3 / 5)
     assert metrics["atom_stability"] == pytest.approx((6 + 8 + 8) / (6 + 8 + 8 + 6 + 6), abs=0.1)
+    assert metrics["validity"] == metrics["edm_validity"] == pytest.approx(3 / 5)
     assert metrics["uniqueness"] == pytest.approx(2 / 3)  # CO, CC, CC among valid ones
     assert metrics["novelty"] == pytest.approx(1 / 2)  # of {CO, CC}, CC is in training
     assert metrics["posebusters_pass"] is None  # not run: does not apply
-    assert [r["passed"] for r in rows] == [True, False, False, False, False, False]
+    assert [r["passed"] for r in rows] == [True, False, False, False, False]
+    assert {r["bond_source"] for r in rows} == {"perceived"}
     assert rows[3]["stable_reason"] == rows[3]["valid_reason"] == "non-finite coordinates"
     assert "merged" in rows[4]["stable_reason"]
     assert rows[2]["unique_reason"] == "duplicate SMILES"
@@ -132,16 +133,19 @@ def test_screen_flow_end_to_end(candidates, tmp_path, monkeypatch, prefect_harne
     metrics = screen_flow(config)
     assert json.loads((out / "metrics.json").read_text()) == metrics
     mol = metrics["molecules"]
-    assert mol["n"] == 6 and metrics["n_read_rejects"] >= 1
+    assert mol["n"] == 5 and metrics["n_read_rejects"] == 1  # garbage.xyz is no molecule
     for key in pm.MOLECULE_KEYS[1:]:
         assert mol[key] is None or 0.0 <= mol[key] <= 1.0
-    assert mol["validity"] == pytest.approx(4 / 6)  # the garbage file and merged atoms fail
+    assert mol["validity"] == pytest.approx(4 / 5)  # merged atoms fail
     with open(out / "screen.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == metrics["molecules"]["n"] + metrics["crystals"]["n"]
+    n_rows = metrics["molecules"]["n"] + metrics["crystals"]["n"] + metrics["n_read_rejects"]
+    assert len(rows) == n_rows
     by_name = {r["name"]: r for r in rows}
     assert "merged" in by_name["merged:0"]["stable_reason"]
-    assert any(r["read_ok"] == "False" and r["read_reason"] for r in rows)
+    (unread,) = [r for r in rows if r["read_ok"] == "False"]
+    assert unread["kind"] == "unread" and "garbage.xyz" in unread["name"]
+    assert "not an XYZ file" in unread["read_reason"]
     assert (out / "report.md").read_text().startswith("# Screening report")
     assert (out / "plots" / "molecules_metrics.png").exists()
     assert (out / "passing" / "molecules.sdf").stat().st_size > 0
