@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -155,3 +157,163 @@ def test_screen_flow_end_to_end(candidates, tmp_path, monkeypatch, prefect_harne
         assert cry["novelty"] == pytest.approx(6 / 12)  # rows 6..11 are in the reference
         assert cry["coverage_recall"] is not None and cry["wdist_density"] is not None
         assert len(list((out / "passing").glob("*.cif"))) >= 1
+
+
+def _sdf_of(tmp_path, smiles: dict[str, str], name: str = "m.sdf") -> Path:
+    """An SDF written by RDKit with aromatic bonds (not kekulised) and M  CHG lines."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    path = tmp_path / name
+    writer = Chem.SDWriter(str(path))
+    writer.SetKekulize(False)
+    for title, smi in smiles.items():
+        mol = Chem.AddHs(Chem.MolFromSmiles(smi))
+        AllChem.EmbedMolecule(mol, randomSeed=0)
+        AllChem.MMFFOptimizeMolecule(mol)
+        mol.SetProp("_Name", title)
+        writer.write(mol)
+    writer.close()
+    return path
+
+
+USER_MOLECULES = {
+    "benzene": "c1ccccc1",
+    "aspirin": "CC(=O)Oc1ccccc1C(=O)O",
+    "glycine": "[NH3+]CC(=O)[O-]",
+}
+
+
+def test_file_bonds_and_charges_decide_validity_and_every_opinion_stays(tmp_path):
+    from flows.screen import check_molecules_task
+    from pipeline import structures as S
+    from pipeline.io import read_structures, write_structures
+
+    sdf = _sdf_of(tmp_path, USER_MOLECULES)
+    text = sdf.read_text()
+    assert "M  CHG" in text and "  1  2  4  0" in text.replace("\n", "  0\n")  # aromatic bonds
+    bonded = read_structures(sdf).records
+    bare = [S.make_molecule(d.z, d.pos, name=d.name) for d in bonded]
+    bare = read_structures(write_structures(bare, tmp_path / "m.xyz")).records
+    for records, source in ((bonded, "file"), (bare, "perceived")):
+        rows = check_molecules_task.fn(records, True, False)
+        pm.molecule_set_metrics(rows, None)
+        for row, (name, smi) in zip(rows, USER_MOLECULES.items(), strict=True):
+            assert row["bond_source"] == source and row["name"].startswith(name)
+            assert row["valid"] and row["smiles"] == mc.canonicalize_smiles(smi), row
+            assert row["rdkit_bonds_smiles"] == row["smiles"]
+            assert row["passed"], row
+            assert "stable" in row and "edm_valid" in row  # EDM's opinion, for comparison
+        if source == "file":
+            assert all(r["file_bonds_valid"] for r in rows)
+        by_name = {r["name"].split(":")[0]: r for r in rows}
+        assert by_name["benzene"]["edm_smiles"] == "C1CCCCC1"  # EDM's distance bonds
+        assert not by_name["glycine"]["edm_valid"]  # "N valence 4" under EDM's table
+
+
+def test_file_bonds_that_do_not_sanitise_make_the_record_invalid(tmp_path):
+    from flows.screen import check_molecules_task
+    from pipeline.io import read_structures
+
+    text = _sdf_of(tmp_path, {"glycine": "[NH3+]CC(=O)[O-]"}).read_text()
+    (tmp_path / "neutral.sdf").write_text(
+        "\n".join(line for line in text.splitlines() if not line.startswith("M  CHG"))
+    )
+    (row,) = check_molecules_task.fn(
+        read_structures(tmp_path / "neutral.sdf").records, False, False
+    )
+    assert row["bond_source"] == "file" and not row["valid"]
+    assert "valence" in row["valid_reason"] and row["rdkit_bonds_valid"]
+
+
+def test_2d_sdf_is_flagged_and_not_judged_in_3d(tmp_path):
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    from flows.screen import check_molecules_task
+    from pipeline.io import read_structures
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("CC(=O)O"))
+    AllChem.Compute2DCoords(mol)
+    Chem.MolToMolFile(mol, str(tmp_path / "flat.sdf"))
+    (row,) = check_molecules_task.fn(read_structures(tmp_path / "flat.sdf").records, True, False)
+    pm.molecule_set_metrics([row], None)
+    assert "2-D coordinates" in row["read_note"]
+    assert row["valid"] and row["smiles"] == "CC(=O)O"  # from the file's bonds
+    assert not row["coords_3d"] and not row["passed"]
+    assert row["stable_reason"] == row["posebusters_reason"] == pm.NOT_JUDGED_2D
+
+
+NACL_HALL = """data_NaCl
+_cell_length_a 5.6402
+_cell_length_b 5.6402
+_cell_length_c 5.6402
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_space_group_name_Hall '{hall}'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Na1 Na 0 0 0
+Cl1 Cl 0.5 0.5 0.5
+"""
+SI_POSCAR = "Si\n1.0\n0 2.7155 2.7155\n2.7155 0 2.7155\n2.7155 2.7155 0\nSi\n2\nDirect\n"
+SI_POSCAR += "0 0 0\n0.25 0.25 0.25\n"
+
+
+def test_read_rejects_are_in_no_rate_and_crystal_files_are_never_molecules(
+    tmp_path, monkeypatch, prefect_harness
+):
+    from flows.screen import ScreenConfig, screen_flow
+
+    monkeypatch.setenv("LDSM_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "nacl.cif").write_text(NACL_HALL.format(hall="-F 4 2 3"))
+    (folder / "unknown_group.cif").write_text(NACL_HALL.format(hall="-F 9 9"))
+    (folder / "Si.vasp").write_text(SI_POSCAR)
+    (folder / "cell.pdb").write_text("CRYST1    5.640    5.640    5.640  90.00  90.00  90.00\n")
+    (folder / "nocif.csv").write_text("material_id,structure\n1,abc\n")
+    out = tmp_path / "out"
+    metrics = screen_flow(ScreenConfig(input=str(folder), out=str(out), posebusters=False))
+    assert metrics["molecules"]["n"] == 0 and metrics["n_read_rejects"] == 3
+    cry = metrics["crystals"]
+    assert cry["n"] == 2 and cry["structural_validity"] == 1.0
+    with open(out / "screen.csv") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert float(rows["NaCl"]["density"]) == pytest.approx(2.16, abs=0.01)
+    assert rows["NaCl"]["n_atoms"] == "8" and "Hall symbol" in rows["NaCl"]["read_note"]
+    unread = [r for r in rows.values() if r["kind"] == "unread"]
+    assert len(unread) == 3 and all(r["passed"] == "False" for r in unread)
+    report = (out / "report.md").read_text()
+    assert "## Molecules" not in report and "## Crystals (2)" in report
+    assert "## Read rejects (3)" in report and "symmetry could not be applied" in report
+
+
+def _ldsm(*args: str) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=300,
+    )
+
+
+def test_screen_on_a_missing_path_or_a_csv_without_cif_exits_with_one_line(tmp_path):
+    missing = _ldsm("screen", str(tmp_path / "nowhere"), "--out", str(tmp_path / "a"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"ldsm screen: {tmp_path / 'nowhere'}: no such file or folder"
+    (tmp_path / "nocif.csv").write_text("material_id,structure\n1,abc\n")
+    nocif = _ldsm("screen", str(tmp_path / "nocif.csv"), "--out", str(tmp_path / "b"))
+    assert nocif.returncode == 1
+    (line,) = nocif.stderr.strip().splitlines()
+    assert line.startswith(f"ldsm screen: {tmp_path / 'nocif.csv'}: CSV has no column 'cif'")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
