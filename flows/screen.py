@@ -26,15 +26,22 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import json
+import logging
+import multiprocessing
 import os
 import sys
+import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.exceptions import MissingContextError
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 
@@ -61,6 +68,7 @@ class ScreenConfig(BaseModel):
     chunk_size: int = 256
     workers: int = 0  # local Dask worker processes; 0: threads (see flows.runners)
     dask_address: str | None = None  # an existing Dask scheduler instead
+    reference_processes: int = 0  # processes for the reference fingerprints; 0: every core
 
 
 def _ldsm_home() -> Path:
@@ -121,16 +129,100 @@ def check_crystals_task(chunk: list, fingerprints: bool, chgnet: bool) -> list[d
     )
 
 
+# Reference cells per fingerprint job: small enough for steady progress, large enough that a
+# job's pickling is negligible next to CrystalNN.
+FP_CHUNK = 64
+
+
 @task
-def reference_fingerprints_task(structures: list, key: str) -> tuple[list, list]:
-    """Reference fingerprints, cached by content hash (CrystalNN takes ~20 ms per site)."""
+def reference_fingerprints_task(
+    structures: list, key: str, processes: int = 0
+) -> tuple[list, list]:
+    """Fingerprints of the reference cells, with progress in the run's log.
+
+    Cached in ``$LDSM_HOME/screen/reference_fp_<key>.npz``: ``key`` hashes the cells' content and
+    the fingerprint code, so an edited reference file or fingerprint recomputes and an unchanged
+    one is read back in a second. Computed on ``processes`` cores (0: every core this process may
+    use); CrystalNN takes ~20 ms per site, minutes for a few thousand cells on one core.
+    """
+    logger = _logger()
     cache = _ldsm_home() / "screen" / f"reference_fp_{key}.npz"
     if cache.exists():
-        data = np.load(cache)
-        return list(data["struct"]), list(data["comp"])
-    struct, comp = cc.fingerprints(structures)
+        try:
+            with np.load(cache) as data:
+                struct, comp = list(data["struct"]), list(data["comp"])
+            logger.info(f"reference fingerprints of {len(structures)} cells read from {cache}")
+            return struct, comp
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning(f"reference fingerprint cache {cache} unreadable ({exc}); recomputing")
+    n_proc = processes or len(os.sched_getaffinity(0))
+    logger.info(
+        f"reference fingerprints: {len(structures)} cells on {n_proc} processes "
+        f"(cached for the next run in {cache})"
+    )
+    started = time.monotonic()
+    last = [started, 0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < 15 and done - last[1] < total / 10:
+            return
+        last[:] = [now, done]
+        rate = done / max(now - started, 1e-9)
+        left = (total - done) / rate if rate else float("nan")
+        logger.info(
+            f"reference fingerprints: {done}/{total} cells ({100 * done / total:.0f}%), "
+            f"{now - started:.0f} s, about {left:.0f} s left"
+        )
+
+    struct, comp = fingerprints_in_parallel(structures, n_proc, progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, struct=np.asarray(struct), comp=np.asarray(comp))
+    partial = cache.with_name(f".{cache.stem}.{os.getpid()}.npz")
+    np.savez(partial, struct=np.asarray(struct), comp=np.asarray(comp))
+    partial.replace(cache)  # atomic: a killed run never leaves half a cache
+    return struct, comp
+
+
+def _logger():
+    """The run's logger inside a flow or task run, a plain one outside (a task called as ``.fn``)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("ldsm.screen")
+
+
+def fingerprints_in_parallel(
+    structures: list,
+    processes: int,
+    progress: Callable[[int, int], None] | None = None,
+    chunk: int = FP_CHUNK,
+) -> tuple[list, list]:
+    """:func:`pipeline.crystal_checks.fingerprints` over chunks of ``chunk`` cells on
+    ``processes`` processes (the same lists, in the same order); ``progress(done, total)``
+    after every chunk."""
+    total = len(structures)
+    chunks = [structures[k : k + chunk] for k in range(0, total, chunk)]
+    results: list = [None] * len(chunks)
+    done = 0
+    if processes <= 1 or len(chunks) < 2:
+        for k, chunk in enumerate(chunks):
+            results[k] = cc.fingerprints(chunk)
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+    else:
+        # spawn, not fork: the flow runs threads (Prefect's event loop), which fork can deadlock.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+            futures = {pool.submit(cc.fingerprints, chunk): k for k, chunk in enumerate(chunks)}
+            for future in as_completed(futures):
+                k = futures[future]
+                results[k] = future.result()
+                done += len(chunks[k])
+                if progress is not None:
+                    progress(done, total)
+    struct = [fp for s, _ in results for fp in s]
+    comp = [fp for _, c in results for fp in c]
     return struct, comp
 
 
@@ -142,7 +234,14 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[k : k + size] for k in range(0, len(items), size)]
 
 
+def _fingerprint_code() -> bytes:
+    """The source of the fingerprint code, part of the cache key (an edit recomputes)."""
+    return inspect.getsource(cc).encode()
+
+
 def _reference_structures(path: str) -> tuple[list, str]:
+    """The reference's cells as pymatgen Structures and the content key of their fingerprints."""
+    _logger().info(f"reading the reference {path}")
     result = read_task.fn(path)
     structures = []
     for d in result.records:
@@ -150,7 +249,7 @@ def _reference_structures(path: str) -> tuple[list, str]:
             s = cc.to_structure(d.lattice.numpy().reshape(3, 3), d.frac.numpy(), d.z.numpy())
             if s is not None:
                 structures.append(s)
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(_fingerprint_code())
     for s in structures:
         digest.update(np.asarray(s.atomic_numbers).tobytes())
         digest.update(np.round(s.lattice.matrix, 5).tobytes())
@@ -174,7 +273,7 @@ def screen_flow(config: ScreenConfig) -> dict:
     if config.reference is not None:
         reference, key = _reference_structures(config.reference)
         if crystals and cutoff_name is not None:
-            ref_fps = reference_fingerprints_task(reference, key)
+            ref_fps = reference_fingerprints_task(reference, key, config.reference_processes)
 
     mol_futures = resumable(check_molecules_task, out).map(
         _chunks(molecules, config.chunk_size), config.posebusters, config.xtb
@@ -333,6 +432,12 @@ def register(subparsers) -> None:
     parser.add_argument("--xtb", action="store_true", help="GFN2-xTB relaxation (slow)")
     parser.add_argument("--chgnet", action="store_true", help="CHGNet energy and relaxation")
     parser.add_argument("--chunk-size", type=int, default=256, help="candidates per task")
+    parser.add_argument(
+        "--reference-processes",
+        type=int,
+        default=0,
+        help="processes for the reference fingerprints (0: every core); cached by content",
+    )
     add_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -370,6 +475,7 @@ def run(args) -> int:
         chgnet=args.chgnet,
         cov_cutoffs=args.cov_cutoffs,
         chunk_size=args.chunk_size,
+        reference_processes=args.reference_processes,
         workers=args.workers,
         dask_address=args.dask_address,
     )

@@ -317,3 +317,47 @@ def test_screen_on_a_missing_path_or_a_csv_without_cif_exits_with_one_line(tmp_p
     (line,) = nocif.stderr.strip().splitlines()
     assert line.startswith(f"ldsm screen: {tmp_path / 'nocif.csv'}: CSV has no column 'cif'")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _perovskites(n: int) -> list[Structure]:
+    """``n`` cubic perovskites of two compositions and growing cells."""
+    frac = [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    return [
+        Structure(Lattice.cubic(3.9 + 0.05 * k), [("Sr", "Ba")[k % 2], "Ti", "O", "O", "O"], frac)
+        for k in range(n)
+    ]
+
+
+def test_reference_fingerprints_in_parallel_equal_the_serial_ones_in_order():
+    from flows.screen import fingerprints_in_parallel
+
+    structures = _perovskites(6)
+    serial = fingerprints_in_parallel(structures, 1, chunk=2)
+    seen = []
+    parallel = fingerprints_in_parallel(
+        structures, 2, progress=lambda done, total: seen.append((done, total)), chunk=2
+    )
+    for a, b in zip(serial, parallel, strict=True):
+        assert len(a) == 6 and np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
+    assert [t for _, t in seen] == [6, 6, 6] and sorted(d for d, _ in seen) == [2, 4, 6]
+
+
+def test_reference_fingerprints_are_cached_by_content(tmp_path, monkeypatch):
+    from flows.screen import _reference_structures, reference_fingerprints_task
+    from pipeline import structures as S
+    from pipeline.io import write_structures
+
+    monkeypatch.setenv("LDSM_HOME", str(tmp_path / "home"))
+    cells = [S.from_pymatgen(s, name=f"p{k}") for k, s in enumerate(_perovskites(3))]
+    write_structures(cells, tmp_path / "ref.csv")
+    write_structures(cells, tmp_path / "same.cif")  # other file, same cells
+    write_structures(cells[:2], tmp_path / "other.csv")
+    structures, key = _reference_structures(str(tmp_path / "ref.csv"))
+    first = reference_fingerprints_task.fn(structures, key, 1)
+    cache = tmp_path / "home" / "screen" / f"reference_fp_{key}.npz"
+    stamp = cache.stat().st_mtime_ns
+    again = reference_fingerprints_task.fn(*_reference_structures(str(tmp_path / "same.cif")), 1)
+    assert cache.stat().st_mtime_ns == stamp  # read back, not recomputed
+    assert np.array_equal(np.asarray(first[0]), np.asarray(again[0]))
+    assert _reference_structures(str(tmp_path / "other.csv"))[1] != key
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no partial files left
