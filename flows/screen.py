@@ -1,25 +1,38 @@
 """The ``screen`` flow: validate candidate molecules and crystals with the field's own checks.
 
 ``ldsm screen INPUT --out DIR [--reference REF] [--train-smiles FILE]`` reads INPUT (a file or
-folder of SDF / XYZ / extxyz / CIF / CDVAE CSV) with ``pipeline.io.read_structures``, runs the
-checks of ``pipeline.molecule_checks`` and ``pipeline.crystal_checks`` on chunks in parallel
-(Prefect task mapping), ranks the candidates and writes into DIR:
+folder of SDF / XYZ / extxyz / CIF / CDVAE CSV / POSCAR, compressed or not) with
+``pipeline.io.read_structures``, runs the checks of ``pipeline.molecule_checks`` and
+``pipeline.crystal_checks`` on chunks in parallel (Prefect task mapping), ranks the candidates
+and writes into DIR:
 
-- ``screen.csv``: one row per candidate (read rejects included) with every verdict and its reason;
+- ``screen.csv``: one row per candidate with every verdict and its reason, the reader's note
+  (``read_note``), then one row of kind ``unread`` per file or record that could not be read;
 - ``passing/``: the passing molecules (``molecules.sdf``) and crystals (one CIF each);
 - ``metrics.json``: ``{"molecules": {...}, "crystals": {...}, "n_read_rejects": k}`` with the keys
-  of ``pipeline.metrics`` (None where a metric does not apply);
-- ``report.md`` with ``plots/*.png``; the same tables are published as Prefect artifacts;
+  of ``pipeline.metrics`` (None where a metric does not apply); read rejects are in neither kind;
+- ``report.md`` with ``plots/*.png`` (read rejects and reader notes listed); the same tables are
+  published as Prefect artifacts;
 - ``config.json``: the ``ScreenConfig`` of the run;
 - ``.prefect/``: the checked chunks (``flows.persist``): a killed run started again into the same
   DIR checks only the chunks that had not finished.
+
+A molecule's validity follows the bonds and formal charges of its file where it has them, else
+RDKit's perceived bonds; EDM's distance-table stability and validity stay as their own columns
+(``pipeline.metrics.check_molecules``).
+
+INPUT that does not exist ends the command before any flow with one line on stderr and exit
+code 2; INPUT none of whose files can be read (empty, binary, unsupported, a CSV without its
+``cif`` column), or from which no record could be read, ends with one line and exit code 1.
 
 ``--workers N`` checks the chunks on N local Dask processes, ``--dask-address`` on a running Dask
 cluster (``flows.runners``); the outputs are the same.
 
 ``--reference`` is a reference (test) split read the same way: it enables crystal novelty,
 coverage (with CDVAE's cutoffs for the data set named by ``--cov-cutoffs``, guessed from the path)
-and the Wasserstein distances. Its fingerprints are cached under ``$LDSM_HOME/screen``.
+and the Wasserstein distances. Its CrystalNN fingerprints are computed on every core
+(``--reference-processes``) with progress in the log, and cached under ``$LDSM_HOME/screen`` by
+the content of the cells and of the fingerprint code.
 """
 
 from __future__ import annotations

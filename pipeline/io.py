@@ -1,6 +1,6 @@
-"""Readers and writers for SDF, XYZ, extended XYZ, CIF and CDVAE CSV; bad input becomes data.
+"""Readers and writers for SDF, XYZ, extended XYZ, CIF, CDVAE CSV and POSCAR; bad input is data.
 
-``read_structures(path)`` reads one file or every file of a folder (dispatching on the suffix)
+``read_structures(path)`` reads one file or every file of a folder (dispatching on the name)
 into a :class:`ReadResult`: the good records as ``Data`` (fields of :mod:`pipeline.keys`) and one
 :class:`Reject` ``(file, record, reason)`` for everything that could not be used. Readers never
 raise on bad input: an empty or binary file, a file that is not in the format its suffix claims,
@@ -8,17 +8,30 @@ a truncated SDF record, a broken CIF block, NaN coordinates, an unknown element,
 of each other (:func:`pipeline.structures.check_structure`) or a CSV without the ``cif`` column
 each give a Reject with a readable reason, and every good record of the same file is kept.
 ``record`` is the record's position in its file (``"3"``, ``"row 12"``), with its title where
-the file gives one.
+the file gives one. What a reader noticed without rejecting the record (a parser warning, a
+space group turned into operations, 2-D coordinates, isotopes) is the record's ``note``.
 
-Formats (suffix -> reader):
+Formats (name -> reader; ``.gz``, ``.bz2`` and ``.xz`` compression of any of them is read):
 
 - ``.sdf`` / ``.mol``: MOL blocks separated by ``$$$$``; bonds, orders and formal charges kept;
-  SD properties ``y`` (space-separated floats) and ``smiles`` are read back when present.
+  SD properties ``y`` (space-separated floats) and ``smiles`` are read back when present. A block
+  RDKit calls 2-D (header ``2D``, or no dimension and every z = 0) gets
+  ``structures.FLAT_NOTE``.
 - ``.xyz`` / ``.extxyz``: (extended) XYZ frames; a frame with ``Lattice=`` and ``pbc="T T T"``
   is a crystal.
-- ``.cif``: one or more ``data_`` blocks (pymatgen's parser, conventional cell as written).
+- ``.cif``: one or more ``data_`` blocks (pymatgen's parser, conventional cell as written). The
+  symmetry is applied whichever way the block states it: a list of operations, an H-M symbol, a
+  Hall symbol (through spglib's table; pymatgen ignores Hall symbols) or an International Tables
+  number, in CIF 1 or DDLm (dotted) spelling. A block that states a space group that cannot be
+  applied is rejected, never read as P1; each warning of pymatgen's parser becomes the note. A
+  missing ``_atom_site_label`` is made from the type symbols; an unknown element is named.
 - ``.csv``: the CDVAE format, one CIF text per row in column ``cif``; ``material_id`` is the
   name; the columns named in ``properties`` become ``y (1, P)``.
+- ``POSCAR*`` / ``CONTCAR*`` / ``.vasp`` / ``.poscar``: a VASP 5 structure (ASE's reader).
+
+Isotopes, one rule for every reader: deuterium and tritium (``D``, ``T``) are read as hydrogen
+(atomic number 1) and the note says so; other isotope labels (an SDF's ``13C``) are dropped with
+a note. A ``Data`` has no isotope field, and every check downstream judges elements.
 
 Structures are stored as the file gives them (no Niggli reduction, no re-orientation): what a
 cell means is the data set's business. CIF stores lattice parameters, not the orientation, so a
