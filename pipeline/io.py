@@ -129,12 +129,20 @@ def _stem(path: Path) -> str:
 def _accept(
     result: ReadResult, file: str, record: str, make: Callable[[], Data], min_distance: float
 ) -> None:
-    """Build one record with ``make``; a failure or a failed structure check becomes a Reject."""
-    try:
-        data = make()
-    except Exception as exc:  # noqa: BLE001  (any parser error of one record is that record's)
-        result.rejects.append(Reject(file, record, _reason(exc)))
-        return
+    """Build one record with ``make``; a failure or a failed structure check becomes a Reject,
+    a warning a parser raised while building it becomes part of its note."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            data = make()
+        except Exception as exc:  # noqa: BLE001  (any parser error of one record is that record's)
+            result.rejects.append(Reject(file, record, _reason(exc)))
+            return
+    # Deprecation notices are about this code's use of a library, not about the file.
+    about_data = [
+        w for w in caught if not issubclass(w.category, DeprecationWarning | FutureWarning)
+    ]
+    data = _noted(data, *dict.fromkeys(" ".join(str(w.message).split()) for w in about_data))
     reason = S.check_structure(data, min_distance)
     if reason is not None:
         result.rejects.append(Reject(file, record, reason))
