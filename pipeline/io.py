@@ -385,6 +385,8 @@ def _xyz_isotopes_to_hydrogen(frame: str) -> tuple[str, str | None]:
     """Replace D / T in the species column of an (extended) XYZ frame by H; returns the note."""
     from ase.io.extxyz import key_val_str_to_dict
 
+    if not re.search(r"(?<!\S)[DT](?!\S)", frame):
+        return frame, None  # the common case, without parsing the comment line
     lines = frame.splitlines()
     column = 0
     try:

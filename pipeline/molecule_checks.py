@@ -369,9 +369,16 @@ def determine_bonds_validity(z, pos, charge: int = 0) -> ValidityVerdict:
 
 
 def file_mol(mol: Chem.Mol) -> tuple[Chem.Mol | None, str]:
-    """A file's own molecule (its bonds, bond orders and formal charges, hydrogens as written)
-    after RDKit sanitisation, or (None, reason). ``mol`` is not modified."""
+    """A file's own molecule (its bonds, bond orders and formal charges) after RDKit
+    sanitisation, or (None, reason). ``mol`` is not modified.
+
+    As RDKit reads a MOL block, an atom whose bonds do not reach its default valence gets implicit
+    hydrogens: a file written without hydrogens (heavy atoms only) is the molecule it names, not a
+    radical.
+    """
     mol = Chem.Mol(mol)
+    for atom in mol.GetAtoms():
+        atom.SetNoImplicit(False)
     try:
         Chem.SanitizeMol(mol)
     except Exception as err:  # RDKit raises several exception types for one failure: a verdict

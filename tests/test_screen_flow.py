@@ -159,8 +159,9 @@ def test_screen_flow_end_to_end(candidates, tmp_path, monkeypatch, prefect_harne
         assert len(list((out / "passing").glob("*.cif"))) >= 1
 
 
-def _sdf_of(tmp_path, smiles: dict[str, str], name: str = "m.sdf") -> Path:
-    """An SDF written by RDKit with aromatic bonds (not kekulised) and M  CHG lines."""
+def _sdf_of(tmp_path, smiles: dict[str, str], name: str = "m.sdf", hydrogens: bool = True) -> Path:
+    """An SDF written by RDKit with aromatic bonds (not kekulised) and M  CHG lines, with or
+    without its hydrogens."""
     from rdkit import Chem
     from rdkit.Chem import AllChem
 
@@ -171,6 +172,7 @@ def _sdf_of(tmp_path, smiles: dict[str, str], name: str = "m.sdf") -> Path:
         mol = Chem.AddHs(Chem.MolFromSmiles(smi))
         AllChem.EmbedMolecule(mol, randomSeed=0)
         AllChem.MMFFOptimizeMolecule(mol)
+        mol = mol if hydrogens else Chem.RemoveHs(mol)
         mol.SetProp("_Name", title)
         writer.write(mol)
     writer.close()
@@ -209,6 +211,18 @@ def test_file_bonds_and_charges_decide_validity_and_every_opinion_stays(tmp_path
         by_name = {r["name"].split(":")[0]: r for r in rows}
         assert by_name["benzene"]["edm_smiles"] == "C1CCCCC1"  # EDM's distance bonds
         assert not by_name["glycine"]["edm_valid"]  # "N valence 4" under EDM's table
+
+
+def test_sdf_without_hydrogens_is_the_molecule_it_names_not_a_radical(tmp_path):
+    from flows.screen import check_molecules_task
+    from pipeline.io import read_structures
+
+    sdf = _sdf_of(tmp_path, USER_MOLECULES, hydrogens=False)
+    rows = check_molecules_task.fn(read_structures(sdf).records, True, False)
+    pm.molecule_set_metrics(rows, None)
+    for row, smi in zip(rows, USER_MOLECULES.values(), strict=True):
+        assert row["bond_source"] == "file" and row["smiles"] == mc.canonicalize_smiles(smi)
+        assert row["passed"], row
 
 
 def test_file_bonds_that_do_not_sanitise_make_the_record_invalid(tmp_path):
