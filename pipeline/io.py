@@ -487,39 +487,71 @@ def _stated(value) -> str | None:
     """A CIF value, or None for CIF's unknown / inapplicable markers and empty values."""
     if isinstance(value, list):
         value = value[0] if len(value) == 1 else None
-    text = " ".join(str(value).split()).strip("'\"") if value is not None else ""
+    text = " ".join(str(value).split()) if value is not None else ""
     return None if text in ("", "?", ".") else text
 
 
 @functools.cache
-def _hall_symbols() -> dict[int, str]:
-    """spglib's Hall symbol of each of its 530 space-group settings, by Hall number."""
+def _spglib_settings() -> dict[int, object]:
+    """spglib's ``SpaceGroupType`` of each of its 530 space-group settings, by Hall number."""
     import spglib
 
     with warnings.catch_warnings():  # spglib's notice about its error handling, not about data
         warnings.simplefilter("ignore", DeprecationWarning)
-        return {n: spglib.get_spacegroup_type(n).hall_symbol for n in range(1, 531)}
+        return {n: spglib.get_spacegroup_type(n) for n in range(1, 531)}
+
+
+def _hall_symbols() -> dict[int, str]:
+    """spglib's Hall symbol of each setting, by Hall number."""
+    return {n: t.hall_symbol for n, t in _spglib_settings().items()}
+
+
+def _operations(hall_number: int) -> list[str]:
+    """Symmetry operations ``"x,y,z"`` (centring included) of one of spglib's settings."""
+    import spglib
+    from pymatgen.core.operations import SymmOp
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        ops = spglib.get_symmetry_from_database(hall_number)
+    return [
+        SymmOp.from_rotation_and_translation(r, t).as_xyz_str()
+        for r, t in zip(ops["rotations"], ops["translations"], strict=True)
+    ]
+
+
+def _hm_operations(symbol: str) -> tuple[list[str], str] | None:
+    """Operations of an H-M symbol pymatgen does not read (``P 21/c``, ``R -3 m :H``,
+    ``F d -3 m :2``), with spglib's Hall symbol of the setting: short or full symbol, subscripts
+    with or without ``_``, an optional ``:choice`` (origin, axes, cell); without a choice, the
+    first setting spglib lists (the standard one of International Tables)."""
+    text, _, choice = symbol.partition(":")
+
+    def plain(name: str) -> str:
+        return re.sub(r"[\s_]", "", name)
+
+    wanted = plain(text)
+    for number, t in _spglib_settings().items():
+        names = {t.international_short, t.international_full, *t.international.split(" = ")}
+        # Monoclinic symbols are also written without their 1s: P 1 21/n 1 -> P 21/n.
+        names |= {" ".join(x for x in n.split() if x != "1") for n in names if len(n.split()) > 2}
+        if wanted in {plain(n) for n in names} and choice.strip() in ("", t.choice):
+            return _operations(number), f"{t.hall_symbol!r}" + (
+                f", setting {t.choice}" if t.choice else ""
+            )
+    return None
 
 
 def _hall_operations(hall: str) -> list[str] | None:
     """Symmetry operations ``"x,y,z"`` of a Hall symbol (spglib's table of the 530 settings)."""
-    import spglib
-    from pymatgen.core.operations import SymmOp
-
-    wanted = " ".join(hall.replace('"', "'").split())
+    wanted = " ".join(hall.split())
     table = _hall_symbols()
     exact = [n for n, h in table.items() if " ".join(h.split()) == wanted]
     loose = [n for n, h in table.items() if " ".join(h.split()).lower() == wanted.lower()]
     found = exact or (loose if len(loose) == 1 else [])
     if not found:
         return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        ops = spglib.get_symmetry_from_database(found[0])
-    return [
-        SymmOp.from_rotation_and_translation(r, t).as_xyz_str()
-        for r, t in zip(ops["rotations"], ops["translations"], strict=True)
-    ]
+    return _operations(found[0])
 
 
 def _group_size(tag: str, value: str) -> int | None:
@@ -640,6 +672,28 @@ def _parser_notes(caught, logged: Sequence[str] = ()) -> list[str]:
     return notes
 
 
+def _hm_fallback(cif, stated: tuple[str, str] | None) -> tuple[list, list[str]] | None:
+    """Structures and notes of a block whose H-M symbol pymatgen could not read, with the
+    operations spglib gives that symbol (None when spglib does not know it either)."""
+    from pymatgen.io.cif import CifParser
+
+    if stated is None or stated[0] not in SYMBOL_TAGS or stated[0] in HALL_TAGS:
+        return None
+    found = _hm_operations(stated[1])
+    if found is None:
+        return None
+    ops, setting = found
+    block = next(iter(cif.data.values()))
+    block.data["_symmetry_equiv_pos_as_xyz"] = ops
+    block.loops.append(["_symmetry_equiv_pos_as_xyz"])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        parser = CifParser.from_str(str(cif))
+        structures = parser.parse_structures(primitive=False, on_error="raise")
+    note = f"symmetry operations generated from {stated[0]} {stated[1]!r} (spglib: {setting})"
+    return structures, [note, *_parser_notes(caught, parser.warnings)]
+
+
 def _parse_cif_block(block: str, name: str) -> Data:
     """One CIF block -> crystal Data, with its symmetry applied.
 
@@ -673,6 +727,9 @@ def _parse_cif_block(block: str, name: str) -> Data:
                 f"broken CIF: {message}" + (f" ({details})" if details else "")
             ) from exc
     parser_notes = _parser_notes(caught, parser.warnings)
+    fallback = _hm_fallback(cif, stated) if "Defaulting to P1" in str(parser_notes) else None
+    if fallback is not None:
+        structures, parser_notes = fallback
     if any("Defaulting to P1" in n for n in parser_notes):
         if stated is not None:
             tag, value = stated

@@ -439,3 +439,43 @@ def test_2d_sdf_is_flagged(tmp_path):
     Chem.MolToMolFile(mol, str(tmp_path / "solid.sdf"))
     flat, solid = read_structures(tmp_path).records
     assert flat.note == S.FLAT_NOTE and getattr(solid, "note", None) is None
+
+
+GENERAL_POSITION = """data_general
+_cell_length_a 5.0
+_cell_length_b {b}
+_cell_length_c {c}
+_cell_angle_alpha 90
+_cell_angle_beta {beta}
+_cell_angle_gamma {gamma}
+{statement}
+loop_
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Si 0.13 0.31 0.27
+"""
+MONOCLINIC = {"b": 6.0, "c": 7.0, "beta": 100, "gamma": 90}
+HEXAGONAL = {"b": 5.0, "c": 12.0, "beta": 90, "gamma": 120}
+
+
+@pytest.mark.parametrize(
+    ("statement", "cell", "multiplicity"),
+    [
+        ("_symmetry_space_group_name_H-M 'P 21/c'", MONOCLINIC, 4),  # short symbol
+        ("_symmetry_space_group_name_H-M 'P 21/n'", MONOCLINIC, 4),  # another cell choice
+        ("_space_group_name_H-M_alt 'R -3 m :H'", HEXAGONAL, 36),  # setting after a colon
+        ("_space_group_name_Hall '-R 3 2\"'", HEXAGONAL, 36),  # a Hall symbol with a quote
+    ],
+)
+def test_cif_symbols_pymatgen_cannot_read_are_applied_through_spglib(
+    tmp_path, statement, cell, multiplicity
+):
+    path = tmp_path / "general.cif"
+    path.write_text(GENERAL_POSITION.format(statement=statement, **cell))
+    result = read_structures(path)
+    assert not result.rejects, result.rejects
+    (record,) = result.records
+    assert len(record.z) == multiplicity
+    assert "symmetry operations generated from" in record.note
