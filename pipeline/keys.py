@@ -30,6 +30,8 @@ NAME: Final = "name"  # str, record id as the source gives it ("dsgdb9nsd_000001
 SMILES: Final = "smiles"  # str, where the source gives one
 # str, what a reader noticed but did not reject the record for ("; "-joined): a parser warning,
 # symmetry generated from a space-group symbol, 2-D coordinates, isotopes read as the element.
+# Only some records have one, so it stays out of STRING_KEYS: a StructureSet (the training
+# cache) does not store it, and torch_geometric cannot batch a key that only some records have.
 NOTE: Final = "note"
 
 # Added by torch_geometric when structures are batched.
@@ -39,5 +41,5 @@ PTR: Final = "ptr"  # (num_graphs + 1,) int64 node offsets of the graphs
 NODE_KEYS: Final = (Z, POS, FRAC, CHARGE)
 EDGE_KEYS: Final = (EDGE_INDEX, BOND_ORDER)
 GRAPH_KEYS: Final = (LATTICE, Y)
-STRING_KEYS: Final = (NAME, SMILES, NOTE)
+STRING_KEYS: Final = (NAME, SMILES)
 TENSOR_KEYS: Final = NODE_KEYS + EDGE_KEYS + GRAPH_KEYS

@@ -479,3 +479,15 @@ def test_cif_symbols_pymatgen_cannot_read_are_applied_through_spglib(
     (record,) = result.records
     assert len(record.z) == multiplicity
     assert "symmetry operations generated from" in record.note
+
+
+def test_notes_stay_out_of_the_training_set_and_batches(tmp_path):
+    from torch_geometric.data import Batch
+
+    (tmp_path / "a_noted.cif").write_text(NACL_CELL + NACL_SITES)  # no symmetry: a note
+    (tmp_path / "b_plain.cif").write_text(NACL_CELL + "_space_group_IT_number 1\n" + NACL_SITES)
+    records = read_structures(tmp_path).records
+    assert [bool(getattr(d, "note", None)) for d in records] == [True, False]
+    cached = S.StructureSet.from_data_list(records)
+    batch = Batch.from_data_list(cached.to_data_list())
+    assert batch.num_graphs == 2 and "note" not in batch
