@@ -40,6 +40,8 @@ CANDIDATES = SHARED / "crystals" / "perov_5" / "val.csv"
 def screen(cand: Path, out: Path, home: Path, processes: int) -> dict:
     """One ``ldsm screen`` run: wall seconds, seconds to the first progress line, its lines."""
     env = {**os.environ, "LDSM_HOME": str(home), "PYTHONPATH": str(ROOT)}
+    # A loaded machine can take longer than Prefect's default 20 s to start the temporary API.
+    env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")
     command = [
         sys.executable, "-m", "flows.cli", "screen", str(cand), "--out", str(out),
         "--reference", str(REFERENCE), "--cov-cutoffs", "perov_5", "--no-posebusters",
@@ -49,14 +51,16 @@ def screen(cand: Path, out: Path, home: Path, processes: int) -> dict:
     proc = subprocess.Popen(
         command, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    said, first, lines = None, None, []
+    said, first, lines, output = None, None, [], []
     for line in proc.stdout:
+        output.append(line)
         if "reference" in line and said is None:
             said = time.perf_counter() - start
         if "reference fingerprints" in line:
             first = first if first is not None else time.perf_counter() - start
             lines.append(line.strip())
     if proc.wait() != 0:
+        print("".join(output[-40:]), file=sys.stderr)
         raise RuntimeError(f"ldsm screen failed ({proc.returncode}): {' '.join(command)}")
     return {"seconds": time.perf_counter() - start, "said": said, "first": first, "lines": lines}
 
