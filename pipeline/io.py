@@ -554,6 +554,7 @@ def _hall_operations(hall: str) -> list[str] | None:
     return _operations(found[0])
 
 
+@functools.cache
 def _group_size(tag: str, value: str) -> int | None:
     """Number of operations (centring included) of a stated space group; None if unknown."""
     from pymatgen.symmetry.groups import SpaceGroup
@@ -566,7 +567,8 @@ def _group_size(tag: str, value: str) -> int | None:
             return len(SpaceGroup.from_int_number(int(float(value))).symmetry_ops)
         return len(SpaceGroup(value).symmetry_ops)
     except Exception:  # noqa: BLE001  (pymatgen raises ValueError or KeyError for unknown symbols)
-        return None
+        found = _hm_operations(value)
+        return None if found is None else len(found[0])
 
 
 def _element_ok(symbol: str) -> bool:
@@ -578,7 +580,7 @@ def _element_ok(symbol: str) -> bool:
     return bool(letters) and (
         Element.is_valid_symbol(letters[:2].title())
         or Element.is_valid_symbol(letters[:1].upper())
-        or letters in ("Wat", "wat", "OH", "OH2")
+        or letters in ("Wat", "wat")
     )
 
 
@@ -704,6 +706,7 @@ def _parse_cif_block(block: str, name: str) -> Data:
     """
     from pymatgen.io.cif import CifFile, CifParser
 
+    parser = None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -719,7 +722,7 @@ def _parse_cif_block(block: str, name: str) -> Data:
         except RecordError:
             raise
         except Exception as exc:
-            logged = getattr(locals().get("parser"), "warnings", [])
+            logged = parser.warnings if parser is not None else []
             details = "; ".join(_parser_notes(caught, logged))[:300]
             message = " ".join(str(exc).split()) or type(exc).__name__
             message = message.removeprefix("No structure parsed for section 1 in CIF. ")
