@@ -218,16 +218,16 @@ def fingerprints_in_parallel(
     results: list = [None] * len(chunks)
     done = 0
     if processes <= 1 or len(chunks) < 2:
-        for k, chunk in enumerate(chunks):
-            results[k] = cc.fingerprints(chunk)
-            done += len(chunk)
+        for k, part in enumerate(chunks):
+            results[k] = cc.fingerprints(part)
+            done += len(part)
             if progress is not None:
                 progress(done, total)
     else:
         # spawn, not fork: the flow runs threads (Prefect's event loop), which fork can deadlock.
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
-            futures = {pool.submit(cc.fingerprints, chunk): k for k, chunk in enumerate(chunks)}
+            futures = {pool.submit(cc.fingerprints, part): k for k, part in enumerate(chunks)}
             for future in as_completed(futures):
                 k = futures[future]
                 results[k] = future.result()
