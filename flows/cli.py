@@ -50,7 +50,7 @@ SAMPLER_HELP = (
     "steps; linear-process models only)"
 )
 DESIGN = dict(out="runs/design", n=200, nfe=100, reference_size=1000)
-SCREEN = dict(chunk_size=256)
+SCREEN = dict(chunk_size=256, reference_processes=0)
 
 
 def version() -> str:
@@ -384,7 +384,10 @@ def _screen(sub) -> None:
         epilog="example: ldsm screen samples/ --out runs/screen "
         "--reference ../shared/datasets/crystals/perov_5/test.csv",
     )
-    parser.add_argument("input", help="file or folder of SDF / XYZ / extxyz / CIF / CDVAE CSV")
+    parser.add_argument(
+        "input",
+        help="file or folder of SDF / XYZ / extxyz / CIF / CDVAE CSV / POSCAR (gzip, bz2, xz too)",
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--reference", help="reference (test) split for novelty and coverage")
     parser.add_argument("--train-smiles", help="file of training SMILES (one per line)")
@@ -401,6 +404,12 @@ def _screen(sub) -> None:
         type=positive_int,
         default=SCREEN["chunk_size"],
         help="candidates per task",
+    )
+    parser.add_argument(
+        "--reference-processes",
+        type=nonnegative_int,
+        default=SCREEN["reference_processes"],
+        help="processes for the reference fingerprints (0: every core); cached by content",
     )
     add_runner_options(parser)
 

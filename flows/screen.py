@@ -1,39 +1,60 @@
 """The ``screen`` flow: validate candidate molecules and crystals with the field's own checks.
 
 ``ldsm screen INPUT --out DIR [--reference REF] [--train-smiles FILE]`` reads INPUT (a file or
-folder of SDF / XYZ / extxyz / CIF / CDVAE CSV) with ``pipeline.io.read_structures``, runs the
-checks of ``pipeline.molecule_checks`` and ``pipeline.crystal_checks`` on chunks in parallel
-(Prefect task mapping), ranks the candidates and writes into DIR:
+folder of SDF / XYZ / extxyz / CIF / CDVAE CSV / POSCAR, compressed or not) with
+``pipeline.io.read_structures``, runs the checks of ``pipeline.molecule_checks`` and
+``pipeline.crystal_checks`` on chunks in parallel (Prefect task mapping), ranks the candidates
+and writes into DIR:
 
-- ``screen.csv``: one row per candidate (read rejects included) with every verdict and its reason;
+- ``screen.csv``: one row per candidate with every verdict and its reason, the reader's note
+  (``read_note``), then one row of kind ``unread`` per file or record that could not be read;
 - ``passing/``: the passing molecules (``molecules.sdf``) and crystals (one CIF each);
 - ``metrics.json``: ``{"molecules": {...}, "crystals": {...}, "n_read_rejects": k}`` with the keys
-  of ``pipeline.metrics`` (None where a metric does not apply);
-- ``report.md`` with ``plots/*.png``; the same tables are published as Prefect artifacts;
+  of ``pipeline.metrics`` (None where a metric does not apply); read rejects are in neither kind;
+- ``report.md`` with ``plots/*.png`` (read rejects and reader notes listed); the same tables are
+  published as Prefect artifacts;
 - ``config.json``: the ``ScreenConfig`` of the run;
 - ``.chunks/``: the checked chunks, stored as data (``flows.persist``): a killed run started
   again into the same DIR checks only the chunks that had not finished.
+
+A molecule's validity follows the bonds and formal charges of its file where it has them, else
+RDKit's perceived bonds; EDM's distance-table stability and validity stay as their own columns
+(``pipeline.metrics.check_molecules``).
+
+INPUT that does not exist ends the command before any flow with one line on stderr and exit
+code 2; INPUT none of whose files can be read (empty, binary, unsupported, a CSV without its
+``cif`` column), or from which no record could be read, ends with one line and exit code 1.
 
 ``--workers N`` checks the chunks on N local Dask processes, ``--dask-address`` on a running Dask
 cluster (``flows.runners``); the outputs are the same.
 
 ``--reference`` is a reference (test) split read the same way: it enables crystal novelty,
 coverage (with CDVAE's cutoffs for the data set named by ``--cov-cutoffs``, guessed from the path)
-and the Wasserstein distances. Its fingerprints are cached under ``$LDSM_HOME/screen``.
+and the Wasserstein distances. Its CrystalNN fingerprints are computed on every core
+(``--reference-processes``) with progress in the log, and cached under ``$LDSM_HOME/screen`` by
+the content of the cells and of the fingerprint code.
 """
 
 from __future__ import annotations
 
 import csv
 import hashlib
+import inspect
 import json
+import logging
+import multiprocessing
 import os
+import sys
+import time
 from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
-from prefect import flow, task
+from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.exceptions import MissingContextError
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel
 from rdkit import RDLogger
@@ -42,10 +63,10 @@ from flows import lock
 from flows.persist import chunk_count, run_chunks
 from flows.runners import with_runner
 from pipeline import crystal_checks as cc
+from pipeline import keys as K
 from pipeline import metrics as pm
 from pipeline import molecule_checks as mc
-
-CRYSTAL_SUFFIXES = {".cif", ".csv"}
+from pipeline import structures as S
 
 
 class ScreenConfig(BaseModel):
@@ -62,6 +83,7 @@ class ScreenConfig(BaseModel):
     chunk_size: int = 256
     workers: int = 0  # local Dask worker processes; 0: threads (see flows.runners)
     dask_address: str | None = None  # an existing Dask scheduler instead
+    reference_processes: int = 0  # processes for the reference fingerprints; 0: every core
 
 
 def _ldsm_home() -> Path:
@@ -88,6 +110,12 @@ def read_task(path: str):
     return read_structures(path, min_distance=0.0)
 
 
+def _file_mol(data):
+    """The record's own bonds and formal charges as an RDKit molecule; None without bonds."""
+    edges = getattr(data, K.EDGE_INDEX, None)
+    return None if edges is None or edges.shape[1] == 0 else S.to_rdkit(data)
+
+
 @task
 def check_molecules_task(chunk: list, posebusters: bool, xtb: bool) -> list[dict]:
     """Check one chunk of molecules (``pipeline.metrics.check_molecules``)."""
@@ -96,7 +124,15 @@ def check_molecules_task(chunk: list, posebusters: bool, xtb: bool) -> list[dict
     names = [str(getattr(d, "name", "")) or f"record{k}" for k, d in enumerate(chunk)]
     zs = [d.z.numpy() for d in chunk]
     poss = [d.pos.numpy() for d in chunk]
-    return pm.check_molecules(names, zs, poss, posebusters=posebusters, xtb=xtb)
+    return pm.check_molecules(
+        names,
+        zs,
+        poss,
+        posebusters=posebusters,
+        xtb=xtb,
+        file_mols=[_file_mol(d) for d in chunk],
+        notes=[getattr(d, K.NOTE, None) for d in chunk],
+    )
 
 
 @task
@@ -105,19 +141,106 @@ def check_crystals_task(chunk: list, fingerprints: bool, chgnet: bool) -> list[d
     lattices = [d.lattice.numpy().reshape(3, 3) for d in chunk]
     fracs = [d.frac.numpy() for d in chunk]
     zs = [d.z.numpy() for d in chunk]
-    return pm.check_crystals(names, lattices, fracs, zs, fingerprints=fingerprints, chgnet=chgnet)
+    notes = [getattr(d, K.NOTE, None) for d in chunk]
+    return pm.check_crystals(
+        names, lattices, fracs, zs, fingerprints=fingerprints, chgnet=chgnet, notes=notes
+    )
+
+
+# Reference cells per fingerprint job: small enough for steady progress, large enough that a
+# job's pickling is negligible next to CrystalNN.
+FP_CHUNK = 64
 
 
 @task
-def reference_fingerprints_task(structures: list, key: str) -> tuple[list, list]:
-    """Reference fingerprints, cached by content hash (CrystalNN takes ~20 ms per site)."""
+def reference_fingerprints_task(
+    structures: list, key: str, processes: int = 0
+) -> tuple[list, list]:
+    """Fingerprints of the reference cells, with progress in the run's log.
+
+    Cached in ``$LDSM_HOME/screen/reference_fp_<key>.npz``: ``key`` hashes the cells' content and
+    the fingerprint code, so an edited reference file or fingerprint recomputes and an unchanged
+    one is read back in a second. Computed on ``processes`` cores (0: every core this process may
+    use); CrystalNN takes ~20 ms per site, minutes for a few thousand cells on one core.
+    """
+    logger = _logger()
     cache = _ldsm_home() / "screen" / f"reference_fp_{key}.npz"
     if cache.exists():
-        data = np.load(cache)
-        return list(data["struct"]), list(data["comp"])
-    struct, comp = cc.fingerprints(structures)
+        try:
+            with np.load(cache) as data:
+                struct, comp = list(data["struct"]), list(data["comp"])
+            logger.info(f"reference fingerprints of {len(structures)} cells read from {cache}")
+            return struct, comp
+        except (OSError, ValueError, KeyError) as exc:
+            logger.warning(f"reference fingerprint cache {cache} unreadable ({exc}); recomputing")
+    n_proc = processes or len(os.sched_getaffinity(0))
+    logger.info(
+        f"reference fingerprints: {len(structures)} cells on {n_proc} processes "
+        f"(cached for the next run in {cache})"
+    )
+    started = time.monotonic()
+    last = [started, 0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < 15 and done - last[1] < total / 10:
+            return
+        last[:] = [now, done]
+        rate = done / max(now - started, 1e-9)
+        left = (total - done) / rate if rate else float("nan")
+        logger.info(
+            f"reference fingerprints: {done}/{total} cells ({100 * done / total:.0f}%), "
+            f"{now - started:.0f} s, about {left:.0f} s left"
+        )
+
+    struct, comp = fingerprints_in_parallel(structures, n_proc, progress)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(cache, struct=np.asarray(struct), comp=np.asarray(comp))
+    partial = cache.with_name(f".{cache.stem}.{os.getpid()}.npz")
+    np.savez(partial, struct=np.asarray(struct), comp=np.asarray(comp))
+    partial.replace(cache)  # atomic: a killed run never leaves half a cache
+    return struct, comp
+
+
+def _logger():
+    """The run's logger inside a flow or task run, a plain one outside (a task called as ``.fn``)."""
+    try:
+        return get_run_logger()
+    except MissingContextError:
+        return logging.getLogger("ldsm.screen")
+
+
+def fingerprints_in_parallel(
+    structures: list,
+    processes: int,
+    progress: Callable[[int, int], None] | None = None,
+    chunk: int = FP_CHUNK,
+) -> tuple[list, list]:
+    """:func:`pipeline.crystal_checks.fingerprints` over chunks of ``chunk`` cells on
+    ``processes`` processes (the same lists, in the same order); ``progress(done, total)``
+    after every chunk."""
+    total = len(structures)
+    chunks = [structures[k : k + chunk] for k in range(0, total, chunk)]
+    results: list = [None] * len(chunks)
+    done = 0
+    if processes <= 1 or len(chunks) < 2:
+        for k, part in enumerate(chunks):
+            results[k] = cc.fingerprints(part)
+            done += len(part)
+            if progress is not None:
+                progress(done, total)
+    else:
+        # spawn, not fork: the flow runs threads (Prefect's event loop), which fork can deadlock.
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=processes, mp_context=context) as pool:
+            futures = {pool.submit(cc.fingerprints, part): k for k, part in enumerate(chunks)}
+            for future in as_completed(futures):
+                k = futures[future]
+                results[k] = future.result()
+                done += len(chunks[k])
+                if progress is not None:
+                    progress(done, total)
+    struct = [fp for s, _ in results for fp in s]
+    comp = [fp for _, c in results for fp in c]
     return struct, comp
 
 
@@ -129,7 +252,14 @@ def _chunks(items: list, size: int) -> list[list]:
     return [items[k : k + size] for k in range(0, len(items), size)]
 
 
+def _fingerprint_code() -> bytes:
+    """The source of the fingerprint code, part of the cache key (an edit recomputes)."""
+    return inspect.getsource(cc).encode()
+
+
 def _reference_structures(path: str) -> tuple[list, str]:
+    """The reference's cells as pymatgen Structures and the content key of their fingerprints."""
+    _logger().info(f"reading the reference {path}")
     result = read_task.fn(path)
     structures = []
     for d in result.records:
@@ -137,7 +267,7 @@ def _reference_structures(path: str) -> tuple[list, str]:
             s = cc.to_structure(d.lattice.numpy().reshape(3, 3), d.frac.numpy(), d.z.numpy())
             if s is not None:
                 structures.append(s)
-    digest = hashlib.sha256()
+    digest = hashlib.sha256(_fingerprint_code())
     for s in structures:
         digest.update(np.asarray(s.atomic_numbers).tobytes())
         digest.update(np.round(s.lattice.matrix, 5).tobytes())
@@ -165,7 +295,7 @@ def _screen(config: ScreenConfig, out: Path) -> dict:
     if config.reference is not None:
         reference, key = _reference_structures(config.reference)
         if crystals and cutoff_name is not None:
-            ref_fps = reference_fingerprints_task(reference, key)
+            ref_fps = reference_fingerprints_task(reference, key, config.reference_processes)
 
     mol_calls = [
         dict(chunk=c, posebusters=config.posebusters, xtb=config.xtb)
@@ -177,10 +307,7 @@ def _screen(config: ScreenConfig, out: Path) -> dict:
     ]
     mol_rows = [row for rows in run_chunks(check_molecules_task, out, mol_calls) for row in rows]
     cry_rows = [row for rows in run_chunks(check_crystals_task, out, cry_calls) for row in rows]
-    for reject in result.rejects:
-        kind = "crystal" if Path(reject.file).suffix.lower() in CRYSTAL_SUFFIXES else "molecule"
-        rows = cry_rows if kind == "crystal" else mol_rows
-        rows.append(pm.reject_row(kind, f"{reject.file}:{reject.record}", reject.reason))
+    unread = [pm.reject_row(r.file, r.record, r.reason) for r in result.rejects]
 
     train = None
     if config.train_smiles is not None:
@@ -195,7 +322,7 @@ def _screen(config: ScreenConfig, out: Path) -> dict:
         ),
         "n_read_rejects": len(result.rejects),
     }
-    rows = pm.rank(mol_rows) + pm.rank(cry_rows)
+    rows = pm.rank(mol_rows) + pm.rank(cry_rows) + unread
     write_outputs(out, rows, metrics, cutoff_name)
     return metrics
 
@@ -300,7 +427,16 @@ def _report(out: Path, rows: list[dict], metrics: dict, cutoff_name: str | None)
         lines.append("")
     if metrics["crystals"]["n"]:
         lines.append(f"Coverage cutoffs: {cutoff_name or 'none (no reference data set named)'}.")
-    lines.append(f"Read rejects: {metrics['n_read_rejects']}.")
+    unread = [r for r in rows if r["kind"] == "unread"]
+    lines += ["", f"## Read rejects ({metrics['n_read_rejects']})", ""]
+    lines += ["Files and records that could not be read; they are in no rate above.", ""]
+    lines += [f"- {r['name']}: {r['read_reason']}" for r in unread[:20]] or ["- none"]
+    if len(unread) > 20:
+        lines.append(f"- ... and {len(unread) - 20} more (screen.csv, kind 'unread')")
+    notes = Counter(r["read_note"] for r in rows if r.get("read_note"))
+    if notes:
+        lines += ["", "## Read notes", "", "Records read with a remark from the reader:", ""]
+        lines += [f"- {n} x {note}" for note, n in notes.most_common(10)]
     return "\n".join(lines) + "\n"
 
 
@@ -312,8 +448,30 @@ def saved_on_stop(args) -> str:
     )
 
 
+def input_error(path: str) -> tuple[int, str] | None:
+    """``(exit code, one line)`` when INPUT holds nothing to screen, found before any flow starts:
+    2 for a path that does not exist, 1 when every file is unreadable as a whole (empty,
+    binary, unsupported, a CSV without its ``cif`` column); None otherwise."""
+    from pipeline.io import input_problems, list_files
+
+    problems = input_problems(path)
+    if not problems:
+        return None
+    if not Path(path).exists():
+        return 2, f"ldsm screen: {path}: no such file or folder"
+    if Path(path).is_dir() and len(problems) < len(list_files(path)):
+        return None  # some files may hold records; the others are reported as read rejects
+    first = problems[0]
+    more = f" (and {len(problems) - 1} more files)" if len(problems) > 1 else ""
+    return 1, f"ldsm screen: {first.file}: {first.reason}{more}"
+
+
 def run(args) -> int:
     """``ldsm screen``: runs :func:`run_screen` with the options and prints the metrics."""
+    problem = input_error(args.input)
+    if problem is not None:
+        print(problem[1], file=sys.stderr)
+        return problem[0]
     config = ScreenConfig(
         input=args.input,
         out=args.out,
@@ -324,9 +482,17 @@ def run(args) -> int:
         chgnet=args.chgnet,
         cov_cutoffs=args.cov_cutoffs,
         chunk_size=args.chunk_size,
+        reference_processes=args.reference_processes,
         workers=args.workers,
         dask_address=args.dask_address,
     )
     metrics = run_screen(config)
     print(json.dumps(metrics, indent=2))
+    if not metrics["molecules"]["n"] and not metrics["crystals"]["n"]:
+        print(
+            f"ldsm screen: {args.input}: nothing could be read ({metrics['n_read_rejects']} read "
+            f"rejects, listed in {Path(args.out) / 'screen.csv'})",
+            file=sys.stderr,
+        )
+        return 1
     return 0

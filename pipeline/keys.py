@@ -28,6 +28,11 @@ Y: Final = "y"  # (1, P) float32
 # Plain (non-tensor) attributes.
 NAME: Final = "name"  # str, record id as the source gives it ("dsgdb9nsd_000001", "mp-1234")
 SMILES: Final = "smiles"  # str, where the source gives one
+# str, what a reader noticed but did not reject the record for ("; "-joined): a parser warning,
+# symmetry generated from a space-group symbol, 2-D coordinates, isotopes read as the element.
+# Only some records have one, so it stays out of STRING_KEYS: a StructureSet (the training
+# cache) does not store it, and torch_geometric cannot batch a key that only some records have.
+NOTE: Final = "note"
 
 # Added by torch_geometric when structures are batched.
 BATCH: Final = "batch"  # (total_nodes,) int64 graph index of each node

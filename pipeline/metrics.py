@@ -6,11 +6,15 @@ and ``check_crystals`` over chunks and calls the set metrics once.
 Conventions (written here because the issue leaves them open):
 - Molecule fractions follow EDM: ``validity`` over all candidates, ``uniqueness`` over valid ones,
   ``novelty`` over unique valid ones; ``connectivity`` and ``posebusters_pass`` over all candidates
-  (a candidate that is not valid fails both).
+  (a candidate that is not valid fails both). ``validity`` uses the file's bonds and charges where
+  it gives them, else RDKit's perceived bonds (``rdDetermineBonds``); ``edm_validity`` is EDM's
+  RDKit validity on its distance-table bonds, the number EDM-style papers report.
+- A PoseBusters check that cannot judge a molecule is "not applicable", never a failure.
 - Crystal ``uniqueness`` is over valid crystals (structurally and compositionally) and ``novelty``
   over unique valid ones, mirroring the molecules; density and element-count distances compare the
   valid crystals with the reference set, as CDVAE does.
-- Read rejects are candidates too: they count in ``n`` and fail every check.
+- Read rejects are neither molecules nor crystals: they get rows of kind ``"unread"``, are counted
+  apart (``n_read_rejects``) and enter no rate.
 - A metric that does not apply (no reference, no training SMILES, nothing valid) is None.
 """
 
@@ -19,15 +23,18 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+from rdkit import Chem
 
 from pipeline import crystal_checks as cc
 from pipeline import molecule_checks as mc
+from pipeline import structures as S
 
 MOLECULE_KEYS = (
     "n",
     "atom_stability",
     "molecule_stability",
     "validity",
+    "edm_validity",
     "uniqueness",
     "novelty",
     "connectivity",
@@ -46,9 +53,19 @@ CRYSTAL_KEYS = (
 )
 
 
-def reject_row(kind: str, name: str, reason: str) -> dict:
-    """Row of a candidate that could not be read: every check fails with the read reason."""
-    return {"kind": kind, "name": name, "read_ok": False, "read_reason": reason, "passed": False}
+def reject_row(file: str, record: str, reason: str) -> dict:
+    """Row of a file or record that could not be read: kind ``"unread"``, in no kind's rates."""
+    name = f"{file}:{record}" if record else file
+    return {
+        "kind": "unread",
+        "name": name,
+        "read_ok": False,
+        "read_reason": reason,
+        "passed": False,
+    }
+
+
+NOT_JUDGED_2D = "not judged: 2-D coordinates"
 
 
 def check_molecules(
@@ -57,42 +74,83 @@ def check_molecules(
     poss: Sequence[np.ndarray],
     posebusters: bool = True,
     xtb: bool = False,
+    file_mols: Sequence[Chem.Mol | None] | None = None,
+    notes: Sequence[str | None] | None = None,
 ) -> list[dict]:
-    """Per-molecule verdict rows. ``zs[k]`` (N_k,) atomic numbers, ``poss[k]`` (N_k, 3) Angstrom."""
+    """Per-molecule verdict rows. ``zs[k]`` (N_k,) atomic numbers, ``poss[k]`` (N_k, 3) Angstrom.
+
+    ``file_mols[k]``: the molecule with the bonds and formal charges its file gives
+    (``structures.to_rdkit``), None where the file has none; ``notes[k]``: the reader's note.
+
+    Three opinions on bonds, each its own columns: the file's (``file_bonds_*``), RDKit's
+    perceived bonds (``rdkit_bonds_*``, total charge from the file's formal charges) and EDM's
+    distance table (``edm_valid*``, and EDM stability, the numbers papers compare). ``valid``,
+    ``smiles`` and ``connected`` follow the file's bonds where it has them, else the perceived
+    ones (``bond_source``). A record the reader noted as 2-D is not judged by the 3-D checks.
+    """
+    n = len(names)
+    file_mols = list(file_mols) if file_mols is not None else [None] * n
+    notes = list(notes) if notes is not None else [None] * n
     stability = mc.edm_stability_many(list(zip(zs, poss, strict=True)))
     rows, mols = [], []
-    for name, z, pos, st in zip(names, zs, poss, stability, strict=True):
-        val = mc.rdkit_validity(z, pos)
-        con = mc.connectivity(val)
-        second = mc.determine_bonds_validity(z, pos)
-        mol = mc.sanitized_mol(z, pos)[0] if val.ok else None
-        mols.append(mol)
-        rows.append(
+    for name, z, pos, st, fmol, note in zip(
+        names, zs, poss, stability, file_mols, notes, strict=True
+    ):
+        flat = bool(note) and S.FLAT_NOTE in note
+        edm = mc.rdkit_validity(z, pos)
+        charge = 0 if fmol is None else Chem.GetFormalCharge(fmol)
+        if flat:
+            perceived, perceived_reason = None, NOT_JUDGED_2D
+        else:
+            perceived, perceived_reason = mc.perceived_mol(z, pos, charge)
+        second = mc.validity_of(perceived, perceived_reason)
+        row = {
+            "kind": "molecule",
+            "name": name,
+            "read_ok": True,
+            "read_reason": "ok",
+            "read_note": note or "",
+            "n_atoms": st.n_atoms,
+            "n_stable_atoms": st.n_stable_atoms,
+            "stable": st.ok and not flat,
+            "stable_reason": NOT_JUDGED_2D if flat else st.reason,
+        }
+        if fmol is not None:
+            mol, reason = mc.file_mol(fmol)
+            verdict, source = mc.validity_of(mol, reason), "file"
+            row["file_bonds_valid"], row["file_bonds_reason"] = verdict.ok, verdict.reason
+        else:
+            mol, verdict, source = perceived, second, "perceived"
+        con = mc.connectivity(verdict)
+        row.update(
             {
-                "kind": "molecule",
-                "name": name,
-                "read_ok": True,
-                "read_reason": "ok",
-                "n_atoms": st.n_atoms,
-                "n_stable_atoms": st.n_stable_atoms,
-                "stable": st.ok,
-                "stable_reason": st.reason,
-                "valid": val.ok,
-                "valid_reason": val.reason,
-                "smiles": val.smiles,
+                "bond_source": source,
+                "valid": verdict.ok,
+                "valid_reason": verdict.reason,
+                "smiles": verdict.smiles,
                 "connected": con.ok,
                 "connected_reason": con.reason,
                 "rdkit_bonds_valid": second.ok,
                 "rdkit_bonds_reason": second.reason,
+                "rdkit_bonds_smiles": second.smiles,
+                "edm_valid": edm.ok,
+                "edm_valid_reason": edm.reason,
+                "edm_smiles": edm.smiles,
+                "coords_3d": not flat,
+                "coords_3d_reason": NOT_JUDGED_2D if flat else "ok",
                 "mol": mol,  # sanitised RDKit molecule for PoseBusters and the SDF output
             }
         )
+        mols.append(None if flat else mol)
+        rows.append(row)
     if posebusters:
         for row, verdict in zip(rows, mc.posebusters_checks(mols), strict=True):
             row["posebusters"], row["posebusters_reason"] = verdict.ok, verdict.reason
+            if not row["coords_3d"]:
+                row["posebusters_reason"] = NOT_JUDGED_2D
     if xtb:
         for row, z, pos in zip(rows, zs, poss, strict=True):
-            x = mc.xtb_relaxation(z, pos) if row["valid"] else None
+            x = mc.xtb_relaxation(z, pos) if row["valid"] and row["coords_3d"] else None
             row["xtb_ok"] = x.ok if x else False
             row["xtb_reason"] = x.reason if x else "not valid"
             row["xtb_energy_ev"] = x.energy if x else None
@@ -125,10 +183,10 @@ def molecule_set_metrics(rows: list[dict], train_smiles: set[str] | None) -> dic
     judged = [r for r in rows if r["read_ok"]]
     atoms = sum(r["n_atoms"] for r in judged)
     stable_atoms = sum(r["n_stable_atoms"] for r in judged)
-    # Read rejects have no atoms to pool; they only lower molecule-level fractions.
     out["atom_stability"] = stable_atoms / atoms if atoms else None
     out["molecule_stability"] = sum(r.get("stable", False) for r in rows) / len(rows)
     out["validity"] = sum(r.get("valid", False) for r in rows) / len(rows)
+    out["edm_validity"] = sum(r.get("edm_valid", False) for r in rows) / len(rows)
     smiles = [r.get("smiles") for r in rows]
     out["uniqueness"] = mc.uniqueness(smiles)
     out["novelty"] = mc.novelty(smiles, train_smiles) if train_smiles is not None else None
@@ -136,10 +194,20 @@ def molecule_set_metrics(rows: list[dict], train_smiles: set[str] | None) -> dic
     if any("posebusters" in r for r in judged):
         out["posebusters_pass"] = sum(r.get("posebusters", False) for r in rows) / len(rows)
     for row in rows:
-        checks = ["stable", "valid", "connected", "unique"]
-        checks += [c for c in ("posebusters", "novel") if c in row]
-        row["passed"] = bool(row["read_ok"]) and all(row.get(c, False) for c in checks)
+        row["passed"] = bool(row["read_ok"]) and all(
+            row.get(c, False) for c in required_checks(row)
+        )
     return out
+
+
+def required_checks(row: dict) -> list[str]:
+    """The checks a molecule row must pass: validity (the file's bonds, else the perceived ones),
+    connectivity, uniqueness, 3-D coordinates, and PoseBusters and novelty when they ran. EDM's
+    distance-based stability is not one of them: it is the column papers compare, and it calls
+    ideal benzene unstable (its aromatic C-C lengths fall between EDM's single and double)."""
+    return ["valid", "connected", "unique", "coords_3d"] + [
+        c for c in ("posebusters", "novel") if c in row
+    ]
 
 
 def check_crystals(
@@ -149,14 +217,17 @@ def check_crystals(
     zs: Sequence[np.ndarray],
     fingerprints: bool = False,
     chgnet: bool = False,
+    notes: Sequence[str | None] | None = None,
 ) -> list[dict]:
-    """Per-crystal verdict rows: ``lattices[k]`` (3, 3), ``fracs[k]`` (N_k, 3), ``zs[k]`` (N_k,).
+    """Per-crystal verdict rows: ``lattices[k]`` (3, 3), ``fracs[k]`` (N_k, 3), ``zs[k]`` (N_k,);
+    ``notes[k]`` the reader's note (a parser warning, symmetry generated from a symbol).
 
     With ``fingerprints`` the rows carry ``struct_fp`` / ``comp_fp`` arrays (for coverage; not CSV
     columns).
     """
     rows = []
-    for name, lattice, frac, z in zip(names, lattices, fracs, zs, strict=True):
+    notes = list(notes) if notes is not None else [None] * len(names)
+    for name, lattice, frac, z, note in zip(names, lattices, fracs, zs, notes, strict=True):
         struct = cc.structural_validity(lattice, frac, z)
         comp = cc.compositional_validity(z)
         structure = cc.to_structure(lattice, frac, z)
@@ -165,6 +236,7 @@ def check_crystals(
             "name": name,
             "read_ok": True,
             "read_reason": "ok",
+            "read_note": note or "",
             "n_atoms": int(np.size(z)),
             "formula": structure.composition.reduced_formula if structure else None,
             "struct_valid": struct.ok,

@@ -322,12 +322,7 @@ def sanitized_mol(z, pos) -> tuple[Chem.Mol | None, str]:
 
 def rdkit_validity(z, pos) -> ValidityVerdict:
     """EDM's RDKit validity: sanitise the EDM-bonded molecule, keep the largest fragment."""
-    mol, reason = sanitized_mol(z, pos)
-    if mol is None:
-        return ValidityVerdict(False, reason, None, 0)
-    frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
-    largest = max(frags, key=lambda m: m.GetNumAtoms())
-    return ValidityVerdict(True, "ok", canonical_smiles(largest), len(frags))
+    return validity_of(*sanitized_mol(z, pos))
 
 
 def connectivity(verdict: ValidityVerdict) -> CheckVerdict:
@@ -339,26 +334,56 @@ def connectivity(verdict: ValidityVerdict) -> CheckVerdict:
     return CheckVerdict(False, f"{verdict.n_fragments} fragments")
 
 
+def validity_of(mol: Chem.Mol | None, reason: str) -> ValidityVerdict:
+    """Validity verdict of a sanitised molecule (None: invalid for ``reason``): the canonical
+    SMILES of its largest fragment and its number of fragments."""
+    if mol is None:
+        return ValidityVerdict(False, reason, None, 0)
+    frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
+    largest = max(frags, key=lambda m: m.GetNumAtoms())
+    return ValidityVerdict(True, "ok", canonical_smiles(largest), len(frags))
+
+
+def perceived_mol(z, pos, charge: int = 0) -> tuple[Chem.Mol | None, str]:
+    """Molecule with RDKit's perceived bonds (``rdDetermineBonds``: connectivity from covalent
+    radii, then bond orders and formal charges by xyz2mol, aromatic rings included), sanitised;
+    or (None, reason). ``charge`` is the molecule's total charge."""
+    z, pos, problem = _as_arrays(z, pos)
+    if problem is not None:
+        return None, problem
+    mol = Chem.RWMol(build_rdkit_mol(z, pos, orders=np.zeros((z.size, z.size), np.int64)))
+    try:
+        rdDetermineBonds.DetermineBonds(mol, charge=int(charge))
+        Chem.SanitizeMol(mol)
+    except Exception as err:  # xyz2mol failures come as ValueError or RuntimeError: a verdict
+        return None, f"rdDetermineBonds failed: {str(err).splitlines()[0]}"
+    return mol.GetMol(), "ok"
+
+
 def determine_bonds_validity(z, pos, charge: int = 0) -> ValidityVerdict:
     """Second opinion: RDKit's own ``rdDetermineBonds`` (xyz2mol) bonds, charges and orders.
 
     Valid when RDKit finds a bond-order assignment with total ``charge`` that sanitises.
     """
-    z, pos, problem = _as_arrays(z, pos)
-    if problem is not None:
-        return ValidityVerdict(False, problem, None, 0)
-    mol = build_rdkit_mol(z, pos, orders=np.zeros((z.size, z.size), np.int64))
-    mol = Chem.RWMol(mol)
+    return validity_of(*perceived_mol(z, pos, charge))
+
+
+def file_mol(mol: Chem.Mol) -> tuple[Chem.Mol | None, str]:
+    """A file's own molecule (its bonds, bond orders and formal charges) after RDKit
+    sanitisation, or (None, reason). ``mol`` is not modified.
+
+    As RDKit reads a MOL block, an atom whose bonds do not reach its default valence gets implicit
+    hydrogens: a file written without hydrogens (heavy atoms only) is the molecule it names, not a
+    radical.
+    """
+    mol = Chem.Mol(mol)
+    for atom in mol.GetAtoms():
+        atom.SetNoImplicit(False)
     try:
-        rdDetermineBonds.DetermineBonds(mol, charge=charge)
         Chem.SanitizeMol(mol)
-    except Exception as err:  # xyz2mol failures come as ValueError or RuntimeError: a verdict
-        return ValidityVerdict(
-            False, f"rdDetermineBonds failed: {str(err).splitlines()[0]}", None, 0
-        )
-    frags = Chem.GetMolFrags(mol, asMols=True, sanitizeFrags=False)
-    largest = max(frags, key=lambda m: m.GetNumAtoms())
-    return ValidityVerdict(True, "ok", canonical_smiles(largest), len(frags))
+    except Exception as err:  # RDKit raises several exception types for one failure: a verdict
+        return None, f"sanitisation of the file's bonds failed: {str(err).splitlines()[0]}"
+    return mol, "ok"
 
 
 def uniqueness(smiles: Sequence[str | None]) -> float | None:
@@ -385,28 +410,60 @@ def is_novel(smiles: str | None, train_smiles: set[str]) -> CheckVerdict:
     return CheckVerdict(True, "ok")
 
 
+# PoseBusters' internal_energy divides the pose's UFF energy by the mean energy of an ensemble of
+# relaxed conformers. For a molecule without torsions or non-bonded terms (H2O, NH3, CH4, CO2) the
+# relaxed UFF energy is 0 up to the optimiser's tolerance (1e-11 to 1e-7 kcal/mol, clipped by
+# PoseBusters to 1e-10), and a negative mean (C2H2: -0.03) turns the ratio's sign: the ratio then
+# says nothing about strain. Below this reference energy the check is "not applicable".
+MIN_REFERENCE_ENERGY = 0.1  # kcal/mol, well below kT at 300 K (0.6 kcal/mol)
+
+
 def posebusters_checks(mols: Sequence[Chem.Mol | None], config: str = "mol") -> list[CheckVerdict]:
     """PoseBusters' molecule checks (bond lengths, angles, clashes, flatness, energy ratio).
 
-    ``mols``: sanitised molecules with a 3-D conformer (None entries fail with a reason). Reason
-    names the failing checks.
+    ``mols``: sanitised molecules with a 3-D conformer (None entries fail with a reason). A check
+    that cannot judge a molecule is "not applicable", not a failure: one PoseBusters could not
+    compute (no value), and ``internal_energy`` when the reference energy is below
+    ``MIN_REFERENCE_ENERGY``. ``ok`` when no applicable check fails; the reason names the failing
+    checks and then the ones not applicable (``"ok; not applicable: internal_energy (...)"``).
     """
+    import pandas as pd
     from posebusters import PoseBusters
 
     out: list[CheckVerdict] = [CheckVerdict(False, "not valid")] * len(mols)
     present = [k for k, m in enumerate(mols) if m is not None]
     if not present:
         return out
+    buster = PoseBusters(config=config)
     try:
-        table = PoseBusters(config=config).bust([mols[k] for k in present], None, None)
+        table = buster.bust([mols[k] for k in present], None, None, full_report=True)
     except Exception as err:  # PoseBusters wraps RDKit; any failure becomes a verdict per molecule
         for k in present:
             out[k] = CheckVerdict(False, f"posebusters failed: {err}")
         return out
-    table = table.select_dtypes(include="bool")
+    # The full report starts with the config's pass/fail columns, in the config's order.
+    n_checks = sum(len(m.get("chosen_binary_test_output", [])) for m in buster.config["modules"])
+    checks = list(table.columns[:n_checks])
     for k, (_, row) in zip(present, table.iterrows(), strict=True):
-        failed = [str(c) for c, v in row.items() if not v]
-        out[k] = CheckVerdict(not failed, "ok" if not failed else "failed: " + ", ".join(failed))
+        failed, not_applicable = [], []
+        for column in checks:
+            value = row[column]
+            if value is None or pd.isna(value):
+                not_applicable.append(f"{column} (PoseBusters could not compute it)")
+            elif column == "internal_energy" and not (
+                row.get("ensemble_avg_energy", np.inf) >= MIN_REFERENCE_ENERGY
+            ):
+                energy = float(row.get("ensemble_avg_energy", np.nan))
+                not_applicable.append(
+                    f"internal_energy (reference energy {energy:.2g} kcal/mol, "
+                    f"below {MIN_REFERENCE_ENERGY}: the energy ratio is undefined)"
+                )
+            elif not bool(value):
+                failed.append(str(column))
+        reason = "failed: " + ", ".join(failed) if failed else "ok"
+        if not_applicable:
+            reason += "; not applicable: " + ", ".join(not_applicable)
+        out[k] = CheckVerdict(not failed, reason)
     return out
 
 

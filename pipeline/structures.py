@@ -33,6 +33,10 @@ MAX_Z = 118
 # Atoms closer than this are the same atom written twice (the shortest real bond, H-H, is 0.74 A).
 MIN_DISTANCE = 0.1
 
+# The note a reader gives a molecule whose file has only 2-D coordinates (an SDF whose header
+# says 2D, or has no dimension and every z = 0: RDKit's rule); its 3-D checks cannot judge it.
+FLAT_NOTE = "2-D coordinates (the MOL block is 2D: every z is 0), no 3-D geometry to judge"
+
 RDKIT_BOND_ORDERS = {"SINGLE": 1.0, "DOUBLE": 2.0, "TRIPLE": 3.0, "AROMATIC": 1.5}
 
 

@@ -227,3 +227,267 @@ def test_min_distance_zero_keeps_overlapping_atoms_for_screening(corpus):
     assert len(lenient.records) == 2 and not lenient.rejects
     nan = read_structures(folder / "nan.xyz", min_distance=0.0)
     assert len(nan.rejects) == 1  # non-finite coordinates are never kept
+
+
+# ---------------------------------------------------------------------------------------------
+# Issue 16: symmetry in every spelling, labels, element names, VASP files, compression, isotopes
+# ---------------------------------------------------------------------------------------------
+
+NACL_CELL = """data_NaCl
+_cell_length_a 5.6402
+_cell_length_b 5.6402
+_cell_length_c 5.6402
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+"""
+NACL_SITES = """loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Na1 Na 0 0 0
+Cl1 Cl 0.5 0.5 0.5
+"""
+
+
+def _fm3m_ops() -> str:
+    from pymatgen.symmetry.groups import SpaceGroup
+
+    return "\n".join(f"'{op.as_xyz_str()}'" for op in SpaceGroup("F m -3 m").symmetry_ops)
+
+
+SPACE_GROUP_STATEMENTS = {
+    "hall": "_space_group_name_Hall '-F 4 2 3'",
+    "hall-old": "_symmetry_space_group_name_Hall '-F 4 2 3'",
+    "hall-ddlm": "_space_group.name_Hall '-F 4 2 3'",
+    "hm": "_symmetry_space_group_name_H-M 'F m -3 m'",
+    "hm-alt": "_space_group_name_H-M_alt 'F m -3 m'",
+    "hm-ddlm": "_space_group.name_H-M_alt 'F m -3 m'",
+    "hm-upper": "_SYMMETRY_SPACE_GROUP_NAME_H-M 'F m -3 m'",
+    "number": "_space_group_IT_number 225",
+    "number-old": "_symmetry_Int_Tables_number 225",
+    "number-ddlm": "_space_group.IT_number 225",
+    "symops": "loop_\n_symmetry_equiv_pos_as_xyz\n{ops}",
+    "symops-new": "loop_\n_space_group_symop_operation_xyz\n{ops}",
+    "symops-ddlm": "loop_\n_space_group_symop.id\n_space_group_symop.operation_xyz\n{numbered}",
+}
+
+
+@pytest.mark.parametrize("spelling", sorted(SPACE_GROUP_STATEMENTS))
+def test_cif_space_group_in_every_spelling_is_applied(tmp_path, spelling):
+    ops = _fm3m_ops()
+    numbered = "\n".join(f"{k + 1} {op}" for k, op in enumerate(ops.splitlines()))
+    statement = SPACE_GROUP_STATEMENTS[spelling].format(ops=ops, numbered=numbered)
+    path = tmp_path / "nacl.cif"
+    path.write_text(NACL_CELL + statement + "\n" + NACL_SITES)
+    result = read_structures(path)
+    assert not result.rejects, result.rejects
+    (nacl,) = result.records
+    structure = S.to_pymatgen(nacl)
+    assert len(nacl.z) == 8 and structure.density == pytest.approx(2.16, abs=0.01)
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "_space_group_name_Hall '-F 9 9 9'",
+        "_symmetry_space_group_name_H-M 'F q -3 m'",
+        "_space_group_IT_number 999",
+    ],
+)
+def test_cif_space_group_that_cannot_be_applied_rejects_the_record(tmp_path, statement):
+    path = tmp_path / "nacl.cif"
+    path.write_text(NACL_CELL + statement + "\n" + NACL_SITES)
+    result = read_structures(path)
+    assert not result.records
+    (reject,) = result.rejects
+    assert reject.file == str(path) and reject.record == "0 (data_NaCl)"
+    assert reject.reason.startswith("symmetry could not be applied")
+    assert statement.split()[1].strip("'") in reject.reason
+
+
+def test_cif_parser_warnings_become_the_record_note(tmp_path):
+    cases = {
+        "none.cif": ("", "no space group or symmetry operations; read as P1"),
+        "hm.cif": ("_symmetry_space_group_name_H-M 'F m -3 m'", "Spacegroup from"),
+        "hall.cif": ("_space_group_name_Hall '-F 4 2 3'", "generated from the Hall symbol"),
+        "conflict.cif": (
+            "_symmetry_space_group_name_H-M 'F m -3 m'\nloop_\n_symmetry_equiv_pos_as_xyz\nx,y,z",
+            "192 operations) but lists 1",
+        ),
+    }
+    for name, (statement, _) in cases.items():
+        (tmp_path / name).write_text(NACL_CELL + statement + "\n" + NACL_SITES)
+    result = read_structures(tmp_path)  # files in name order: conflict, hall, hm, none
+    assert not result.rejects
+    for (name, (_, note)), record in zip(sorted(cases.items()), result.records, strict=True):
+        assert note in record.note, (name, record.note)
+    conflict = next(d for d in result.records if "lists 1" in d.note)
+    assert len(conflict.z) == 2  # the listed operations win; the note says so
+
+
+def test_p1_cif_without_labels_is_read_and_unknown_elements_are_named(tmp_path):
+    sites = "loop_\n_atom_site_type_symbol\n_atom_site_fract_x\n_atom_site_fract_y\n"
+    sites += "_atom_site_fract_z\nNa 0 0 0\n{x} 0.5 0.5 0.5\n"
+    p1 = "_symmetry_space_group_name_H-M 'P 1'\n"
+    (tmp_path / "good.cif").write_text(NACL_CELL + p1 + sites.format(x="Cl"))
+    (tmp_path / "unknown.cif").write_text(NACL_CELL + p1 + sites.format(x="Qz"))
+    result = read_structures(tmp_path)
+    (good,) = result.records
+    assert good.z.tolist() == [11, 17]
+    (reject,) = result.rejects
+    assert reject.file.endswith("unknown.cif") and "'Qz'" in reject.reason
+    assert "atom site 1" in reject.reason
+
+
+SI_POSCAR = """Si2 diamond
+1.0
+0.0 2.7155 2.7155
+2.7155 0.0 2.7155
+2.7155 2.7155 0.0
+Si
+2
+Direct
+0.00 0.00 0.00
+0.25 0.25 0.25
+"""
+
+
+@pytest.mark.parametrize("name", ["POSCAR", "CONTCAR", "Si.vasp", "Si.poscar", "POSCAR_relaxed"])
+def test_vasp_files_are_read_as_crystals(tmp_path, name):
+    (tmp_path / name).write_text(SI_POSCAR)
+    result = read_structures(tmp_path / name)
+    assert not result.rejects, result.rejects
+    (si,) = result.records
+    assert S.is_crystal(si) and si.z.tolist() == [14, 14]
+    assert S.to_pymatgen(si).volume == pytest.approx(40.05, abs=0.01)
+
+
+def test_vasp4_poscar_without_element_names_is_a_reject_that_says_so(tmp_path):
+    lines = SI_POSCAR.splitlines()
+    del lines[5]
+    (tmp_path / "POSCAR").write_text("\n".join(lines) + "\n")
+    (reject,) = read_structures(tmp_path / "POSCAR").rejects
+    assert "without element names" in reject.reason
+
+
+@pytest.mark.parametrize("codec", ["gz", "bz2", "xz"])
+def test_compressed_files_of_every_format_are_read(tmp_path, perov, codec):
+    import bz2
+    import gzip
+    import lzma
+
+    compress = {"gz": gzip.compress, "bz2": bz2.compress, "xz": lzma.compress}[codec]
+    plain = tmp_path / "plain"
+    write_structures(_g2()[:2], plain / "m.sdf")
+    write_structures(_g2()[:2], plain / "m.xyz")
+    write_structures(perov[:2], plain / "c.cif")
+    write_structures(perov[:2], plain / "c.csv", properties=["heat_ref", "dir_gap"])
+    (plain / "Si.vasp").write_text(SI_POSCAR)
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    for file in plain.iterdir():
+        (packed / f"{file.name}.{codec}").write_bytes(compress(file.read_bytes()))
+    (packed / f"broken.cif.{codec}").write_bytes(b"not compressed at all")
+    want, got = read_structures(plain), read_structures(packed)
+    assert not want.rejects
+    assert [Path(r.file).name for r in got.rejects] == [f"broken.cif.{codec}"]
+    assert "cannot decompress" in got.rejects[0].reason
+    assert [d.name for d in got.records] == [d.name for d in want.records]
+    for a, b in zip(want.records, got.records, strict=True):
+        assert torch.equal(a.z, b.z) and torch.equal(a.pos, b.pos)
+
+
+def test_deuterium_is_hydrogen_with_a_note_in_every_reader(tmp_path):
+    """One rule: D (and T) are read as hydrogen and the record says so."""
+    heavy_water = "O 0 0 0.1173\n{a} 0 0.7572 -0.4692\n{b} 0 -0.7572 -0.4692\n"
+    (tmp_path / "d2o.xyz").write_text("3\n\n" + heavy_water.format(a="D", b="D"))
+    props = "Properties=pos:R:3:species:S:1 name=hdo\n"
+    ext = "\n".join(
+        f"{' '.join(line.split()[1:])} {line.split()[0]}"
+        for line in heavy_water.format(a="D", b="H").splitlines()
+    )
+    (tmp_path / "hdo.extxyz").write_text("3\n" + props + ext + "\n")
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("O"))
+    AllChem.EmbedMolecule(mol, randomSeed=0)
+    mol.GetAtomWithIdx(1).SetIsotope(2)
+    Chem.MolToMolFile(mol, str(tmp_path / "hdo.sdf"))
+    sites = NACL_SITES.replace("Cl1 Cl", "D1 D")
+    (tmp_path / "nad.cif").write_text(NACL_CELL + "_space_group_IT_number 1\n" + sites)
+    (tmp_path / "NaD.vasp").write_text(SI_POSCAR.replace("Si\n2\n", "Na D\n1 1\n"))
+    result = read_structures(tmp_path)
+    assert not result.rejects, result.rejects
+    assert len(result.records) == 5
+    for data in result.records:
+        assert 1 in data.z.tolist() and "deuterium" in data.note and "hydrogen" in data.note, data
+    assert "2 deuterium atoms" in next(d for d in result.records if d.name == "d2o:0").note
+
+
+def test_2d_sdf_is_flagged(tmp_path):
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("CCO"))
+    AllChem.Compute2DCoords(mol)
+    Chem.MolToMolFile(mol, str(tmp_path / "flat.sdf"))
+    AllChem.EmbedMolecule(mol, randomSeed=0)
+    Chem.MolToMolFile(mol, str(tmp_path / "solid.sdf"))
+    flat, solid = read_structures(tmp_path).records
+    assert flat.note == S.FLAT_NOTE and getattr(solid, "note", None) is None
+
+
+GENERAL_POSITION = """data_general
+_cell_length_a 5.0
+_cell_length_b {b}
+_cell_length_c {c}
+_cell_angle_alpha 90
+_cell_angle_beta {beta}
+_cell_angle_gamma {gamma}
+{statement}
+loop_
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Si 0.13 0.31 0.27
+"""
+MONOCLINIC = {"b": 6.0, "c": 7.0, "beta": 100, "gamma": 90}
+HEXAGONAL = {"b": 5.0, "c": 12.0, "beta": 90, "gamma": 120}
+
+
+@pytest.mark.parametrize(
+    ("statement", "cell", "multiplicity"),
+    [
+        ("_symmetry_space_group_name_H-M 'P 21/c'", MONOCLINIC, 4),  # short symbol
+        ("_symmetry_space_group_name_H-M 'P 21/n'", MONOCLINIC, 4),  # another cell choice
+        ("_space_group_name_H-M_alt 'R -3 m :H'", HEXAGONAL, 36),  # setting after a colon
+        ("_space_group_name_Hall '-R 3 2\"'", HEXAGONAL, 36),  # a Hall symbol with a quote
+    ],
+)
+def test_cif_symbols_pymatgen_cannot_read_are_applied_through_spglib(
+    tmp_path, statement, cell, multiplicity
+):
+    path = tmp_path / "general.cif"
+    path.write_text(GENERAL_POSITION.format(statement=statement, **cell))
+    result = read_structures(path)
+    assert not result.rejects, result.rejects
+    (record,) = result.records
+    assert len(record.z) == multiplicity
+    assert "symmetry operations generated from" in record.note
+
+
+def test_notes_stay_out_of_the_training_set_and_batches(tmp_path):
+    from torch_geometric.data import Batch
+
+    (tmp_path / "a_noted.cif").write_text(NACL_CELL + NACL_SITES)  # no symmetry: a note
+    (tmp_path / "b_plain.cif").write_text(NACL_CELL + "_space_group_IT_number 1\n" + NACL_SITES)
+    records = read_structures(tmp_path).records
+    assert [bool(getattr(d, "note", None)) for d in records] == [True, False]
+    cached = S.StructureSet.from_data_list(records)
+    batch = Batch.from_data_list(cached.to_data_list())
+    assert batch.num_graphs == 2 and "note" not in batch

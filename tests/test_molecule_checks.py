@@ -208,3 +208,15 @@ def test_g2_collection_never_crashes():
         z, pos = atoms.numbers, atoms.positions
         for verdict in (mc.edm_stability(z, pos), mc.rdkit_validity(z, pos)):
             assert isinstance(verdict.ok, bool) and verdict.reason
+
+
+def test_posebusters_cannot_judge_rigid_small_molecules_by_energy_ratio():
+    """Water at its experimental geometry, NH3 and CH4 have a relaxed UFF energy of ~0: the energy
+    ratio is undefined, so internal_energy is not applicable, and the molecules pass."""
+    names = ("H2O", "NH3", "CH4")
+    verdicts = mc.posebusters_checks([mc.sanitized_mol(*ase_mol(n))[0] for n in names])
+    for name, verdict in zip(names, verdicts, strict=True):
+        assert verdict.ok, (name, verdict)
+        assert verdict.reason.startswith("ok; not applicable: internal_energy (reference energy")
+    ethanol = mc.posebusters_checks([mc.sanitized_mol(*ase_mol("CH3CH2OH"))[0]])[0]
+    assert ethanol == mc.CheckVerdict(True, "ok")  # a molecule with a real reference is judged

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import subprocess
+import sys
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -37,16 +39,17 @@ def test_molecule_rows_and_metrics():
     zs = [z1, z2, z2, z1, z1]
     poss = [p1, p2, p2 + 5.0, np.full_like(p1, np.nan), merged]
     rows = pm.check_molecules(names, zs, poss, posebusters=False)
-    rows.append(pm.reject_row("molecule", "bad.xyz:0", "unreadable"))
     metrics = pm.molecule_set_metrics(rows, {mc.canonicalize_smiles("CC")})
     assert set(metrics) == set(pm.MOLECULE_KEYS)
-    assert metrics["n"] == 6
-    assert metrics["molecule_stability"] == pytest.approx(3 / 6)
+    assert metrics["n"] == 5
+    assert metrics["molecule_stability"] == pytest.approx(3 / 5)
     assert metrics["atom_stability"] == pytest.approx((6 + 8 + 8) / (6 + 8 + 8 + 6 + 6), abs=0.1)
+    assert metrics["validity"] == metrics["edm_validity"] == pytest.approx(3 / 5)
     assert metrics["uniqueness"] == pytest.approx(2 / 3)  # CO, CC, CC among valid ones
     assert metrics["novelty"] == pytest.approx(1 / 2)  # of {CO, CC}, CC is in training
     assert metrics["posebusters_pass"] is None  # not run: does not apply
-    assert [r["passed"] for r in rows] == [True, False, False, False, False, False]
+    assert [r["passed"] for r in rows] == [True, False, False, False, False]
+    assert {r["bond_source"] for r in rows} == {"perceived"}
     assert rows[3]["stable_reason"] == rows[3]["valid_reason"] == "non-finite coordinates"
     assert "merged" in rows[4]["stable_reason"]
     assert rows[2]["unique_reason"] == "duplicate SMILES"
@@ -132,16 +135,19 @@ def test_screen_flow_end_to_end(candidates, tmp_path, monkeypatch, prefect_harne
     metrics = screen_flow(config)
     assert json.loads((out / "metrics.json").read_text()) == metrics
     mol = metrics["molecules"]
-    assert mol["n"] == 6 and metrics["n_read_rejects"] >= 1
+    assert mol["n"] == 5 and metrics["n_read_rejects"] == 1  # garbage.xyz is no molecule
     for key in pm.MOLECULE_KEYS[1:]:
         assert mol[key] is None or 0.0 <= mol[key] <= 1.0
-    assert mol["validity"] == pytest.approx(4 / 6)  # the garbage file and merged atoms fail
+    assert mol["validity"] == pytest.approx(4 / 5)  # merged atoms fail
     with open(out / "screen.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == metrics["molecules"]["n"] + metrics["crystals"]["n"]
+    n_rows = metrics["molecules"]["n"] + metrics["crystals"]["n"] + metrics["n_read_rejects"]
+    assert len(rows) == n_rows
     by_name = {r["name"]: r for r in rows}
     assert "merged" in by_name["merged:0"]["stable_reason"]
-    assert any(r["read_ok"] == "False" and r["read_reason"] for r in rows)
+    (unread,) = [r for r in rows if r["read_ok"] == "False"]
+    assert unread["kind"] == "unread" and "garbage.xyz" in unread["name"]
+    assert "not an XYZ file" in unread["read_reason"]
     assert (out / "report.md").read_text().startswith("# Screening report")
     assert (out / "plots" / "molecules_metrics.png").exists()
     assert (out / "passing" / "molecules.sdf").stat().st_size > 0
@@ -151,3 +157,221 @@ def test_screen_flow_end_to_end(candidates, tmp_path, monkeypatch, prefect_harne
         assert cry["novelty"] == pytest.approx(6 / 12)  # rows 6..11 are in the reference
         assert cry["coverage_recall"] is not None and cry["wdist_density"] is not None
         assert len(list((out / "passing").glob("*.cif"))) >= 1
+
+
+def _sdf_of(tmp_path, smiles: dict[str, str], name: str = "m.sdf", hydrogens: bool = True) -> Path:
+    """An SDF written by RDKit with aromatic bonds (not kekulised) and M  CHG lines, with or
+    without its hydrogens."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    path = tmp_path / name
+    writer = Chem.SDWriter(str(path))
+    writer.SetKekulize(False)
+    for title, smi in smiles.items():
+        mol = Chem.AddHs(Chem.MolFromSmiles(smi))
+        AllChem.EmbedMolecule(mol, randomSeed=0)
+        AllChem.MMFFOptimizeMolecule(mol)
+        mol = mol if hydrogens else Chem.RemoveHs(mol)
+        mol.SetProp("_Name", title)
+        writer.write(mol)
+    writer.close()
+    return path
+
+
+USER_MOLECULES = {
+    "benzene": "c1ccccc1",
+    "aspirin": "CC(=O)Oc1ccccc1C(=O)O",
+    "glycine": "[NH3+]CC(=O)[O-]",
+}
+
+
+def test_file_bonds_and_charges_decide_validity_and_every_opinion_stays(tmp_path):
+    from flows.screen import check_molecules_task
+    from pipeline import structures as S
+    from pipeline.io import read_structures, write_structures
+
+    sdf = _sdf_of(tmp_path, USER_MOLECULES)
+    text = sdf.read_text()
+    assert "M  CHG" in text and "  1  2  4  0" in text.replace("\n", "  0\n")  # aromatic bonds
+    bonded = read_structures(sdf).records
+    bare = [S.make_molecule(d.z, d.pos, name=d.name) for d in bonded]
+    bare = read_structures(write_structures(bare, tmp_path / "m.xyz")).records
+    for records, source in ((bonded, "file"), (bare, "perceived")):
+        rows = check_molecules_task.fn(records, True, False)
+        pm.molecule_set_metrics(rows, None)
+        for row, (name, smi) in zip(rows, USER_MOLECULES.items(), strict=True):
+            assert row["bond_source"] == source and row["name"].startswith(name)
+            assert row["valid"] and row["smiles"] == mc.canonicalize_smiles(smi), row
+            assert row["rdkit_bonds_smiles"] == row["smiles"]
+            assert row["passed"], row
+            assert "stable" in row and "edm_valid" in row  # EDM's opinion, for comparison
+        if source == "file":
+            assert all(r["file_bonds_valid"] for r in rows)
+        by_name = {r["name"].split(":")[0]: r for r in rows}
+        assert by_name["benzene"]["edm_smiles"] == "C1CCCCC1"  # EDM's distance bonds
+        assert not by_name["glycine"]["edm_valid"]  # "N valence 4" under EDM's table
+
+
+def test_sdf_without_hydrogens_is_the_molecule_it_names_not_a_radical(tmp_path):
+    from flows.screen import check_molecules_task
+    from pipeline.io import read_structures
+
+    sdf = _sdf_of(tmp_path, USER_MOLECULES, hydrogens=False)
+    rows = check_molecules_task.fn(read_structures(sdf).records, True, False)
+    pm.molecule_set_metrics(rows, None)
+    for row, smi in zip(rows, USER_MOLECULES.values(), strict=True):
+        assert row["bond_source"] == "file" and row["smiles"] == mc.canonicalize_smiles(smi)
+        assert row["passed"], row
+
+
+def test_file_bonds_that_do_not_sanitise_make_the_record_invalid(tmp_path):
+    from flows.screen import check_molecules_task
+    from pipeline.io import read_structures
+
+    text = _sdf_of(tmp_path, {"glycine": "[NH3+]CC(=O)[O-]"}).read_text()
+    (tmp_path / "neutral.sdf").write_text(
+        "\n".join(line for line in text.splitlines() if not line.startswith("M  CHG"))
+    )
+    (row,) = check_molecules_task.fn(
+        read_structures(tmp_path / "neutral.sdf").records, False, False
+    )
+    assert row["bond_source"] == "file" and not row["valid"]
+    assert "valence" in row["valid_reason"] and row["rdkit_bonds_valid"]
+
+
+def test_2d_sdf_is_flagged_and_not_judged_in_3d(tmp_path):
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    from flows.screen import check_molecules_task
+    from pipeline.io import read_structures
+
+    mol = Chem.AddHs(Chem.MolFromSmiles("CC(=O)O"))
+    AllChem.Compute2DCoords(mol)
+    Chem.MolToMolFile(mol, str(tmp_path / "flat.sdf"))
+    (row,) = check_molecules_task.fn(read_structures(tmp_path / "flat.sdf").records, True, False)
+    pm.molecule_set_metrics([row], None)
+    assert "2-D coordinates" in row["read_note"]
+    assert row["valid"] and row["smiles"] == "CC(=O)O"  # from the file's bonds
+    assert not row["coords_3d"] and not row["passed"]
+    assert row["stable_reason"] == row["posebusters_reason"] == pm.NOT_JUDGED_2D
+
+
+NACL_HALL = """data_NaCl
+_cell_length_a 5.6402
+_cell_length_b 5.6402
+_cell_length_c 5.6402
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_space_group_name_Hall '{hall}'
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+Na1 Na 0 0 0
+Cl1 Cl 0.5 0.5 0.5
+"""
+SI_POSCAR = "Si\n1.0\n0 2.7155 2.7155\n2.7155 0 2.7155\n2.7155 2.7155 0\nSi\n2\nDirect\n"
+SI_POSCAR += "0 0 0\n0.25 0.25 0.25\n"
+
+
+def test_read_rejects_are_in_no_rate_and_crystal_files_are_never_molecules(
+    tmp_path, monkeypatch, prefect_harness
+):
+    from flows.screen import ScreenConfig, screen_flow
+
+    monkeypatch.setenv("LDSM_HOME", str(tmp_path / "home"))
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "nacl.cif").write_text(NACL_HALL.format(hall="-F 4 2 3"))
+    (folder / "unknown_group.cif").write_text(NACL_HALL.format(hall="-F 9 9"))
+    (folder / "Si.vasp").write_text(SI_POSCAR)
+    (folder / "cell.pdb").write_text("CRYST1    5.640    5.640    5.640  90.00  90.00  90.00\n")
+    (folder / "nocif.csv").write_text("material_id,structure\n1,abc\n")
+    out = tmp_path / "out"
+    metrics = screen_flow(ScreenConfig(input=str(folder), out=str(out), posebusters=False))
+    assert metrics["molecules"]["n"] == 0 and metrics["n_read_rejects"] == 3
+    cry = metrics["crystals"]
+    assert cry["n"] == 2 and cry["structural_validity"] == 1.0
+    with open(out / "screen.csv") as f:
+        rows = {r["name"]: r for r in csv.DictReader(f)}
+    assert float(rows["NaCl"]["density"]) == pytest.approx(2.16, abs=0.01)
+    assert rows["NaCl"]["n_atoms"] == "8" and "Hall symbol" in rows["NaCl"]["read_note"]
+    unread = [r for r in rows.values() if r["kind"] == "unread"]
+    assert len(unread) == 3 and all(r["passed"] == "False" for r in unread)
+    report = (out / "report.md").read_text()
+    assert "## Molecules" not in report and "## Crystals (2)" in report
+    assert "## Read rejects (3)" in report and "symmetry could not be applied" in report
+
+
+def _ldsm(*args: str) -> subprocess.CompletedProcess:
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    return subprocess.run(
+        [sys.executable, "-m", "flows.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=root,
+        timeout=300,
+    )
+
+
+def test_screen_on_a_missing_path_or_a_csv_without_cif_exits_with_one_line(tmp_path):
+    missing = _ldsm("screen", str(tmp_path / "nowhere"), "--out", str(tmp_path / "a"))
+    assert missing.returncode == 2
+    assert missing.stderr.strip() == f"ldsm screen: {tmp_path / 'nowhere'}: no such file or folder"
+    (tmp_path / "nocif.csv").write_text("material_id,structure\n1,abc\n")
+    nocif = _ldsm("screen", str(tmp_path / "nocif.csv"), "--out", str(tmp_path / "b"))
+    assert nocif.returncode == 1
+    (line,) = nocif.stderr.strip().splitlines()
+    assert line.startswith(f"ldsm screen: {tmp_path / 'nocif.csv'}: CSV has no column 'cif'")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def _perovskites(n: int) -> list[Structure]:
+    """``n`` cubic perovskites of two compositions and growing cells."""
+    frac = [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
+    return [
+        Structure(Lattice.cubic(3.9 + 0.05 * k), [("Sr", "Ba")[k % 2], "Ti", "O", "O", "O"], frac)
+        for k in range(n)
+    ]
+
+
+def test_reference_fingerprints_in_parallel_equal_the_serial_ones_in_order():
+    from flows.screen import fingerprints_in_parallel
+
+    structures = _perovskites(6)
+    serial = fingerprints_in_parallel(structures, 1, chunk=2)
+    seen = []
+    parallel = fingerprints_in_parallel(
+        structures, 2, progress=lambda done, total: seen.append((done, total)), chunk=2
+    )
+    for a, b in zip(serial, parallel, strict=True):
+        assert len(a) == 6 and np.array_equal(np.asarray(a), np.asarray(b), equal_nan=True)
+    assert [t for _, t in seen] == [6, 6, 6] and sorted(d for d, _ in seen) == [2, 4, 6]
+
+
+def test_reference_fingerprints_are_cached_by_content(tmp_path, monkeypatch):
+    from flows.screen import _reference_structures, reference_fingerprints_task
+    from pipeline import structures as S
+    from pipeline.io import write_structures
+
+    monkeypatch.setenv("LDSM_HOME", str(tmp_path / "home"))
+    cells = [S.from_pymatgen(s, name=f"p{k}") for k, s in enumerate(_perovskites(3))]
+    write_structures(cells, tmp_path / "ref.csv")
+    write_structures(cells, tmp_path / "same.cif")  # other file, same cells
+    write_structures(cells[:2], tmp_path / "other.csv")
+    structures, key = _reference_structures(str(tmp_path / "ref.csv"))
+    first = reference_fingerprints_task.fn(structures, key, 1)
+    cache = tmp_path / "home" / "screen" / f"reference_fp_{key}.npz"
+    stamp = cache.stat().st_mtime_ns
+    again = reference_fingerprints_task.fn(*_reference_structures(str(tmp_path / "same.cif")), 1)
+    assert cache.stat().st_mtime_ns == stamp  # read back, not recomputed
+    assert np.array_equal(np.asarray(first[0]), np.asarray(again[0]))
+    assert _reference_structures(str(tmp_path / "other.csv"))[1] != key
+    assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no partial files left

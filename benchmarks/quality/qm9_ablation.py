@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -124,13 +125,12 @@ def denoising_error(trained, seed: int = 0, size: int = 512) -> dict[str, float]
     return out
 
 
-def evaluate(checkpoint: Path, nfe: int, grid_power: float, n: int, seed: int, known) -> dict:
+def evaluate(checkpoint: Path, sampler: SamplerConfig, n: int, seed: int, known) -> dict:
     trained = load_trained(checkpoint)
     sizes = np.array(sorted(trained.num_atoms))
     freq = np.array([trained.num_atoms[s] for s in sizes], dtype=float)
     counts = torch.as_tensor(np.random.default_rng(seed).choice(sizes, size=n, p=freq / freq.sum()))
     gen = torch.Generator().manual_seed(seed)
-    sampler = SamplerConfig(nfe=nfe, grid_power=grid_power)
     molecules = []
     for start in range(0, n, 250):
         chunk, _ = trained.recipe.sample(
@@ -146,7 +146,13 @@ def evaluate(checkpoint: Path, nfe: int, grid_power: float, n: int, seed: int, k
     metrics = pm.molecule_set_metrics(rows, known)
     uniq, valid = metrics.get("uniqueness"), metrics["validity"]
     metrics["validity_x_uniqueness"] = None if uniq is None or valid is None else valid * uniq
-    metrics.update(nfe=nfe, grid_power=grid_power, n=n, denoising=denoising_error(trained))
+    metrics.update(
+        sampler=sampler.kind,
+        nfe=sampler.nfe,
+        grid_power=sampler.grid_power,
+        n=n,
+        denoising=denoising_error(trained),
+    )
     return metrics
 
 
@@ -156,9 +162,9 @@ def pct(value) -> str:
 
 def table(names: list[str], runs: Path, results: Path) -> str:
     lines = [
-        "| config | steps | CPU min | NFE | grid | atom stab. | mol. stab. | valid | V x U | "
+        "| config | steps | CPU min | sampler | NFE | grid | atom stab. | mol. stab. | valid | V x U | "
         "novel | denoising error at t = " + " / ".join(str(t) for t in DENOISING_T) + " |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name in names:
         info = checkpoint_of(name, runs).with_suffix(".json")
@@ -166,11 +172,13 @@ def table(names: list[str], runs: Path, results: Path) -> str:
             continue
         run = json.loads(info.read_text())["run"]
         s = {"steps": run["step"], "cpu_minutes": round(run["cpu_seconds"] / 60, 1)}
-        for path in sorted(results.glob(f"{name}-nfe*.json")):
+        mine = re.compile(rf"{re.escape(name)}(-ancestral)?-nfe\d+-grid[\d.]+\.json")
+        for path in sorted(p for p in results.iterdir() if mine.fullmatch(p.name)):
             m = json.loads(path.read_text())
             den = " / ".join(f"{v:.3f}" for v in m["denoising"].values()) or "n/a"
             lines.append(
-                f"| {name} | {s['steps']} | {s['cpu_minutes']} | {m['nfe']} | {m['grid_power']} | "
+                f"| {name} | {s['steps']} | {s['cpu_minutes']} | {m.get('sampler', 'sde')} | "
+                f"{m['nfe']} | {m['grid_power']} | "
                 f"{pct(m['atom_stability'])} | {pct(m['molecule_stability'])} | "
                 f"{pct(m['validity'])} | {pct(m['validity_x_uniqueness'])} | "
                 f"{pct(m['novelty'])} | {den} |"
@@ -185,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--nfe", nargs="+", type=int, default=[100])
     parser.add_argument("--grid-power", nargs="+", type=float, default=[1.0])
+    parser.add_argument("--sampler", nargs="+", default=["sde"], choices=["sde", "ancestral"])
     parser.add_argument("--n", type=int, default=500, help="molecules per (run, NFE, grid)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -196,14 +205,19 @@ def main(argv: list[str] | None = None) -> int:
     known = None
     for name in [] if args.table_only else args.configs:
         checkpoint = ensure_trained(name, args.runs, args.minutes)
-        for nfe in args.nfe:
-            for power in args.grid_power:
-                path = args.results / f"{name}-nfe{nfe}-grid{power:g}.json"
-                if path.exists():
-                    continue
+        samplers = [
+            SamplerConfig(kind=kind, nfe=nfe, grid_power=power)
+            for kind in args.sampler
+            for nfe in args.nfe
+            for power in args.grid_power
+        ]
+        for sampler in samplers:
+            prefix = "" if sampler.kind == "sde" else f"-{sampler.kind}"
+            path = args.results / f"{name}{prefix}-nfe{sampler.nfe}-grid{sampler.grid_power:g}.json"
+            if not path.exists():
                 known = known if known is not None else train_smiles()
-                print(f"{name}: sampling {args.n} molecules at {nfe} NFE, grid {power}", flush=True)
-                metrics = evaluate(checkpoint, nfe, power, args.n, args.seed, known)
+                print(f"{name}: sampling {args.n} molecules, {sampler}", flush=True)
+                metrics = evaluate(checkpoint, sampler, args.n, args.seed, known)
                 path.write_text(json.dumps(metrics, indent=2) + "\n")
                 print(json.dumps(metrics), flush=True)
     body = table(args.configs, args.runs, args.results)
