@@ -59,12 +59,26 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
     "shipped": (_recipe(), {}),
     "baseline": (_recipe(), {}),
     "t-power-2": (_recipe(**{"loss.time_power": 2.0}), {}),
-    "edm-precond": (_recipe(preconditioning="edm", **{"loss.weight": "output"}), {}),
     "edm-precond-t-power-2": (
         _recipe(preconditioning="edm", **{"loss.weight": "output", "loss.time_power": 2.0}),
         {},
     ),
-    "6x128": (_recipe(**{"model.hidden": 128, "model.layers": 6}), {}),
+    "edm-precond": (_recipe(preconditioning="edm", **{"loss.weight": "output"}), {}),
+    # issue 14 on the same recipe: local-DSM under the physical drift, Euler local step capped at
+    # int beta = 0.2 (the cheapest mode; quality-qm9's best local-DSM row)
+    "local-dsm-physical-edm-precond": (
+        _recipe(
+            preconditioning="edm",
+            **{
+                "loss.weight": "output",
+                "loss.kind": "local-dsm",
+                "loss.mode": "euler",
+                "loss.budget": 0.2,
+                "process.drift": "physical",
+            },
+        ),
+        {},
+    ),
 }
 DENOISING_T = (0.01, 0.03, 0.1, 0.3)
 
