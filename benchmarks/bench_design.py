@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import write_section  # noqa: E402
 
-KEYS = ("atom_stability", "molecule_stability", "validity", "uniqueness", "novelty")
+KEYS = ("atom_stability", "molecule_stability", "validity", "edm_validity", "uniqueness", "novelty")
 
 
 def main(argv: list[str] | None = None) -> int:
