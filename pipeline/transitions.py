@@ -198,7 +198,9 @@ def simulate_forward(
     Cost: a step moves only the graphs that still have steps to take, so the work is
     ``sum_g ceil(B_g / max_budget)`` graph-steps, not ``num_graphs * max_g ceil(B_g / max_budget)``.
     On EDM's schedule with uniform t the mean of ``B_g = -log alpha^2(t)`` is about 1.2 against a
-    maximum of 11.5, so training batches simulate about 9x less. The process then sees a sub-batch
+    maximum of 11.5: about 9x fewer graph-steps, though the time falls only 1.4-1.6x (BENCHMARKS
+    ``local-dsm-cost``) because the iterations, still as many as the largest ``B_g`` needs, cost
+    mostly per call rather than per graph. The process then sees a sub-batch
     (graphs renumbered in order), so it must not hold per-graph state; processes that do (crystal
     lattices) are only ever simulated with equal ``t`` for every graph, which never sub-batches.
     """
