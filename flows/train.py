@@ -58,16 +58,27 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
     loss = LossConfig(kind=args.loss, mode=args.mode, step=args.step, budget=args.budget)
     drift = "linear" if args.loss == "exact-dsm" else args.drift
     if args.dataset in CRYSTAL_DATASETS:
-        from pipeline.crystal_recipe import CrystalRecipeConfig
+        from pipeline.crystal_recipe import CrystalRecipeConfig, PartWeights, fit_to_data
+        from pipeline.datasets import load_dataset
 
         base = CrystalRecipeConfig()
         model = CSPNetConfig(
             **{**base.model.model_dump(), "hidden": args.hidden, "layers": args.layers}
         )
         process = base.process.model_copy(update={"drift": drift})
-        return base.model_copy(
-            update={"model": model, "loss": loss, "process": process}
-        ).model_dump(mode="json")
+        config = base.model_copy(
+            update={
+                "model": model,
+                "loss": loss,
+                "process": process,
+                "types": "given" if args.csp else "diffuse",
+                "part_weights": PartWeights(types=args.type_weight),
+            }
+        )
+        # Elements and lattice prior from the training split: a checkpoint never generates an
+        # element its data lacked, and its prior cells have the data's density.
+        train = load_dataset(args.dataset, args.path).split_set(args.split)
+        return fit_to_data(config, train[: args.limit].to_data_list()).model_dump(mode="json")
     model = EGNNConfig(hidden=args.hidden, layers=args.layers)
     return MoleculeRecipeConfig(
         model=model, loss=loss, process=ProcessConfig(drift=drift)
@@ -136,6 +147,17 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=LossConfig().budget,
         help="local-DSM step: int_s^t beta (the cap of the fraction rule)",
+    )
+    g.add_argument(
+        "--csp",
+        action="store_true",
+        help="crystals: structure prediction, types given (not diffused) as DiffCSP's CSP models",
+    )
+    g.add_argument(
+        "--type-weight",
+        type=float,
+        default=20.0,
+        help="crystals: weight of the type loss against 1 for lattice and coordinates (DiffCSP: 20)",
     )
     g.add_argument("--hidden", type=int, default=64, help="network width")
     g.add_argument("--layers", type=int, default=4, help="network depth")

@@ -22,6 +22,7 @@ from pipeline.crystal_recipe import (
     CrystalState,
     TorusProcess,
     cell_shifts,
+    fit_to_data,
     noise_scales,
     periodic_pair_energy,
     periodic_pair_gradient,
@@ -405,10 +406,11 @@ def test_cspnet_trains_on_perov5(perov, kind, drift):
 @pytest.mark.parametrize("drift", ["physical", "linear"])
 @pytest.mark.parametrize("kind,nfe,want", [("sde", 6, 6), ("ode", 6, 5)])
 def test_sample_returns_crystals_of_the_requested_sizes(drift, kind, nfe, want):
+    """An untrained network on a recipe fitted to three real cells: the requested sizes, finite
+    cells, only the fitted elements."""
     torch.manual_seed(0)
-    recipe = CrystalRecipe(
-        CrystalRecipeConfig(model=SMALL, process=CrystalProcessConfig(drift=drift))
-    )
+    base = CrystalRecipeConfig(model=SMALL, process=CrystalProcessConfig(drift=drift))
+    recipe = CrystalRecipe(fit_to_data(base, _cells()))
     sizes = torch.tensor([5, 1, 12])
     out, used = recipe.sample(
         recipe.build_model(), sizes, SamplerConfig(kind=kind, nfe=nfe), torch.Generator()
@@ -423,7 +425,8 @@ def test_sample_returns_crystals_of_the_requested_sizes(drift, kind, nfe, want):
 
 def test_save_and_load_trained_round_trip(tmp_path):
     torch.manual_seed(0)
-    recipe = CrystalRecipe(CrystalRecipeConfig(model=SMALL, process={"drift": "linear"}))
+    base = CrystalRecipeConfig(model=SMALL, process={"drift": "linear"})
+    recipe = CrystalRecipe(fit_to_data(base, _cells()))
     model = recipe.build_model()
     path = save_trained(tmp_path / "crystal.pt", recipe, model, {5: 10, 6: 2}, dataset="perov-5")
     trained = load_trained(path)
