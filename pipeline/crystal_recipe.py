@@ -387,15 +387,16 @@ def fit_lattice_prior(lattices: Tensor, num_atoms: Tensor) -> LatticePrior:
     """The ``cubic`` prior fitted to training cells ``lattices (M, 3, 3)`` with ``num_atoms (M,)``.
 
     ``density = mean_m n_m / |det L_m|`` (the mean atomic density, atoms / A^3), ``spread`` the
-    root mean square of the entries of ``L_m / a_{n_m} - I``, so that the data's lattice states
-    have unit mean square like the N(0, I) prior, and ``low`` / ``high`` the entrywise range of
-    those states.
+    root mean square of the entries of ``L_m / a_{n_m} - I`` (at least 1e-3), so that the data's
+    lattice states have unit mean square like the N(0, I) prior, and ``low`` / ``high`` the
+    entrywise range of those states.
     """
     lattices, n = lattices.double(), num_atoms.double()
     density = float((n / torch.linalg.det(lattices).abs()).mean())
     a = (n / density) ** (1 / 3)
     offset = lattices / a[:, None, None] - torch.eye(3, dtype=torch.float64)
-    spread = float(offset.pow(2).mean().sqrt())
+    # Floored: cells all at the mean-density cube (one cubic cell) would give a zero spread.
+    spread = max(float(offset.pow(2).mean().sqrt()), 1e-3)
     states = (offset / spread).reshape(-1, 9)
     return LatticePrior(
         kind="cubic",
