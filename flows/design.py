@@ -123,10 +123,17 @@ def design(config: DesignConfig | None = None) -> dict:
     metrics = {**run_screen(screen_config), "generation": generation}
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
-    generated = read_structures(generation["files"][1], min_distance=0.0).records
+    # The file the screen read (SDF / CIF), so the report and metrics.json see the same samples.
+    generated = read_structures(generation["files"][0], min_distance=0.0).records
     reference = read_structures(refs["reference"], min_distance=0.0).records
     path = report.design_report(
-        run, generated, reference, metrics, metrics_csv, title=f"Design run {run.name}"
+        run,
+        generated,
+        reference,
+        metrics,
+        metrics_csv,
+        title=f"Design run {run.name}",
+        n_generated=generation["n"],
     )
     print(
         f"design run {run}: {len(generated)} structures, report {path}, "
@@ -200,17 +207,35 @@ def register(subparsers) -> None:
     parser.set_defaults(run=run)
 
 
+MOLECULE_SUMMARY = [
+    "atom_stability",
+    "molecule_stability",
+    "validity",
+    "uniqueness",
+    "novelty",
+    "posebusters_pass",
+]
+CRYSTAL_SUMMARY = [
+    "structural_validity",
+    "compositional_validity",
+    "uniqueness",
+    "novelty",
+    "coverage_recall",
+    "coverage_precision",
+    "wdist_density",
+    "wdist_num_elements",
+]
+
+
+def console_summary(out: str, metrics: dict) -> dict:
+    """The headline metrics of a run: the molecule ones, or the crystal ones for crystal runs."""
+    crystals = (metrics.get("crystals") or {}).get("n")
+    kind, keys = ("crystals", CRYSTAL_SUMMARY) if crystals else ("molecules", MOLECULE_SUMMARY)
+    part = metrics.get(kind) or {}
+    return {"out": out, "kind": kind, "n": part.get("n"), **{k: part.get(k) for k in keys}}
+
+
 def run(args: argparse.Namespace) -> int:
     metrics = design(config_from_args(args))
-    mol = metrics.get("molecules") or {}
-    keys = [
-        "atom_stability",
-        "molecule_stability",
-        "validity",
-        "uniqueness",
-        "novelty",
-        "posebusters_pass",
-    ]
-    shown = {k: mol.get(k) for k in keys if k in mol}
-    print(json.dumps({"out": args.out, **shown}, indent=2))
+    print(json.dumps(console_summary(args.out, metrics), indent=2))
     return 0
