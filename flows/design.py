@@ -7,7 +7,10 @@ generates molecules, screens them and writes one run directory::
     RUN/train/             the training run (``--train`` only: metrics.csv, tb/, checkpoints/)
     RUN/samples/           samples.sdf + samples.xyz (molecules) or samples.cif + samples.extxyz
     RUN/screen/            screen.csv, passing structures, the screen's own report
-    RUN/metrics.json       the screen's metrics (keys of pipeline.metrics) plus generation figures
+    RUN/relaxed/           --relax chgnet (crystals): relaxed samples.cif, relax.csv (CHGNet
+                           energy per atom before and after), and their screen in screen/
+    RUN/metrics.json       the screen's metrics (keys of pipeline.metrics) plus generation figures;
+                           with --relax, "relaxed" holds the relaxed crystals' metrics
     RUN/report.md          loss curve, bond lengths, atoms per structure, density, molecule grid
 
 Re-running a killed flow with the same ``--out`` reuses what finished: a finished training run is
@@ -21,6 +24,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, task
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
@@ -55,6 +59,8 @@ class DesignConfig(BaseModel):
     seed: int = 0
     reference_size: PositiveInt = 1000  # reference structures (test split) for plots / coverage
     posebusters: bool = True
+    relax: Literal["none", "chgnet"] = "none"  # crystals: CHGNet relaxation, screened again
+    relax_steps: PositiveInt = 100  # FIRE steps at most per crystal
     workers: int = 0
     dask_address: str | None = None
 
@@ -82,6 +88,19 @@ def reference_task(dataset: str, path: str | None, run: str, size: int) -> dict:
         "reference": str(ref_path),
         "train_smiles": None if smiles_path is None else str(smiles_path),
     }
+
+
+@task(name="relax")
+def relax_task(samples: str, folder: str, steps: int) -> dict:
+    """Relax the generated crystals with CHGNet into ``folder``; returns the relaxation summary."""
+    from pipeline.relax import relax_crystals, write_relaxed
+
+    crystals = [
+        d
+        for d in read_structures(samples, min_distance=0.0).records
+        if d.get("lattice") is not None
+    ]
+    return write_relaxed(relax_crystals(crystals, steps=steps), folder)
 
 
 @flow(name="design", log_prints=True)
@@ -121,6 +140,12 @@ def design(config: DesignConfig | None = None) -> dict:
         dask_address=config.dask_address,
     )
     metrics = {**run_screen(screen_config), "generation": generation}
+    if config.relax == "chgnet" and metrics["crystals"]["n"]:
+        relaxed = relax_task(generation["files"][0], str(run / "relaxed"), config.relax_steps)
+        relaxed_screen = screen_config.model_copy(
+            update={"input": relaxed["files"][0], "out": str(run / "relaxed" / "screen")}
+        )
+        metrics["relaxed"] = {"crystals": run_screen(relaxed_screen)["crystals"], "chgnet": relaxed}
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     # The file the screen read (SDF / CIF), so the report and metrics.json see the same samples.
@@ -154,6 +179,7 @@ def config_from_args(args: argparse.Namespace) -> DesignConfig:
         seed=args.seed,
         reference_size=args.reference_size,
         posebusters=not args.no_posebusters,
+        relax=args.relax,
         workers=args.workers,
         dask_address=args.dask_address,
     )
@@ -186,6 +212,12 @@ def add_design_options(parser: argparse.ArgumentParser) -> None:
         help="test-split structures to compare with (novelty, coverage, report plots)",
     )
     parser.add_argument("--no-posebusters", action="store_true", help="skip PoseBusters")
+    parser.add_argument(
+        "--relax",
+        choices=["none", "chgnet"],
+        default=d.relax,
+        help="crystals: relax the samples with CHGNet, write them and screen them too",
+    )
     runners.add_arguments(parser)
     add_training_options(parser)
 
@@ -232,7 +264,11 @@ def console_summary(out: str, metrics: dict) -> dict:
     crystals = (metrics.get("crystals") or {}).get("n")
     kind, keys = ("crystals", CRYSTAL_SUMMARY) if crystals else ("molecules", MOLECULE_SUMMARY)
     part = metrics.get(kind) or {}
-    return {"out": out, "kind": kind, "n": part.get("n"), **{k: part.get(k) for k in keys}}
+    summary = {"out": out, "kind": kind, "n": part.get("n"), **{k: part.get(k) for k in keys}}
+    relaxed = (metrics.get("relaxed") or {}).get("crystals")
+    if relaxed:
+        summary["relaxed"] = {k: relaxed.get(k) for k in ["n", *keys]}
+    return summary
 
 
 def run(args: argparse.Namespace) -> int:

@@ -320,6 +320,28 @@ def _metrics_table(metrics: dict, prefix: str = "") -> list[str]:
     return rows
 
 
+def relaxation_section(generated: dict, relaxed: dict) -> list[str]:
+    """Markdown lines comparing the screen's crystal metrics as generated and after CHGNet
+    relaxation (``relaxed = {"crystals": metrics, "chgnet": pipeline.relax.write_relaxed's
+    summary}``), side by side and labelled."""
+    chgnet, after = relaxed.get("chgnet") or {}, relaxed.get("crystals") or {}
+    lines = [
+        "## CHGNet relaxation",
+        "",
+        f"{chgnet.get('relaxed', 0)} of {chgnet.get('n', 0)} crystals relaxed (the others were "
+        "not structurally valid or CHGNet failed on them: see relaxed/relax.csv). CHGNet energy "
+        f"per atom, mean over the relaxed ones: {_fmt(chgnet.get('mean_energy_per_atom'))} eV "
+        f"as generated, {_fmt(chgnet.get('mean_relaxed_energy_per_atom'))} eV relaxed.",
+        "",
+        "| metric | as generated | relaxed |",
+        "| --- | --- | --- |",
+    ]
+    for key, value in generated.items():
+        if not isinstance(value, dict):
+            lines.append(f"| {key} | {_fmt(value)} | {_fmt(after.get(key))} |")
+    return lines + [""]
+
+
 def design_report(
     run_dir: str | Path,
     generated: list[Data],
@@ -431,6 +453,9 @@ def design_report(
             "",
         ]
 
+    if isinstance(metrics.get("relaxed"), dict):
+        lines += relaxation_section(metrics["crystals"], metrics["relaxed"])
+
     if gen_mol:
         mols, names = drawable_molecules(gen_mol)
         lines += ["## Generated molecules", ""]
@@ -463,6 +488,7 @@ __all__ = [
     "drawable_molecules",
     "ema",
     "read_metrics_csv",
+    "relaxation_section",
     "unmeasurable",
     "valid_crystals",
 ]
