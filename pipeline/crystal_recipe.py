@@ -56,13 +56,16 @@ see :class:`CrystalScoreFn`), per graph
   the torus integration by parts has no boundary term.
 
 Sampling: prior at t = 1: ``frac`` uniform on the torus (the stationary law of the wrapped Brownian
-motion), lattice and types N(0, I). For the physical drift the positions are then relaxed by Langevin
-dynamics towards ``exp(-U(.; L_1))`` (10 units of process time, as the molecule prior), an
-approximation of the law at t = 1 like the molecules' prior. Reverse SDE (Euler-Maruyama) or
-probability-flow ODE (Heun) on the joint state with the NFE rules of
-:class:`pipeline.recipes.SamplerConfig`; ``u`` is re-wrapped after every step (everything is
-periodic in it). Decode: ``frac = (c u) mod 1``, the element of the largest type feature, the
-lattice as it is; non-finite states are kept for the screen to reject with a reason.
+motion), lattice and types N(0, I) (the lattice state; its cell is :class:`LatticePrior`'s, a cube
+at the data's density when fitted; given types are their one-hot). For the physical drift the
+positions are then relaxed by Langevin dynamics towards ``exp(-U(.; L_1))`` (10 units of process
+time, as the molecule prior), an approximation of the law at t = 1 like the molecules' prior.
+Reverse steps (:meth:`CrystalRecipe.reverse_step`): DDPM's ancestral step for the reverse SDE,
+DDIM for the probability-flow ODE, one network evaluation each, the denoised lattice and types
+clipped to the data's box; ``u`` is re-wrapped after every step (everything is periodic in it).
+Decode: ``frac = (c u) mod 1``, the element of the largest type feature (only the recipe's
+``elements`` exist, :func:`fit_to_data` makes them the training set's), the cell of the lattice
+state; non-finite states are kept for the screen to reject with a reason.
 """
 
 from __future__ import annotations
@@ -467,10 +470,6 @@ class CrystalState(NamedTuple):
     lattice: Tensor  # (num_graphs, 3, 3) rows = lattice vectors (Angstrom)
     h: Tensor  # (num_nodes, K) type features
 
-    def axpy(self, a, other: CrystalState) -> CrystalState:
-        """``self + a * other`` part by part (``a`` a scalar)."""
-        return CrystalState(*(x + a * y for x, y in zip(self, other, strict=True)))
-
 
 class CrystalScoreFn:
     """Preconditioned scores from CSPNet: ``net (N,3), (B,3,3), (N,K)`` -> scores of ``u, l, h``.
@@ -769,26 +768,10 @@ class CrystalRecipe:
             u = simulate_forward(langevin, u, duration, batch, "euler", budget, generator=generator)
         return CrystalState(u, lattice, h)
 
-    def velocity(
-        self, score: CrystalScoreFn, state: CrystalState, t: Tensor, batch: Tensor, ode: bool
-    ) -> CrystalState:
-        """``f - k g^2 s`` per part (k = 1/2 for the ODE, 1 for the SDE); ``t`` a scalar tensor."""
-        tt = t.expand(state.lattice.shape[0]).double()
-        beta = self.schedule.beta(tt)
-        s = score(state, tt, batch)
-        k = 0.5 if ode else 1.0
-        drift_u = self.process(self.cell(state.lattice, batch)).drift_field(state.u, batch)
-        bn = beta[batch, None]
-        return CrystalState(
-            bn * (drift_u - k * s.u.double()),
-            beta[:, None, None] * (-0.5 * state.lattice - k * s.lattice.double()),
-            bn * (-0.5 * state.h - k * s.h.double()),
-        )
-
     def _wrap(self, state: CrystalState) -> CrystalState:
         return state._replace(u=torch.remainder(state.u, 1.0 / self.scale))
 
-    def ancestral_step(
+    def reverse_step(
         self,
         score: CrystalScoreFn,
         x: CrystalState,
@@ -796,25 +779,31 @@ class CrystalRecipe:
         s: Tensor,
         batch: Tensor,
         generator: torch.Generator | None,
+        eta: float,
     ) -> CrystalState:
-        """One reverse-SDE step from ``t`` to ``s < t`` (scalar tensors), stable at any step size.
+        """One reverse step from ``t`` to ``s < t`` (scalar tensors), stable at any step size.
 
-        Lattice and types (VP): the Gaussian posterior ``q(x_s | x_t, x_0 = x0_hat)`` at the
-        denoised point ``x0_hat = (x_t + sigma_t^2 score) / alpha_t`` (Tweedie), DDPM's ancestral
-        step (Ho et al. 2020, eqs. 6-7; DiffCSP samples lattice and types so):
-        ``x_s = (a sigma_s^2 / sigma_t^2) x_t + (alpha_s v / sigma_t^2) x0_hat
-        + sqrt(v sigma_s^2 / sigma_t^2) z`` with ``a = e^{-B/2}``, ``v = 1 - e^{-B}``,
-        ``B = int_s^t beta``. Exact for a point mass and free of the sign flip of Euler-Maruyama,
-        whose factor ``1 - beta dt (1/2 + ...)`` turns negative once ``beta dt > 2`` (under EDM's
-        schedule ``beta(0.99) = 194``: 100 uniform Euler steps blew lattices up to NaN or
-        crushed them flat). ``x0_hat`` is clipped to a box that holds the data's convex hull
-        (types: ``[0, type_scale]``; lattice: :meth:`LatticePrior.clip`): the exact posterior
-        mean lies in that hull, so the projection never moves it and only bounds an untrained
-        network, whose lattice output grows like ``|L|^3`` through the Gram features and fed
-        back on itself to overflow.
-        Coordinates ``u`` (variance-exploding, ``sigma_u^2 = int_0^t beta``): the same posterior,
-        ``u_s = u_t + B (score_u - F(u_t)) + sqrt(B sigma_s^2 / sigma_t^2) z``, the pair drift
-        ``F`` by an Euler step. Types given (CSP) stay as they are.
+        Every part as DDIM (Song, Meng & Ermon 2021, eq. 12) on its own marginal
+        ``x_t = alpha_t x_0 + sigma_t eps``: the denoised point ``x0_hat = (x_t + sigma_t^2
+        score) / alpha_t`` (Tweedie), ``eps_hat = (x_t - alpha_t x0_hat) / sigma_t``, then
+        ``x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z`` with
+        ``c^2 = eta^2 v sigma_s^2 / sigma_t^2``, ``v`` the variance of the forward step s -> t. ``eta = 1`` is DDPM's ancestral step,
+        the exact Gaussian posterior ``q(x_s | x_t, x0_hat)`` (Ho et al. 2020, eqs. 6-7; DiffCSP
+        samples lattice and types so), a discretisation of the reverse SDE; ``eta = 0`` the
+        deterministic DDIM step, the exponential integrator of the probability-flow ODE
+        (DPM-Solver-1). Both are exact for a point mass and free of the sign flip of
+        Euler-Maruyama, whose factor ``1 - beta dt (1/2 + ...)`` turns negative once
+        ``beta dt > 2`` (under EDM's schedule ``beta(0.99) = 194``: 100 uniform Euler steps blew
+        lattices up to NaN or crushed them flat).
+
+        Lattice and types are VP (``alpha_t^2 = e^{-int_0^t beta}``, ``sigma^2 = 1 - alpha^2``,
+        ``v = 1 - e^{-B}``, ``B = int_s^t beta``). ``x0_hat`` is clipped to a box that holds the
+        data's convex hull (types: ``[0, type_scale]``; lattice: :meth:`LatticePrior.clip`): the
+        exact posterior mean lies in that hull, so the projection never moves it and only bounds
+        an untrained network, whose lattice output grows like ``|L|^3`` through the Gram
+        features and fed back on itself to overflow. Coordinates ``u`` are variance-exploding
+        (``alpha = 1``, ``sigma_u^2 = int_0^t beta``, ``v = B``; the torus needs no box); the pair
+        drift ``F`` adds ``-B F(u_t)`` (Euler). Types given (CSP) stay as they are.
         """
         nb = x.lattice.shape[0]
         tt, ss = t.expand(nb).double(), s.expand(nb).double()
@@ -822,31 +811,32 @@ class CrystalRecipe:
         step = self.schedule.integral(ss, tt)
         total_t, total_s = self.schedule.integral(zero, tt), self.schedule.integral(zero, ss)
         pred = score(x, tt, batch)
-        var_t, var_s = -torch.expm1(-total_t), -torch.expm1(-total_s)
-        alpha_t, alpha_s = torch.exp(-0.5 * total_t), torch.exp(-0.5 * total_s)
-        v = -torch.expm1(-step)
-        w_x, w_0 = torch.exp(-0.5 * step) * var_s / var_t, alpha_s * v / var_t
-        std = (v * var_s / var_t).sqrt()
 
-        def vp(part: Tensor, sc: Tensor, rows: Tensor, clip) -> Tensor:
+        def ddim(part, sc, rows, alpha_t, alpha_s, var_t, var_s, v, clip) -> Tensor:
             shape = (-1,) + (1,) * (part.dim() - 1)
-            x0 = clip(
-                (part + var_t[rows].reshape(shape) * sc.double()) / alpha_t[rows].reshape(shape)
-            )
-            mean = w_x[rows].reshape(shape) * part + w_0[rows].reshape(shape) * x0
-            return mean + std[rows].reshape(shape) * self._noise(part, generator)
+            a_t, a_s = alpha_t[rows].reshape(shape), alpha_s[rows].reshape(shape)
+            sig_t, sig_s2 = var_t[rows].sqrt().reshape(shape), var_s[rows].reshape(shape)
+            x0 = clip((part + sig_t**2 * sc.double()) / a_t)
+            eps = (part - a_t * x0) / sig_t
+            c2 = eta**2 * (v * var_s / var_t)[rows].reshape(shape)
+            noise = c2.sqrt() * self._noise(part, generator) if eta else 0.0
+            return a_s * x0 + (sig_s2 - c2).clamp(min=0.0).sqrt() * eps + noise
 
-        lattice = vp(x.lattice, pred.lattice, torch.arange(nb), self.config.lattice.clip)
+        vp = (
+            torch.exp(-0.5 * total_t),
+            torch.exp(-0.5 * total_s),
+            -torch.expm1(-total_t),
+            -torch.expm1(-total_s),
+            -torch.expm1(-step),
+        )
+        lattice = ddim(x.lattice, pred.lattice, torch.arange(nb), *vp, self.config.lattice.clip)
         h = x.h
         if self.config.types == "diffuse":
-            h = vp(x.h, pred.h, batch, lambda y: y.clamp(0.0, self.config.type_scale))
+            h = ddim(x.h, pred.h, batch, *vp, lambda y: y.clamp(0.0, self.config.type_scale))
+        one = torch.ones_like(tt)
+        u = ddim(x.u, pred.u, batch, one, one, total_t, total_s, step, lambda y: y)
         drift = self.process(self.cell(x.lattice, batch)).drift_field(x.u, batch)
-        std_u = (step * total_s / total_t).sqrt()[batch, None]
-        u = (
-            x.u
-            + step[batch, None] * (pred.u.double() - drift)
-            + std_u * self._noise(x.u, generator)
-        )
+        u = u - step[batch, None] * drift
         return self._wrap(CrystalState(u, lattice, h))
 
     def reverse(
@@ -859,31 +849,17 @@ class CrystalRecipe:
     ) -> tuple[CrystalState, int]:
         """Integrate the reverse dynamics from ``x1`` at t = 1 to ``sampler.t_end``; the NFE.
 
-        ``sde``: :meth:`ancestral_step` on a uniform grid, NFE = ``sampler.nfe`` steps. ``ode``:
-        Heun on the probability-flow ODE (last step Euler), ``(nfe + 1) // 2`` steps,
-        NFE = 2 steps - 1 (as :func:`pipeline.recipes.run_sampler`).
+        :meth:`reverse_step` on a uniform grid of ``sampler.nfe`` steps, one network evaluation
+        each: ``sde`` with ``eta = 1`` (ancestral), ``ode`` with ``eta = 0`` (DDIM). Unlike the
+        molecules' Heun sampler, the crystal ODE is first order: its NFE is ``nfe``.
         """
         score = self.score(model)
-        ode = sampler.kind == "ode"
-        steps = max(1, (sampler.nfe + 1) // 2) if ode else sampler.nfe
-        grid = torch.linspace(1.0, sampler.t_end, steps + 1, dtype=torch.float64)
-        x, nfe = x1, 0
-        for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
-            nfe += 1
-            if not ode:
-                x = self.ancestral_step(score, x, t, t_next, batch, generator)
-                continue
-            dt = float(t - t_next)
-            v = self.velocity(score, x, t, batch, ode)
-            if i == steps - 1:
-                x = x.axpy(-dt, v)
-            else:
-                x_euler = self._wrap(x.axpy(-dt, v))
-                v_next = self.velocity(score, x_euler, t_next, batch, ode)
-                nfe += 1
-                x = x.axpy(-0.5 * dt, v).axpy(-0.5 * dt, v_next)
-            x = self._wrap(x)
-        return x, nfe
+        eta = 0.0 if sampler.kind == "ode" else 1.0
+        grid = torch.linspace(1.0, sampler.t_end, sampler.nfe + 1, dtype=torch.float64)
+        x = x1
+        for t, t_next in zip(grid[:-1], grid[1:], strict=True):
+            x = self.reverse_step(score, x, t, t_next, batch, generator, eta)
+        return x, sampler.nfe
 
 
 __all__ = [
