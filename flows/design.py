@@ -35,6 +35,7 @@ from flows.screen import ScreenConfig, run_screen
 from flows.train import add_training_options, train_flow
 from flows.train import config_from_args as train_config_from_args
 from pipeline import report
+from pipeline.crystal_checks import COV_CUTOFFS
 from pipeline.datasets import load_dataset
 from pipeline.generate import GenerateConfig, load_cached
 from pipeline.io import read_structures, write_structures
@@ -130,11 +131,15 @@ def design(config: DesignConfig | None = None) -> dict:
     generation = run_generate(
         str(checkpoint), gen_config, str(samples), config.workers, config.dask_address
     )
+    dataset = trained.info.get("dataset", "qm9").replace("-", "_")
     screen_config = ScreenConfig(
         input=generation["files"][0],  # samples.sdf or samples.cif
         out=str(run / "screen"),
         reference=refs["reference"],
         train_smiles=refs["train_smiles"],
+        # The data set is known here: the screen's guess from the reference path matched
+        # "mp" in "/tmp/..." and scored a Perov-5 run with MP-20's coverage cut-offs.
+        cov_cutoffs=dataset if dataset in COV_CUTOFFS else None,
         posebusters=config.posebusters,
         workers=config.workers,
         dask_address=config.dask_address,
