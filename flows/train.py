@@ -77,8 +77,11 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
         )
         # Elements and lattice prior from the training split: a checkpoint never generates an
         # element its data lacked, and its prior cells have the data's density.
-        train = load_dataset(args.dataset, args.path).split_set(args.split)
-        return fit_to_data(config, train[: args.limit].to_data_list()).model_dump(mode="json")
+        dataset = load_dataset(args.dataset, args.path)
+        if args.split in dataset.splits:  # else the training itself names the missing split
+            train = dataset.split_set(args.split)[: args.limit].to_data_list()
+            config = fit_to_data(config, train)
+        return config.model_dump(mode="json")
     model = EGNNConfig(hidden=args.hidden, layers=args.layers)
     return MoleculeRecipeConfig(
         model=model, loss=loss, process=ProcessConfig(drift=drift)
