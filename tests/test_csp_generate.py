@@ -131,3 +131,18 @@ def test_shipped_model_missing_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(flow, "WEIGHTS", tmp_path)
     with pytest.raises(FileNotFoundError, match="--csp"):
         flow.shipped_checkpoint("perov-5", csp=True)
+
+
+def test_the_shipped_perov5_csp_model_loads_as_structure_prediction():
+    """``models/weights/perov-5_csp.pt`` (README: command and numbers) predicts SrTiO3 cells."""
+    from flows.generate import shipped_checkpoint
+
+    trained = load_trained(shipped_checkpoint("perov-5", csp=True))
+    config = trained.recipe.config
+    assert config.types == "given" and config.lattice.kind == "cubic"
+    assert len(config.elements) == 56 and trained.info["dataset"] == "perov-5"
+    z = torch.tensor(parse_formula("SrTiO3"))
+    out, _ = trained.recipe.sample(
+        trained.model, torch.tensor([5]), SamplerConfig(nfe=10), torch.Generator(), types=z
+    )
+    assert out[0].z.tolist() == z.tolist() and torch.isfinite(out[0].lattice).all()
