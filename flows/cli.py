@@ -41,7 +41,7 @@ TRAIN = dict(
     dataset="qm9", split="train", val_split="val", steps=2000, batch_size=64, accumulate=1,
     lr=5e-4, warmup=200, ema=0.999, seed=0, checkpoint_every=100, val_every=500,
     loss="local-dsm", drift="physical", mode="expm", step="fraction", budget=0.5,
-    hidden=64, layers=4, time_power=1.0, preconditioning="sigma",
+    hidden=64, layers=4, time_power=1.0, preconditioning="sigma", type_weight=20.0,
 )  # fmt: skip
 GENERATE = dict(n=100, sampler="sde", nfe=100, grid_power=1.0, batch_size=250, seed=0)
 SAMPLERS = ("sde", "ode", "ancestral")  # pipeline.recipes.SamplerConfig.kind
@@ -49,7 +49,7 @@ SAMPLER_HELP = (
     "reverse SDE (Euler-Maruyama), probability-flow ODE (Heun) or ancestral (EDM's posterior "
     "steps; linear-process models only)"
 )
-DESIGN = dict(out="runs/design", n=200, nfe=100, reference_size=1000)
+DESIGN = dict(out="runs/design", n=200, nfe=100, reference_size=1000, relax="none")
 SCREEN = dict(chunk_size=256, reference_processes=0)
 
 
@@ -162,6 +162,17 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         help="local-DSM step: int_s^t beta (the cap of the fraction rule)",
     )
     g.add_argument(
+        "--csp",
+        action="store_true",
+        help="crystals: structure prediction, types given (not diffused) as DiffCSP's CSP models",
+    )
+    g.add_argument(
+        "--type-weight",
+        type=positive_float,
+        default=d["type_weight"],
+        help="crystals: weight of the type loss against 1 for lattice and coordinates (DiffCSP: 20)",
+    )
+    g.add_argument(
         "--time-power",
         type=positive_float,
         default=d["time_power"],
@@ -267,6 +278,12 @@ def add_design_options(parser: argparse.ArgumentParser) -> None:
         help="test-split structures to compare with (novelty, coverage, report plots)",
     )
     parser.add_argument("--no-posebusters", action="store_true", help="skip PoseBusters")
+    parser.add_argument(
+        "--relax",
+        choices=["none", "chgnet"],
+        default=DESIGN["relax"],
+        help="crystals: relax the samples with CHGNet, write them and screen them too",
+    )
     add_runner_options(parser)
     add_training_options(parser)
 
@@ -337,10 +354,37 @@ def _generate(sub) -> None:
         help="sample molecules or crystals from a trained checkpoint",
         description="Sample structures from a trained checkpoint, chunk by chunk.",
         epilog="example: ldsm generate --checkpoint models/weights/qm9_egnn.pt --n 100 --out gen "
-        "--nfe 50 --sampler sde",
+        "--nfe 50 --sampler sde\n"
+        "         ldsm generate --dataset perov-5 --composition SrTiO3 --n 5 --out srtio3\n"
+        "         ldsm generate --checkpoint runs/csp/checkpoints/last.pt --compositions "
+        "test.csv --out csp",
     )
-    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by ldsm train")
-    parser.add_argument("--n", type=positive_int, default=d["n"], help="structures to generate")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a checkpoint written by ldsm train (None: the shipped model of --dataset)",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=CRYSTAL_DATASETS,
+        default=None,
+        help="crystals: use the shipped checkpoint of this data set when --checkpoint is unset",
+    )
+    given = parser.add_mutually_exclusive_group()
+    given.add_argument(
+        "--composition", default=None, help="structure prediction for one formula, e.g. SrTiO3"
+    )
+    given.add_argument(
+        "--compositions",
+        default=None,
+        help="structure prediction: a file of formulas (one a line) or a CDVAE CSV",
+    )
+    parser.add_argument(
+        "--n",
+        type=positive_int,
+        default=None,
+        help=f"structures to generate (None: {d['n']}); with compositions: per composition (None: 1)",
+    )
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument(
         "--sampler",

@@ -7,7 +7,10 @@ generates molecules, screens them and writes one run directory::
     RUN/train/             the training run (``--train`` only: metrics.csv, tb/, checkpoints/)
     RUN/samples/           samples.sdf + samples.xyz (molecules) or samples.cif + samples.extxyz
     RUN/screen/            screen.csv, passing structures, the screen's own report
-    RUN/metrics.json       the screen's metrics (keys of pipeline.metrics) plus generation figures
+    RUN/relaxed/           --relax chgnet (crystals): relaxed samples.cif, relax.csv (CHGNet
+                           energy per atom before and after), and their screen in screen/
+    RUN/metrics.json       the screen's metrics (keys of pipeline.metrics) plus generation figures;
+                           with --relax, "relaxed" holds the relaxed crystals' metrics
     RUN/report.md          loss curve, bond lengths, atoms per structure, density, molecule grid
 
 Re-running a killed flow with the same ``--out`` reuses what finished: a finished training run is
@@ -22,6 +25,7 @@ import argparse
 import json
 import time
 from pathlib import Path
+from typing import Literal
 
 from prefect import flow, task
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
@@ -35,6 +39,7 @@ from flows.screen import ScreenConfig, run_screen
 from flows.train import config_from_args as train_config_from_args
 from flows.train import train_flow
 from pipeline import report
+from pipeline.crystal_checks import COV_CUTOFFS
 from pipeline.datasets import load_dataset
 from pipeline.generate import GenerateConfig, load_cached
 from pipeline.io import read_structures, write_structures
@@ -60,6 +65,8 @@ class DesignConfig(BaseModel):
     dataset_path: str | None = None  # source of the reference data set (as --path of ingest)
     reference_size: PositiveInt = 1000  # reference structures (test split) for plots / coverage
     posebusters: bool = True
+    relax: Literal["none", "chgnet"] = "none"  # crystals: CHGNet relaxation, screened again
+    relax_steps: PositiveInt = 100  # FIRE steps at most per crystal
     workers: int = 0
     dask_address: str | None = None
 
@@ -87,6 +94,19 @@ def reference_task(dataset: str, path: str | None, run: str, size: int) -> dict:
         "reference": str(ref_path),
         "train_smiles": None if smiles_path is None else str(smiles_path),
     }
+
+
+@task(name="relax")
+def relax_task(samples: str, folder: str, steps: int) -> dict:
+    """Relax the generated crystals with CHGNet into ``folder``; returns the relaxation summary."""
+    from pipeline.relax import relax_crystals, write_relaxed
+
+    crystals = [
+        d
+        for d in read_structures(samples, min_distance=0.0).records
+        if d.get("lattice") is not None
+    ]
+    return write_relaxed(relax_crystals(crystals, steps=steps), folder)
 
 
 @flow(name="design", log_prints=True)
@@ -124,22 +144,39 @@ def _design(config: DesignConfig, run: Path) -> dict:
     generation = run_generate(
         str(checkpoint), gen_config, str(samples), config.workers, config.dask_address
     )
+    dataset = trained.info.get("dataset", "qm9").replace("-", "_")
     screen_config = ScreenConfig(
         input=generation["files"][0],  # samples.sdf or samples.cif
         out=str(run / "screen"),
         reference=refs["reference"],
         train_smiles=refs["train_smiles"],
+        # The data set is known here: the screen's guess from the reference path matched
+        # "mp" in "/tmp/..." and scored a Perov-5 run with MP-20's coverage cut-offs.
+        cov_cutoffs=dataset if dataset in COV_CUTOFFS else None,
         posebusters=config.posebusters,
         workers=config.workers,
         dask_address=config.dask_address,
     )
     metrics = {**run_screen(screen_config), "generation": generation}
+    if config.relax == "chgnet" and metrics["crystals"]["n"]:
+        relaxed = relax_task(generation["files"][0], str(run / "relaxed"), config.relax_steps)
+        relaxed_screen = screen_config.model_copy(
+            update={"input": relaxed["files"][0], "out": str(run / "relaxed" / "screen")}
+        )
+        metrics["relaxed"] = {"crystals": run_screen(relaxed_screen)["crystals"], "chgnet": relaxed}
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
-    generated = read_structures(generation["files"][1], min_distance=0.0).records
+    # The file the screen read (SDF / CIF), so the report and metrics.json see the same samples.
+    generated = read_structures(generation["files"][0], min_distance=0.0).records
     reference = read_structures(refs["reference"], min_distance=0.0).records
     path = report.design_report(
-        run, generated, reference, metrics, metrics_csv, title=f"Design run {run.name}"
+        run,
+        generated,
+        reference,
+        metrics,
+        metrics_csv,
+        title=f"Design run {run.name}",
+        n_generated=generation["n"],
     )
     print(
         f"design run {run}: {len(generated)} structures, report {path}, "
@@ -209,6 +246,7 @@ def config_from_args(args: argparse.Namespace) -> DesignConfig:
         seed=args.seed,
         reference_size=args.reference_size,
         posebusters=not args.no_posebusters,
+        relax=args.relax,
         workers=args.workers,
         dask_address=args.dask_address,
     )
@@ -244,18 +282,40 @@ def check(args: argparse.Namespace) -> None:
     check_design(config_from_args(args), args)
 
 
+MOLECULE_SUMMARY = [
+    "atom_stability",
+    "molecule_stability",
+    "validity",
+    "uniqueness",
+    "novelty",
+    "posebusters_pass",
+]
+CRYSTAL_SUMMARY = [
+    "structural_validity",
+    "compositional_validity",
+    "uniqueness",
+    "novelty",
+    "coverage_recall",
+    "coverage_precision",
+    "wdist_density",
+    "wdist_num_elements",
+]
+
+
+def console_summary(out: str, metrics: dict) -> dict:
+    """The headline metrics of a run: the molecule ones, or the crystal ones for crystal runs."""
+    crystals = (metrics.get("crystals") or {}).get("n")
+    kind, keys = ("crystals", CRYSTAL_SUMMARY) if crystals else ("molecules", MOLECULE_SUMMARY)
+    part = metrics.get(kind) or {}
+    summary = {"out": out, "kind": kind, "n": part.get("n"), **{k: part.get(k) for k in keys}}
+    relaxed = (metrics.get("relaxed") or {}).get("crystals")
+    if relaxed:
+        summary["relaxed"] = {k: relaxed.get(k) for k in ["n", *keys]}
+    return summary
+
+
 def run(args: argparse.Namespace) -> int:
     """``ldsm design``: runs :func:`design` and prints the headline metrics."""
     metrics = design(config_from_args(args))
-    mol = metrics.get("molecules") or {}
-    keys = [
-        "atom_stability",
-        "molecule_stability",
-        "validity",
-        "uniqueness",
-        "novelty",
-        "posebusters_pass",
-    ]
-    shown = {k: mol.get(k) for k in keys if k in mol}
-    print(json.dumps({"out": args.out, **shown}, indent=2))
+    print(json.dumps(console_summary(args.out, metrics), indent=2))
     return 0

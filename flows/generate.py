@@ -8,6 +8,13 @@ histogram, sorted, dealt ``--batch-size`` structures per chunk) and every chunk 
 task seeded by ``(seed, chunk index)``: ``--workers 2`` runs them on a local two-process Dask
 cluster and ``--dask-address`` on an existing one, with the same output as one process.
 Finished chunks are kept in ``DIR/.chunks`` (``flows.persist``), so a killed run started again reuses them.
+
+Structure prediction (a checkpoint trained with ``ldsm train --csp``): ``--composition SrTiO3``
+or ``--compositions FILE`` (one formula per line, or a CDVAE CSV whose cells' compositions are
+taken) asks for ``--n`` structures of each (default 1), written also as one CIF per structure,
+``DIR/cifs/000000_SrTiO3.cif``, ..., named by the input record and numbered in input order.
+``--dataset perov-5`` without ``--checkpoint`` takes the shipped model of that data set
+(``models/weights/perov-5_csp.pt`` for compositions, ``perov-5.pt`` de novo).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import lock, runners
 from flows.console import UsageError
 from flows.persist import chunk_count, run_chunks
+from pipeline.compositions import CompositionRecord, parse_formula, read_compositions
 from pipeline.generate import (
     Chunk,
     ChunkResult,
@@ -36,9 +44,12 @@ from pipeline.generate import (
     plan,
     sample_chunk,
     summary_info,
+    write_cifs,
     write_samples,
 )
 from pipeline.recipes import SamplerConfig
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
 
 
 @task(name="sample-chunk")
@@ -48,15 +59,18 @@ def sample_chunk_task(
     index: int,
     rows,
     counts,
+    types,
     seed: int,
     sampler: SamplerConfig,
     threads: int,
 ) -> ChunkResult:
-    """Chunk ``index``: structures ``rows`` with atom ``counts``. ``checkpoint_key`` (path, size,
-    mtime) makes a rewritten checkpoint a new task for the result cache."""
+    """Chunk ``index``: structures ``rows`` with atom ``counts`` (atomic numbers ``types`` when
+    the compositions are given, else None). ``checkpoint_key`` (path, size, mtime) makes a
+    rewritten checkpoint a new task for the result cache."""
     # Module-level names only: Dask pickles this function by value, its globals with it.
     torch.set_num_threads(threads)
-    return sample_chunk(load_cached(checkpoint), Chunk(index, rows, counts, seed), sampler)
+    chunk = Chunk(index, rows, counts, seed, types)
+    return sample_chunk(load_cached(checkpoint), chunk, sampler)
 
 
 @flow(name="generate", task_runner=ThreadPoolTaskRunner(max_workers=1), log_prints=True)
@@ -78,18 +92,23 @@ def _generate(checkpoint: str, config: GenerateConfig, out: str, threads: int) -
             index=c.index,
             rows=c.rows,
             counts=c.counts,
+            types=c.types,
             seed=config.seed,
             sampler=config.sampler,
             threads=threads,
         )
         for c in chunks
     ]
-    result = collect(run_chunks(sample_chunk_task, out, calls), config.n)
+    names = config.names()
+    result = collect(run_chunks(sample_chunk_task, out, calls), len(names), names)
     info = {
         **summary_info(checkpoint, config, result),
         "chunks": len(chunks),
         "wall_seconds": round(time.perf_counter() - started, 2),
     }
+    if config.compositions is not None:
+        info["cifs"] = str(Path(out) / "cifs")
+        info["cifs_unwritten"] = write_cifs(result.structures, Path(out) / "cifs")
     summary = write_samples(result.structures, out, trained.recipe.config.kind, info)
     print(
         f"generated {summary['n']} {summary['kind']}s at {result.nfe} NFE in {len(chunks)} "
@@ -149,21 +168,61 @@ def saved_on_stop(args: argparse.Namespace) -> str:
 
 
 def check(args: argparse.Namespace) -> None:
-    """``ldsm generate``'s checks before the flow: the checkpoint loads."""
-    check_checkpoint(args.checkpoint)
+    """``ldsm generate``'s checks before the flow: the compositions parse, the checkpoint loads."""
+    check_checkpoint(checkpoint_of(args, compositions_of(args) is not None))
+
+
+def shipped_checkpoint(dataset: str, csp: bool) -> Path:
+    """The shipped model of a crystal data set: ``models/weights/<dataset>[_csp].pt``;
+    :class:`UsageError` saying how to train one when none ships."""
+    path = WEIGHTS / f"{dataset}{'_csp' if csp else ''}.pt"
+    if not path.exists():
+        kind = "structure-prediction" if csp else "de novo"
+        raise UsageError(
+            f"no shipped {kind} model for {dataset} ({path}); train one with `ldsm train "
+            f"--dataset {dataset} --split val --val-split test{' --csp' if csp else ''} --out RUN` "
+            "and pass --checkpoint RUN/checkpoints/last.pt"
+        )
+    return path
+
+
+def compositions_of(args: argparse.Namespace) -> list[CompositionRecord] | None:
+    """The compositions of ``--composition`` / ``--compositions`` (None: de novo);
+    :class:`UsageError` naming a formula or file that cannot be read."""
+    try:
+        if args.composition is not None:
+            z = parse_formula(args.composition)
+            return [CompositionRecord(name=args.composition, z=z)]
+        if args.compositions is not None:
+            return read_compositions(args.compositions)
+    except (OSError, ValueError) as err:
+        raise UsageError(f"--composition(s): {err}") from err
+    return None
+
+
+def checkpoint_of(args: argparse.Namespace, csp: bool) -> str:
+    """``--checkpoint``, else the shipped model of ``--dataset``."""
+    if args.checkpoint is not None:
+        return args.checkpoint
+    if args.dataset is None:
+        raise UsageError("give --checkpoint, or --dataset for a shipped model")
+    return str(shipped_checkpoint(args.dataset, csp))
 
 
 def run(args: argparse.Namespace) -> int:
     """``ldsm generate``: runs :func:`generate_flow` and prints its summary."""
+    compositions = compositions_of(args)
+    checkpoint = checkpoint_of(args, compositions is not None)
     config = GenerateConfig(
-        n=args.n,
+        n=args.n or (1 if compositions is not None else GenerateConfig().n),
         sampler=SamplerConfig(kind=args.sampler, nfe=args.nfe, grid_power=args.grid_power),
         num_atoms=args.num_atoms,
+        compositions=compositions,
         batch_size=args.batch_size,
         seed=args.seed,
     )
     summary = run_generate(
-        args.checkpoint, config, args.out, args.workers, args.dask_address, args.threads
+        checkpoint, config, args.out, args.workers, args.dask_address, args.threads
     )
     brief = {k: v for k, v in summary.items() if k not in ("degenerate", "unwritten")}
     brief["degenerate"] = len(summary["degenerate"])

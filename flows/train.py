@@ -69,7 +69,8 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
     )
     drift = "linear" if args.loss == "exact-dsm" else args.drift
     if args.dataset in CRYSTAL_DATASETS:
-        from pipeline.crystal_recipe import CrystalRecipeConfig
+        from pipeline.crystal_recipe import CrystalRecipeConfig, PartWeights, fit_to_data
+        from pipeline.datasets import load_dataset
 
         if args.preconditioning != "sigma":
             raise SystemExit("ldsm train: --preconditioning edm is for molecules only")
@@ -79,9 +80,22 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
             **{**base.model.model_dump(), "hidden": args.hidden, "layers": args.layers}
         )
         process = base.process.model_copy(update={"drift": drift})
-        return base.model_copy(
-            update={"model": model, "loss": loss, "process": process}
-        ).model_dump(mode="json")
+        config = base.model_copy(
+            update={
+                "model": model,
+                "loss": loss,
+                "process": process,
+                "types": "given" if args.csp else "diffuse",
+                "part_weights": PartWeights(types=args.type_weight),
+            }
+        )
+        # Elements and lattice prior from the training split: a checkpoint never generates an
+        # element its data lacked, and its prior cells have the data's density.
+        dataset = load_dataset(args.dataset, args.path)
+        if args.split in dataset.splits:  # else the training itself names the missing split
+            train = dataset.split_set(args.split)[: args.limit].to_data_list()
+            config = fit_to_data(config, train)
+        return config.model_dump(mode="json")
     model = EGNNConfig(hidden=args.hidden, layers=args.layers)
     return MoleculeRecipeConfig(
         model=model,

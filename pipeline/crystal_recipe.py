@@ -56,22 +56,26 @@ see :class:`CrystalScoreFn`), per graph
   the torus integration by parts has no boundary term.
 
 Sampling: prior at t = 1: ``frac`` uniform on the torus (the stationary law of the wrapped Brownian
-motion), lattice and types N(0, I). For the physical drift the positions are then relaxed by Langevin
-dynamics towards ``exp(-U(.; L_1))`` (10 units of process time, as the molecule prior), an
-approximation of the law at t = 1 like the molecules' prior. Reverse SDE (Euler-Maruyama) or
-probability-flow ODE (Heun) on the joint state with the NFE rules of
-:class:`pipeline.recipes.SamplerConfig`; ``u`` is re-wrapped after every step (everything is
-periodic in it). Decode: ``frac = (c u) mod 1``, the element of the largest type feature, the
-lattice as it is; non-finite states are kept for the screen to reject with a reason.
+motion), lattice and types N(0, I) (the lattice state; its cell is :class:`LatticePrior`'s, a cube
+at the data's density when fitted; given types are their one-hot). For the physical drift the
+positions are then relaxed by Langevin dynamics towards ``exp(-U(.; L_1))`` (10 units of process
+time, as the molecule prior), an approximation of the law at t = 1 like the molecules' prior.
+Reverse steps (:meth:`CrystalRecipe.reverse_step`): DDPM's ancestral step for the reverse SDE,
+DDIM for the probability-flow ODE, one network evaluation each, the denoised lattice and types
+clipped to the data's box; ``u`` is re-wrapped after every step (everything is periodic in it).
+Decode: ``frac = (c u) mod 1``, the element of the largest type feature (only the recipe's
+``elements`` exist, :func:`fit_to_data` makes them the training set's), the cell of the lattice
+state; non-finite states are kept for the screen to reject with a reason.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Literal, NamedTuple
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, model_validator
 from torch import Tensor, nn
 from torch.func import jvp
 from torch_geometric.data import Batch, Data
@@ -322,6 +326,90 @@ class CrystalProcessConfig(BaseModel):
         return SoftSphere(self.epsilon, self.sigma) if self.drift == "physical" else None
 
 
+class LatticePrior(BaseModel):
+    """How the lattice part of the state maps to a cell, hence the lattice law at t = 1.
+
+    The state ``l (B, 3, 3)`` follows VP (prior N(0, I)); the cell is
+
+    * ``gaussian``: ``L = l`` (DiffCSP): the prior cell is a standard normal matrix in Angstrom,
+      far smaller than real cells and often nearly flat (|det| of a Gaussian 3 x 3 has mass at 0);
+    * ``cubic`` (MatterGen, Zeni et al. 2025, its lattice corruption): ``L = a_n (I + spread l)``
+      with ``a_n = (n / density)^(1/3)`` the side of the cube holding ``n`` atoms at the training
+      set's mean atomic ``density`` (atoms per A^3). In terms of ``L`` the forward process is
+      ``L_t = alpha L_0 + (1 - alpha) a_n I + spread a_n sigma eps``, MatterGen's form, and the
+      prior is ``N(a_n I, (spread a_n)^2)`` per entry: cells of the data's volume, almost never
+      flat. ``density`` and ``spread`` come from :func:`fit_lattice_prior`.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["gaussian", "cubic"] = "gaussian"
+    density: PositiveFloat | None = None  # atoms / A^3
+    spread: PositiveFloat = 0.3
+    # Entrywise range of the training cells' states, row-major (9 each): the box holding the
+    # data's convex hull, where every posterior mean E[l_0 | l_t] lies (the sampler clips to it).
+    low: tuple[float, ...] | None = Field(None, min_length=9, max_length=9)
+    high: tuple[float, ...] | None = Field(None, min_length=9, max_length=9)
+
+    @model_validator(mode="after")
+    def _density_for_cubic(self) -> LatticePrior:
+        if self.kind == "cubic" and self.density is None:
+            raise ValueError("the cubic lattice prior needs a density (fit_lattice_prior)")
+        return self
+
+    def clip(self, state: Tensor) -> Tensor:
+        """``state (B, 3, 3)`` clipped entrywise to ``[low, high]`` (unchanged without them)."""
+        if self.low is None or self.high is None:
+            return state
+        low = torch.tensor(self.low, dtype=state.dtype).reshape(3, 3)
+        high = torch.tensor(self.high, dtype=state.dtype).reshape(3, 3)
+        return torch.maximum(torch.minimum(state, high), low)
+
+    def side(self, num_atoms: Tensor) -> Tensor:
+        """``a_n = (n / density)^(1/3)`` in Angstrom, ``(B,)`` float64 from ``num_atoms (B,)``."""
+        return (num_atoms.double() / (self.density or 1.0)) ** (1 / 3)
+
+    def cell(self, state: Tensor, num_atoms: Tensor) -> Tensor:
+        """The cell ``L (B, 3, 3)`` (rows, Angstrom) of lattice states ``state (B, 3, 3)``."""
+        if self.kind == "gaussian":
+            return state
+        a = self.side(num_atoms).to(state)[:, None, None]
+        eye = torch.eye(3, dtype=state.dtype, device=state.device)
+        return a * (eye + self.spread * state)
+
+    def state(self, cell: Tensor, num_atoms: Tensor) -> Tensor:
+        """The inverse of :meth:`cell`: ``(B, 3, 3)``."""
+        if self.kind == "gaussian":
+            return cell
+        a = self.side(num_atoms).to(cell)[:, None, None]
+        eye = torch.eye(3, dtype=cell.dtype, device=cell.device)
+        return (cell / a - eye) / self.spread
+
+
+def fit_lattice_prior(lattices: Tensor, num_atoms: Tensor) -> LatticePrior:
+    """The ``cubic`` prior fitted to training cells ``lattices (M, 3, 3)`` with ``num_atoms (M,)``.
+
+    ``density = mean_m n_m / |det L_m|`` (the mean atomic density, atoms / A^3), ``spread`` the
+    root mean square of the entries of ``L_m / a_{n_m} - I`` (at least 1e-3), so that the data's
+    lattice states have unit mean square like the N(0, I) prior, and ``low`` / ``high`` the
+    entrywise range of those states.
+    """
+    lattices, n = lattices.double(), num_atoms.double()
+    density = float((n / torch.linalg.det(lattices).abs()).mean())
+    a = (n / density) ** (1 / 3)
+    offset = lattices / a[:, None, None] - torch.eye(3, dtype=torch.float64)
+    # Floored: cells all at the mean-density cube (one cubic cell) would give a zero spread.
+    spread = max(float(offset.pow(2).mean().sqrt()), 1e-3)
+    states = (offset / spread).reshape(-1, 9)
+    return LatticePrior(
+        kind="cubic",
+        density=density,
+        spread=spread,
+        low=tuple(states.min(0).values.tolist()),
+        high=tuple(states.max(0).values.tolist()),
+    )
+
+
 class PartWeights(BaseModel):
     """Weights of the three parts of the per-graph loss (DiffCSP: 1, 1, 20)."""
 
@@ -339,11 +427,35 @@ class CrystalRecipeConfig(BaseModel):
 
     kind: Literal["crystal"] = "crystal"
     elements: tuple[int, ...] = ALL_ELEMENTS
+    # "diffuse": de novo generation; "given": structure prediction (CSP), the types are the
+    # composition asked for, never noised, and carry no loss (DiffCSP's CSP models).
+    types: Literal["diffuse", "given"] = "diffuse"
     type_scale: PositiveFloat = 1.0  # DiffCSP's one-hot scale
     model: CSPNetConfig = Field(default_factory=CSPNetConfig)
     process: CrystalProcessConfig = Field(default_factory=CrystalProcessConfig)
+    lattice: LatticePrior = Field(default_factory=LatticePrior)
     loss: LossConfig = Field(default_factory=LossConfig)
     part_weights: PartWeights = Field(default_factory=PartWeights)
+
+
+def fit_to_data(config: CrystalRecipeConfig, structures: Sequence[Data]) -> CrystalRecipeConfig:
+    """``config`` with its elements and lattice prior fitted to training ``structures``.
+
+    The one-hot spans exactly the elements present (sorted by Z), so no other element can be
+    generated, and the network's type width follows; the lattice prior becomes
+    :func:`fit_lattice_prior` of the cells.
+    """
+    elements = tuple(sorted({int(z) for d in structures for z in d[K.Z].tolist()}))
+    lattices = torch.stack([d[K.LATTICE].double().reshape(3, 3) for d in structures])
+    num_atoms = torch.tensor([d[K.Z].numel() for d in structures])
+    model = config.model.model_copy(update={"num_types": len(elements)})
+    return config.model_copy(
+        update={
+            "elements": elements,
+            "model": model,
+            "lattice": fit_lattice_prior(lattices, num_atoms),
+        }
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -358,13 +470,12 @@ class CrystalState(NamedTuple):
     lattice: Tensor  # (num_graphs, 3, 3) rows = lattice vectors (Angstrom)
     h: Tensor  # (num_nodes, K) type features
 
-    def axpy(self, a, other: CrystalState) -> CrystalState:
-        """``self + a * other`` part by part (``a`` a scalar)."""
-        return CrystalState(*(x + a * y for x, y in zip(self, other, strict=True)))
-
 
 class CrystalScoreFn:
-    """Preconditioned scores from CSPNet: ``net (N,3), (B,3,3), (N,K)`` -> scores of ``u, L, h``.
+    """Preconditioned scores from CSPNet: ``net (N,3), (B,3,3), (N,K)`` -> scores of ``u, l, h``.
+
+    The network sees the wrapped ``frac``, the cell ``L = cell(l)`` (:class:`LatticePrior`) and ``h``;
+    its lattice output is read as the scaled score of the lattice *state* ``l``.
 
     ``score_u = net_frac / sigma_u(t)`` with ``sigma_u^2 = int_0^t beta`` (u's variance under the
     zero drift); ``score_L = net_lattice / sigma_VP(t)``, ``score_h = net_h / sigma_VP(t)``. The
@@ -372,13 +483,14 @@ class CrystalScoreFn:
     :class:`pipeline.recipes.SigmaScaled`). In fractional units ``grad_F log q = score_u / c``.
     """
 
-    def __init__(self, net: nn.Module, scale: float, schedule: Schedule):
-        self.net, self.scale, self.schedule = net, scale, schedule
+    def __init__(self, net: nn.Module, scale: float, schedule: Schedule, cell: LatticePrior):
+        self.net, self.scale, self.schedule, self.cell = net, scale, schedule, cell
 
     def __call__(self, state: CrystalState, t: Tensor, batch: Tensor) -> CrystalState:
         dtype = next(self.net.parameters()).dtype
         frac = torch.remainder(self.scale * state.u, 1.0).to(dtype)
-        out = self.net(frac, state.lattice.to(dtype), state.h.to(dtype), t.to(dtype), batch)
+        lattice = self.cell.cell(state.lattice, counts(batch, t.shape[0]))
+        out = self.net(frac, lattice.to(dtype), state.h.to(dtype), t.to(dtype), batch)
         sig_u, sig_vp = (s.to(dtype) for s in noise_scales(self.schedule, t))
         return CrystalState(
             out.frac / sig_u[batch, None],
@@ -425,7 +537,11 @@ class CrystalRecipe:
 
     def score(self, model: nn.Module) -> CrystalScoreFn:
         """The score function that the loss and the sampler call."""
-        return CrystalScoreFn(model, self.scale, self.schedule)
+        return CrystalScoreFn(model, self.scale, self.schedule, self.config.lattice)
+
+    def cell(self, lattice: Tensor, batch: Tensor) -> Tensor:
+        """Cells ``L (B, 3, 3)`` of lattice states ``lattice (B, 3, 3)``; ``batch (N,)``."""
+        return self.config.lattice.cell(lattice, counts(batch, lattice.shape[0]))
 
     def process(self, lattice: Tensor, schedule: Schedule | None = None) -> TorusProcess:
         """The process on ``u`` with the lattice held at ``lattice (B, 3, 3)``."""
@@ -433,20 +549,26 @@ class CrystalRecipe:
 
     def encode(self, batch: Batch) -> CrystalState:
         """``(u, lattice, h)`` of a Batch of crystals, float64."""
-        z = batch[K.Z]
+        u = batch[K.FRAC].double() / self.scale
+        cells = batch[K.LATTICE].double().reshape(-1, 3, 3)
+        lattice = self.config.lattice.state(cells, counts(batch.batch, batch.num_graphs))
+        return CrystalState(u, lattice, self.onehot(batch[K.Z]))
+
+    def onehot(self, z: Tensor) -> Tensor:
+        """``type_scale * onehot (num_nodes, K)`` float64 of atomic numbers ``z (num_nodes,)``."""
         if int(z.max()) >= len(self._index) or bool(
             (self._index[z.clamp(max=len(self._index) - 1)] < 0).any()
         ):
-            raise ValueError("elements outside the recipe's elements in the batch")
+            missing = sorted(set(z.tolist()) - set(self.config.elements))
+            raise ValueError(f"elements {missing} are outside the recipe's elements")
         onehot = nn.functional.one_hot(self._index[z], len(self.config.elements)).double()
-        u = batch[K.FRAC].double() / self.scale
-        lattice = batch[K.LATTICE].double().reshape(-1, 3, 3)
-        return CrystalState(u, lattice, self.config.type_scale * onehot)
+        return self.config.type_scale * onehot
 
     def decode(self, state: CrystalState, batch: Tensor, prefix: str = "sample") -> list[Data]:
         """Crystals via :func:`pipeline.structures.make_crystal` (``frac`` wrapped into [0, 1))."""
         z = torch.tensor(self.config.elements)[state.h.argmax(dim=1)]
         frac = torch.remainder(self.scale * state.u.double(), 1.0)
+        cells = self.cell(state.lattice.double(), batch)
         out = []
         for g in range(state.lattice.shape[0]):
             rows = batch == g
@@ -454,7 +576,7 @@ class CrystalRecipe:
                 make_crystal(
                     z[rows],
                     frac[rows].numpy(),
-                    state.lattice[g].double().numpy(),
+                    cells[g].numpy(),
                     name=f"{prefix}_{g:06d}",
                 )
             )
@@ -495,10 +617,20 @@ class CrystalRecipe:
         sampler: SamplerConfig,
         generator: torch.Generator | None = None,
         prefix: str = "sample",
+        types: Tensor | None = None,
     ) -> tuple[list[Data], int]:
-        """``len(num_atoms)`` crystals with the given atom counts, and the NFE spent."""
+        """``len(num_atoms)`` crystals with the given atom counts, and the NFE spent.
+
+        ``types (sum num_atoms,)``: the atomic numbers of every crystal's atoms in order, required
+        by (and only by) structure prediction (``config.types == "given"``).
+        """
+        if (types is None) != (self.config.types == "diffuse"):
+            raise ValueError(
+                f"types={self.config.types!r}: atomic numbers are "
+                + ("required" if types is None else "not taken")
+            )
         batch = torch.repeat_interleave(torch.arange(len(num_atoms)), num_atoms)
-        x1 = self.prior(batch, generator, sampler.prior_budget)
+        x1 = self.prior(batch, generator, sampler.prior_budget, types)
         state, nfe = self.reverse(model, x1, batch, sampler, generator)
         return self.decode(state, batch, prefix), nfe
 
@@ -518,7 +650,7 @@ class CrystalRecipe:
         """
         cfg = self.config.loss
         total = self.schedule.integral(torch.zeros_like(t), t)
-        h, _ = _vp_step(x0.h, total[batch, None], self._noise(x0.h, generator))
+        h = self._types_step(x0.h, total[batch, None], generator)[0]
         if self.pair is None:
             u = x0.u + total.sqrt()[batch, None] * self._noise(x0.u, generator)
             lattice, _ = _vp_step(
@@ -530,9 +662,17 @@ class CrystalRecipe:
         u, lattice = x0.u, x0.lattice
         for _ in range(n_steps):
             eps = self._noise(u, generator)
-            u, _ = local_step(self.process(lattice), u, b, batch, eps, cfg.sim_mode)
+            u, _ = local_step(
+                self.process(self.cell(lattice, batch)), u, b, batch, eps, cfg.sim_mode
+            )
             lattice, _ = _vp_step(lattice, b[:, None, None], self._noise(lattice, generator))
         return CrystalState(u, lattice, h)
+
+    def _types_step(self, h: Tensor, budget: Tensor, generator) -> tuple[Tensor, Tensor]:
+        """The VP step of the types and its target; given types (CSP) stay, target 0."""
+        if self.config.types == "given":
+            return h, torch.zeros_like(h)
+        return _vp_step(h, budget, self._noise(h, generator))
 
     def _local(self, x0, batch, t, generator) -> tuple[CrystalState, CrystalState]:
         cfg = self.config.loss
@@ -547,11 +687,12 @@ class CrystalRecipe:
         # The zero drift's step is exact in any mode; euler skips the eigendecomposition.
         mode = cfg.mode if self.pair is not None else "euler"
         eps = self._noise(x_s.u, generator)
-        u_t, target_u = local_step(self.process(x_s.lattice), x_s.u, b, batch, eps, mode)
+        process = self.process(self.cell(x_s.lattice, batch))
+        u_t, target_u = local_step(process, x_s.u, b, batch, eps, mode)
         lat_t, target_l = _vp_step(
             x_s.lattice, b[:, None, None], self._noise(x_s.lattice, generator)
         )
-        h_t, target_h = _vp_step(x_s.h, b[batch, None], self._noise(x_s.h, generator))
+        h_t, target_h = self._types_step(x_s.h, b[batch, None], generator)
         return CrystalState(u_t, lat_t, h_t), CrystalState(target_u, target_l, target_h)
 
     def _exact(self, x0, batch, t, generator) -> tuple[CrystalState, CrystalState]:
@@ -565,7 +706,7 @@ class CrystalRecipe:
         lat_t, target_l = _vp_step(
             x0.lattice, total[:, None, None], self._noise(x0.lattice, generator)
         )
-        h_t, target_h = _vp_step(x0.h, total[batch, None], self._noise(x0.h, generator))
+        h_t, target_h = self._types_step(x0.h, total[batch, None], generator)
         return CrystalState(u_t, lat_t, h_t), CrystalState(target_u, target_l, target_h)
 
     def _ism(self, model, x0, batch, t, generator) -> Tensor:
@@ -598,43 +739,105 @@ class CrystalRecipe:
         frac = scatter_sum(terms.u.sum(1).double(), batch, nb) / (3 * n)
         lattice = terms.lattice.double().reshape(nb, 9).mean(1)
         types = scatter_sum(terms.h.sum(1).double(), batch, nb) / (terms.h.shape[1] * n)
-        total = w.frac * lam_u * frac + w.lattice * lam_vp * lattice + w.types * lam_vp * types
+        w_types = w.types if self.config.types == "diffuse" else 0.0
+        total = w.frac * lam_u * frac + w.lattice * lam_vp * lattice + w_types * lam_vp * types
         return total.to(terms.u.dtype)
 
     # -- sampling -------------------------------------------------------------------------------
 
     def prior(
-        self, batch: Tensor, generator: torch.Generator | None = None, budget: float = 0.1
+        self,
+        batch: Tensor,
+        generator: torch.Generator | None = None,
+        budget: float = 0.1,
+        types: Tensor | None = None,
     ) -> CrystalState:
-        """A draw of the prior at t = 1 (module docstring), Langevin steps of ``budget``: float64."""
+        """A draw of the prior at t = 1 (module docstring), Langevin steps of ``budget``: float64.
+
+        ``types (num_nodes,)`` atomic numbers: the type part is their one-hot (CSP), not noise.
+        """
         nb, n = num_graphs(batch), batch.numel()
         u = torch.rand((n, 3), generator=generator, dtype=torch.float64) / self.scale
         lattice = torch.randn((nb, 3, 3), generator=generator, dtype=torch.float64)
         h = torch.randn((n, len(self.config.elements)), generator=generator, dtype=torch.float64)
+        if types is not None:
+            h = self.onehot(types)
         if self.pair is not None:
-            langevin = self.process(lattice, ConstantSchedule(1.0))
+            langevin = self.process(self.cell(lattice, batch), ConstantSchedule(1.0))
             duration = torch.full((nb,), 10.0, dtype=torch.float64)
             u = simulate_forward(langevin, u, duration, batch, "euler", budget, generator=generator)
         return CrystalState(u, lattice, h)
 
-    def velocity(
-        self, score: CrystalScoreFn, state: CrystalState, t: Tensor, batch: Tensor, ode: bool
-    ) -> CrystalState:
-        """``f - k g^2 s`` per part (k = 1/2 for the ODE, 1 for the SDE); ``t`` a scalar tensor."""
-        tt = t.expand(state.lattice.shape[0]).double()
-        beta = self.schedule.beta(tt)
-        s = score(state, tt, batch)
-        k = 0.5 if ode else 1.0
-        drift_u = self.process(state.lattice).drift_field(state.u, batch)
-        bn = beta[batch, None]
-        return CrystalState(
-            bn * (drift_u - k * s.u.double()),
-            beta[:, None, None] * (-0.5 * state.lattice - k * s.lattice.double()),
-            bn * (-0.5 * state.h - k * s.h.double()),
-        )
-
     def _wrap(self, state: CrystalState) -> CrystalState:
         return state._replace(u=torch.remainder(state.u, 1.0 / self.scale))
+
+    def reverse_step(
+        self,
+        score: CrystalScoreFn,
+        x: CrystalState,
+        t: Tensor,
+        s: Tensor,
+        batch: Tensor,
+        generator: torch.Generator | None,
+        eta: float,
+    ) -> CrystalState:
+        """One reverse step from ``t`` to ``s < t`` (scalar tensors), stable at any step size.
+
+        Every part as DDIM (Song, Meng & Ermon 2021, eq. 12) on its own marginal
+        ``x_t = alpha_t x_0 + sigma_t eps``: the denoised point ``x0_hat = (x_t + sigma_t^2
+        score) / alpha_t`` (Tweedie), ``eps_hat = (x_t - alpha_t x0_hat) / sigma_t``, then
+        ``x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z`` with
+        ``c^2 = eta^2 v sigma_s^2 / sigma_t^2``, ``v`` the variance of the forward step s -> t. ``eta = 1`` is DDPM's ancestral step,
+        the exact Gaussian posterior ``q(x_s | x_t, x0_hat)`` (Ho et al. 2020, eqs. 6-7; DiffCSP
+        samples lattice and types so), a discretisation of the reverse SDE; ``eta = 0`` the
+        deterministic DDIM step, the exponential integrator of the probability-flow ODE
+        (DPM-Solver-1). Both are exact for a point mass and free of the sign flip of
+        Euler-Maruyama, whose factor ``1 - beta dt (1/2 + ...)`` turns negative once
+        ``beta dt > 2`` (under EDM's schedule ``beta(0.99) = 194``: 100 uniform Euler steps blew
+        lattices up to NaN or crushed them flat).
+
+        Lattice and types are VP (``alpha_t^2 = e^{-int_0^t beta}``, ``sigma^2 = 1 - alpha^2``,
+        ``v = 1 - e^{-B}``, ``B = int_s^t beta``). ``x0_hat`` is clipped to a box that holds the
+        data's convex hull (types: ``[0, type_scale]``; lattice: :meth:`LatticePrior.clip`): the
+        exact posterior mean lies in that hull, so the projection never moves it and only bounds
+        an untrained network, whose lattice output grows like ``|L|^3`` through the Gram
+        features and fed back on itself to overflow. Coordinates ``u`` are variance-exploding
+        (``alpha = 1``, ``sigma_u^2 = int_0^t beta``, ``v = B``; the torus needs no box); the pair
+        drift ``F`` adds ``-B F(u_t)`` (Euler). Types given (CSP) stay as they are.
+        """
+        nb = x.lattice.shape[0]
+        tt, ss = t.expand(nb).double(), s.expand(nb).double()
+        zero = torch.zeros_like(tt)
+        step = self.schedule.integral(ss, tt)
+        total_t, total_s = self.schedule.integral(zero, tt), self.schedule.integral(zero, ss)
+        pred = score(x, tt, batch)
+
+        def ddim(part, sc, rows, alpha_t, alpha_s, var_t, var_s, v, clip) -> Tensor:
+            shape = (-1,) + (1,) * (part.dim() - 1)
+            a_t, a_s = alpha_t[rows].reshape(shape), alpha_s[rows].reshape(shape)
+            sig_t, sig_s2 = var_t[rows].sqrt().reshape(shape), var_s[rows].reshape(shape)
+            x0 = clip((part + sig_t**2 * sc.double()) / a_t)
+            eps = (part - a_t * x0) / sig_t
+            c2 = eta**2 * (v * var_s / var_t)[rows].reshape(shape)
+            noise = c2.sqrt() * self._noise(part, generator) if eta else 0.0
+            return a_s * x0 + (sig_s2 - c2).clamp(min=0.0).sqrt() * eps + noise
+
+        vp = (
+            torch.exp(-0.5 * total_t),
+            torch.exp(-0.5 * total_s),
+            -torch.expm1(-total_t),
+            -torch.expm1(-total_s),
+            -torch.expm1(-step),
+        )
+        lattice = ddim(x.lattice, pred.lattice, torch.arange(nb), *vp, self.config.lattice.clip)
+        h = x.h
+        if self.config.types == "diffuse":
+            h = ddim(x.h, pred.h, batch, *vp, lambda y: y.clamp(0.0, self.config.type_scale))
+        one = torch.ones_like(tt)
+        u = ddim(x.u, pred.u, batch, one, one, total_t, total_s, step, lambda y: y)
+        drift = self.process(self.cell(x.lattice, batch)).drift_field(x.u, batch)
+        u = u - step[batch, None] * drift
+        return self._wrap(CrystalState(u, lattice, h))
 
     def reverse(
         self,
@@ -646,31 +849,17 @@ class CrystalRecipe:
     ) -> tuple[CrystalState, int]:
         """Integrate the reverse dynamics from ``x1`` at t = 1 to ``sampler.t_end``; the NFE.
 
-        ``sde``: Euler-Maruyama, NFE = ``sampler.nfe`` steps. ``ode``: Heun (last step Euler),
-        ``(nfe + 1) // 2`` steps, NFE = 2 steps - 1 (as :func:`pipeline.recipes.run_sampler`).
+        :meth:`reverse_step` on a uniform grid of ``sampler.nfe`` steps, one network evaluation
+        each: ``sde`` with ``eta = 1`` (ancestral), ``ode`` with ``eta = 0`` (DDIM). Unlike the
+        molecules' Heun sampler, the crystal ODE is first order: its NFE is ``nfe``.
         """
         score = self.score(model)
-        ode = sampler.kind == "ode"
-        steps = max(1, (sampler.nfe + 1) // 2) if ode else sampler.nfe
-        grid = torch.linspace(1.0, sampler.t_end, steps + 1, dtype=torch.float64)
-        x, nfe = x1, 0
-        for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
-            dt = float(t - t_next)
-            v = self.velocity(score, x, t, batch, ode)
-            nfe += 1
-            if not ode:
-                noise = CrystalState(*(self._noise(p, generator) for p in x))
-                beta = float(self.schedule.beta(t))
-                x = x.axpy(-dt, v).axpy(math.sqrt(beta * dt), noise)
-            elif i == steps - 1:
-                x = x.axpy(-dt, v)
-            else:
-                x_euler = self._wrap(x.axpy(-dt, v))
-                v_next = self.velocity(score, x_euler, t_next, batch, ode)
-                nfe += 1
-                x = x.axpy(-0.5 * dt, v).axpy(-0.5 * dt, v_next)
-            x = self._wrap(x)
-        return x, nfe
+        eta = 0.0 if sampler.kind == "ode" else 1.0
+        grid = torch.linspace(1.0, sampler.t_end, sampler.nfe + 1, dtype=torch.float64)
+        x = x1
+        for t, t_next in zip(grid[:-1], grid[1:], strict=True):
+            x = self.reverse_step(score, x, t, t_next, batch, generator, eta)
+        return x, sampler.nfe
 
 
 __all__ = [

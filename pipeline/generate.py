@@ -37,12 +37,13 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, model_validator
 from torch import Tensor
 from torch_geometric.data import Data
 from tqdm.auto import tqdm
 
 from pipeline import keys as K
+from pipeline.compositions import CompositionRecord, safe_name
 from pipeline.io import write_structures
 from pipeline.recipes import SamplerConfig, Trained, load_trained
 from pipeline.structures import is_crystal
@@ -60,8 +61,10 @@ class GenerateConfig(BaseModel):
     """What to generate: ``n`` structures with ``sampler``.
 
     ``num_atoms`` fixes every structure's size; None draws sizes from the checkpoint's training
-    histogram. ``batch_size`` is the number of structures sampled together as one batched graph
-    (one chunk, one Prefect task in the flow).
+    histogram. ``compositions`` (structure prediction, a checkpoint trained with its types given)
+    asks for ``n`` structures of each record instead, in record order, sized by the record.
+    ``batch_size`` is the number of structures sampled together as one batched graph (one chunk,
+    one Prefect task in the flow).
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -69,19 +72,41 @@ class GenerateConfig(BaseModel):
     n: PositiveInt = 100
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     num_atoms: PositiveInt | None = None
+    compositions: list[CompositionRecord] | None = None
     batch_size: PositiveInt = 250
     seed: NonNegativeInt = 0
+
+    @model_validator(mode="after")
+    def _one_size_rule(self) -> GenerateConfig:
+        if self.compositions is not None and self.num_atoms is not None:
+            raise ValueError("compositions fix the sizes: leave num_atoms unset")
+        return self
+
+    def records(self) -> list[CompositionRecord] | None:
+        """The composition of every output structure (each record ``n`` times), or None."""
+        if self.compositions is None:
+            return None
+        return [r for r in self.compositions for _ in range(self.n)]
+
+    def names(self) -> list[str]:
+        """Output names: ``sample_000000``, ... or, for compositions, ``000000_<record>``."""
+        records = self.records()
+        if records is None:
+            return [f"sample_{i:06d}" for i in range(self.n)]
+        return [f"{i:06d}_{safe_name(r.name)}" for i, r in enumerate(records)]
 
 
 @dataclass(frozen=True)
 class Chunk:
     """One unit of work: structures ``rows (m,)`` (their output positions) with atom ``counts
-    (m,)`` int64, sampled with the generator of ``(seed, index)``."""
+    (m,)`` int64, sampled with the generator of ``(seed, index)``; ``types (counts.sum(),)`` the
+    atomic numbers of their atoms in row order when the compositions are given, else None."""
 
     index: int
     rows: Tensor
     counts: Tensor
     seed: int
+    types: Tensor | None = None
 
 
 @dataclass
@@ -121,18 +146,24 @@ def draw_num_atoms(histogram: dict[int, int], n: int, seed: int) -> Tensor:
 
 
 def plan(config: GenerateConfig, histogram: dict[int, int]) -> list[Chunk]:
-    """The chunks of a run: sizes drawn (or fixed), sorted, dealt ``batch_size`` at a time."""
-    counts = (
-        torch.full((config.n,), config.num_atoms, dtype=torch.int64)
-        if config.num_atoms is not None
-        else draw_num_atoms(histogram, config.n, config.seed)
-    )
+    """The chunks of a run: sizes drawn (or fixed, or the compositions'), sorted, dealt
+    ``batch_size`` at a time."""
+    records = config.records()
+    if records is not None:
+        counts = torch.tensor([len(r.z) for r in records], dtype=torch.int64)
+    elif config.num_atoms is not None:
+        counts = torch.full((config.n,), config.num_atoms, dtype=torch.int64)
+    else:
+        counts = draw_num_atoms(histogram, config.n, config.seed)
     order = torch.argsort(counts, stable=True)
     size = config.batch_size
     chunks = []
-    for k in range(math.ceil(config.n / size)):
+    for k in range(math.ceil(len(counts) / size)):
         rows = order[k * size : (k + 1) * size]
-        chunks.append(Chunk(k, rows, counts[rows], config.seed))
+        types = None
+        if records is not None:
+            types = torch.tensor([z for i in rows.tolist() for z in records[i].z])
+        chunks.append(Chunk(k, rows, counts[rows], config.seed, types))
     return chunks
 
 
@@ -168,13 +199,19 @@ def sample_chunk(trained: Trained, chunk: Chunk, sampler: SamplerConfig) -> Chun
     generator = chunk_generator(chunk.seed, chunk.index)
     with _SAMPLING:
         started = time.perf_counter()
-        structures, nfe = trained.recipe.sample(trained.model, chunk.counts, sampler, generator)
+        given = {} if chunk.types is None else {"types": chunk.types}
+        structures, nfe = trained.recipe.sample(
+            trained.model, chunk.counts, sampler, generator, **given
+        )
         seconds = time.perf_counter() - started
     return ChunkResult(chunk.index, chunk.rows, structures, nfe, seconds)
 
 
-def collect(results: Sequence[ChunkResult], n: int) -> GenerationResult:
-    """Put the chunks' structures at their rows and name them ``sample_000000``, ...
+def collect(
+    results: Sequence[ChunkResult], n: int, names: Sequence[str] | None = None
+) -> GenerationResult:
+    """Put the chunks' structures at their rows and name them (``names``, by default
+    ``sample_000000``, ...).
 
     Raises ``ValueError`` unless every row 0..n-1 is filled exactly once (a lost or repeated
     chunk is a bug, never a silent gap).
@@ -191,7 +228,7 @@ def collect(results: Sequence[ChunkResult], n: int) -> GenerationResult:
     if missing:
         raise ValueError(f"{len(missing)} of {n} structures missing (first: {missing[:5]})")
     for i, data in enumerate(out):
-        data[K.NAME] = f"sample_{i:06d}"
+        data[K.NAME] = names[i] if names is not None else f"sample_{i:06d}"
     degenerate = {s[K.NAME]: why for s in out if (why := degenerate_reason(s)) is not None}
     return GenerationResult(
         structures=out,
@@ -204,12 +241,13 @@ def collect(results: Sequence[ChunkResult], n: int) -> GenerationResult:
 def generate(trained: Trained, config: GenerateConfig, progress: bool = False) -> GenerationResult:
     """All chunks of ``config`` in this process, in order; ``progress`` shows a bar."""
     chunks = plan(config, trained.num_atoms)
+    names = config.names()
     results = []
-    with tqdm(total=config.n, disable=not progress, desc="generate", unit="structure") as bar:
+    with tqdm(total=len(names), disable=not progress, desc="generate", unit="structure") as bar:
         for chunk in chunks:
             results.append(sample_chunk(trained, chunk, config.sampler))
             bar.update(len(chunk.rows))
-    return collect(results, config.n)
+    return collect(results, len(names), names)
 
 
 def degenerate_reason(data: Data) -> str | None:
@@ -289,6 +327,20 @@ def write_samples(
     return summary
 
 
+def write_cifs(structures: Sequence[Data], folder: str | Path) -> dict[str, str]:
+    """One CIF per structure, ``folder/<name>.cif``; returns ``{name: reason}`` of the structures
+    the CIF writer could not hold (a degenerate cell), which get no file."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    unwritten = {}
+    for data in structures:
+        try:
+            write_structures([data], folder / f"{data[K.NAME]}.cif")
+        except Exception as err:  # noqa: BLE001 - the reason is recorded, not raised
+            unwritten[data[K.NAME]] = f"{type(err).__name__}: {err}".strip(": ")[:200]
+    return unwritten
+
+
 def summary_info(checkpoint: str | Path, config: GenerateConfig, result: GenerationResult) -> dict:
     """The generation facts of a run for :func:`write_samples`' summary."""
     return {
@@ -297,6 +349,7 @@ def summary_info(checkpoint: str | Path, config: GenerateConfig, result: Generat
         "nfe": result.nfe,
         "batch_size": config.batch_size,
         "num_atoms": config.num_atoms,
+        "compositions": None if config.compositions is None else len(config.compositions),
         "seed": config.seed,
         "seconds": round(result.seconds, 3),
         "seconds_per_structure": round(result.seconds_per_structure, 5),
@@ -317,6 +370,7 @@ __all__ = [
     "collect",
     "generate",
     "degenerate_reason",
+    "write_cifs",
     "write_samples",
     "summary_info",
 ]

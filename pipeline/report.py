@@ -8,7 +8,10 @@
   rule as the stability check, :func:`pipeline.molecule_checks.edm_bond_orders`), all pairs and
   the most common element pairs, generated against reference; merged atoms show up at the left;
 - ``atoms.png``: atoms per structure, generated against reference (same integer bins);
-- ``density.png`` (crystals): mass density in g/cm^3 from pymatgen, generated against reference;
+- ``density.png`` (crystals): mass density in g/cm^3 from pymatgen of the valid generated crystals
+  (CDVAE: structurally and compositionally valid, the set ``metrics.json``'s ``wdist_density``
+  uses) against the reference; the axis spans the reference and the middle 98 % of the generated
+  values, and the legend counts generated values beyond it;
 - ``molecules.png``: a grid drawing of the generated molecules RDKit can sanitise (EDM bonds).
 
 Every number the report prints comes from the functions below (``atom_count_table``,
@@ -135,6 +138,20 @@ def bond_length_summary(
     return out
 
 
+def valid_crystals(structures: list[Data]) -> list[Data]:
+    """The crystals that pass CDVAE's structural and compositional checks (the screen's ``valid``,
+    :func:`pipeline.metrics.check_crystals`), in order."""
+    from pipeline.crystal_checks import compositional_validity, structural_validity
+
+    out = []
+    for d in structures:
+        lattice = d[K.LATTICE].numpy().reshape(3, 3).astype(np.float64)
+        frac, z = d[K.FRAC].numpy().astype(np.float64), d[K.Z].numpy()
+        if structural_validity(lattice, frac, z).ok and compositional_validity(z).ok:
+            out.append(d)
+    return out
+
+
 def densities(structures: list[Data]) -> np.ndarray:
     """(m,) mass densities in g/cm^3 (pymatgen) of the crystals that make a valid cell."""
     from pipeline.crystal_checks import density, to_structure
@@ -226,18 +243,33 @@ def plot_atom_counts(table: dict[int, tuple[int, int]], path: Path) -> None:
     plt.close(fig)
 
 
+def density_axis(generated: np.ndarray, reference: np.ndarray) -> tuple[float, float]:
+    """The plotted density range: the reference's range joined with the 1st to 99th percentile of
+    the generated values, so that a few absurd samples cannot stretch the axis."""
+    parts = [reference] if reference.size else []
+    if generated.size:
+        parts.append(np.percentile(generated, [1, 99]))
+    both = np.concatenate(parts) if parts else np.array([0.0, 1.0])
+    low, high = float(both.min()), float(both.max())
+    return (low, high) if high > low else (low - 0.5, high + 0.5)
+
+
 def plot_densities(generated: np.ndarray, reference: np.ndarray, path: Path) -> None:
     plt = _plt()
-    both = np.concatenate([generated, reference])
-    bins = np.linspace(both.min(), both.max(), 31) if both.size else 10
+    low, high = density_axis(generated, reference)
+    bins = np.linspace(low, high, 31)
+    outside = int(((generated < low) | (generated > high)).sum())
     fig, ax = plt.subplots(figsize=(6, 3))
     for label, values, color in (
         ("reference", reference, REFERENCE_COLOR),
-        ("generated", generated, GENERATED_COLOR),
+        (f"generated ({outside} off the axis)", generated, GENERATED_COLOR),
     ):
-        if values.size:
-            ax.hist(values, bins, density=True, histtype="step", color=color, label=label)
+        inside = values[(values >= low) & (values <= high)]
+        if inside.size:
+            ax.hist(inside, bins, density=True, histtype="step", color=color, label=label)
+    ax.set_xlim(low, high)
     ax.set_xlabel("density / g cm$^{-3}$")
+    ax.set_ylabel("probability density")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -288,6 +320,28 @@ def _metrics_table(metrics: dict, prefix: str = "") -> list[str]:
     return rows
 
 
+def relaxation_section(generated: dict, relaxed: dict) -> list[str]:
+    """Markdown lines comparing the screen's crystal metrics as generated and after CHGNet
+    relaxation (``relaxed = {"crystals": metrics, "chgnet": pipeline.relax.write_relaxed's
+    summary}``), side by side and labelled."""
+    chgnet, after = relaxed.get("chgnet") or {}, relaxed.get("crystals") or {}
+    lines = [
+        "## CHGNet relaxation",
+        "",
+        f"{chgnet.get('relaxed', 0)} of {chgnet.get('n', 0)} crystals relaxed (the others were "
+        "not structurally valid or CHGNet failed on them: see relaxed/relax.csv). CHGNet energy "
+        f"per atom, mean over the relaxed ones: {_fmt(chgnet.get('mean_energy_per_atom'))} eV "
+        f"as generated, {_fmt(chgnet.get('mean_relaxed_energy_per_atom'))} eV relaxed.",
+        "",
+        "| metric | as generated | relaxed |",
+        "| --- | --- | --- |",
+    ]
+    for key, value in generated.items():
+        if not isinstance(value, dict):
+            lines.append(f"| {key} | {_fmt(value)} | {_fmt(after.get(key))} |")
+    return lines + [""]
+
+
 def design_report(
     run_dir: str | Path,
     generated: list[Data],
@@ -295,12 +349,15 @@ def design_report(
     metrics: dict,
     metrics_csv: str | Path | None = None,
     title: str = "Design run",
+    n_generated: int | None = None,
 ) -> Path:
     """Write ``run_dir/report.md`` and its plots under ``run_dir/plots``; returns the report path.
 
     ``generated`` and ``reference``: structures (molecules or crystals, see ``pipeline.keys``);
     ``metrics``: the screen's metrics (a dict, nested one level at most); ``metrics_csv``: the
-    training log (skipped when None or missing, e.g. a run that loaded a checkpoint).
+    training log (skipped when None or missing, e.g. a run that loaded a checkpoint);
+    ``n_generated``: how many structures were generated when some of them could not be read
+    back into ``generated`` (degenerate samples a file format cannot hold).
     """
     run_dir = Path(run_dir)
     plots = run_dir / "plots"
@@ -310,9 +367,12 @@ def design_report(
     gen_cry = [d for d in generated if is_crystal(d)]
     ref_cry = [d for d in reference if is_crystal(d)]
     lines = [f"# {title}", ""]
+    total = len(generated) if n_generated is None else n_generated
+    unread = total - len(generated)
     lines += [
-        f"{len(generated)} generated structures ({len(gen_mol)} molecules, {len(gen_cry)} "
-        f"crystals); {len(reference)} reference structures.",
+        f"{total} generated structures ({len(gen_mol)} molecules, {len(gen_cry)} crystals"
+        + (f", {unread} not readable: degenerate, see generation.json" if unread else "")
+        + f"); {len(reference)} reference structures.",
         "",
     ]
     if metrics:
@@ -370,15 +430,19 @@ def design_report(
         ]
 
     if gen_cry or ref_cry:
-        gen_rho, ref_rho = densities(gen_cry), densities(ref_cry)
+        gen_rho, ref_rho = densities(valid_crystals(gen_cry)), densities(ref_cry)
         plot_densities(gen_rho, ref_rho, plots / "density.png")
         s = density_summary(gen_rho, ref_rho)
         lines += [
             "## Density (g/cm^3)",
             "",
-            "| set | crystals with a valid cell | mean | std |",
+            "Generated: the valid crystals (structurally and compositionally, CDVAE), the set "
+            "the screen's Wasserstein distance uses; reference: every crystal with a cell.",
+            "",
+            "| set | crystals | mean | std |",
             "| --- | --- | --- | --- |",
-            f"| generated | {s['generated_n']} of {len(gen_cry)} | {_fmt(s['generated_mean'])} "
+            f"| generated | {s['generated_n']} of {total - len(gen_mol)} "
+            f"| {_fmt(s['generated_mean'])} "
             f"| {_fmt(s['generated_std'])} |",
             f"| reference | {s['reference_n']} of {len(ref_cry)} | {_fmt(s['reference_mean'])} "
             f"| {_fmt(s['reference_std'])} |",
@@ -388,6 +452,9 @@ def design_report(
             "![density](plots/density.png)",
             "",
         ]
+
+    if isinstance(metrics.get("relaxed"), dict):
+        lines += relaxation_section(metrics["crystals"], metrics["relaxed"])
 
     if gen_mol:
         mols, names = drawable_molecules(gen_mol)
@@ -415,10 +482,13 @@ __all__ = [
     "bond_length_summary",
     "bond_lengths",
     "densities",
+    "density_axis",
     "density_summary",
     "design_report",
     "drawable_molecules",
     "ema",
     "read_metrics_csv",
+    "relaxation_section",
     "unmeasurable",
+    "valid_crystals",
 ]

@@ -295,6 +295,11 @@ def train(
     val = None
     if config.val_every and config.val_split in dataset.splits:
         val = dataset.split_set(config.val_split)[: config.val_size]
+        # A recipe fitted to the training split knows its elements only: validate on the
+        # structures it can encode.
+        known = set(recipe.config.elements)
+        keep = [i for i, d in enumerate(val) if set(d.z.tolist()) <= known]
+        val = val[keep] if keep else None
 
     torch.manual_seed(config.seed)
     model = recipe.build_model()

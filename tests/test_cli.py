@@ -115,7 +115,7 @@ def test_parser_defaults_are_the_configs_defaults():
     generate = parser.parse_args(["generate", "--checkpoint", "c", "--out", "o"])
     assert (
         GenerateConfig(
-            n=generate.n,
+            n=generate.n or cli.GENERATE["n"],
             sampler=SamplerConfig(
                 kind=generate.sampler, nfe=generate.nfe, grid_power=generate.grid_power
             ),

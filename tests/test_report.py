@@ -162,8 +162,9 @@ def test_crystal_report_and_grid_fallback(perov, tmp_path):
     assert _images(report) == ["plots/atoms.png", "plots/density.png"]
     assert "## Training" not in report and "## Bond lengths" not in report
     rows = {r[0]: r for r in _table(report, "| set |")}
-    rho_gen, rho_ref = R.densities(generated), R.densities(perov)
-    assert rows["generated"][1] == "20 of 20" and rows["reference"][1] == "30 of 30"
+    valid = R.valid_crystals(generated)  # one of them fails SMACT's charge neutrality
+    rho_gen, rho_ref = R.densities(valid), R.densities(perov)
+    assert rows["generated"][1] == f"{len(valid)} of 20" and rows["reference"][1] == "30 of 30"
     assert float(rows["generated"][2]) == pytest.approx(rho_gen.mean(), rel=1e-3)
     assert float(rows["reference"][3]) == pytest.approx(rho_ref.std(), rel=1e-3)
     wdist = float(re.search(r"Wasserstein distance: ([0-9.e-]+)\.", report).group(1))
@@ -175,3 +176,72 @@ def test_crystal_report_and_grid_fallback(perov, tmp_path):
     report = R.design_report(tmp_path / "bad", [ch5], [], {}).read_text()
     assert "None of the generated molecules could be sanitised" in report
     assert not (tmp_path / "bad" / "plots" / "molecules.png").exists()
+
+
+def test_crystal_report_numbers_agree_with_the_screen_metrics(perov, tmp_path):
+    """Seven known crystals (three valid, one flat cell, one with every atom on one site, one
+    anion-only FO4, one NaN) against 20 reference crystals: every number of the report, checked
+    against hand counts, pymatgen's densities and the screen's own metrics (issue 15)."""
+    from pymatgen.core import Lattice, Structure
+    from scipy.stats import wasserstein_distance
+
+    from pipeline import crystal_checks as cc
+    from pipeline import metrics as pm
+
+    def crystal(d, lattice=None, frac=None, z=None, name=""):
+        lattice = d.lattice[0].numpy() if lattice is None else lattice
+        frac = d.frac.numpy() if frac is None else frac
+        return S.make_crystal(d.z if z is None else z, frac, lattice, name=name)
+
+    flat = perov[3].lattice[0].numpy().copy()
+    flat[2] = flat[0]
+    generated = [
+        crystal(perov[0], name="a"),
+        crystal(perov[1], name="b"),
+        crystal(perov[2], lattice=perov[2].lattice[0].numpy() * 1.05, name="c"),
+        crystal(perov[3], lattice=flat, name="flat"),
+        crystal(perov[4], frac=np.zeros((5, 3)), name="one-site"),
+        crystal(perov[5], z=torch.tensor([9, 8, 8, 8, 8]), name="FO4"),
+        crystal(perov[6], frac=np.full((5, 3), np.nan), name="nan"),
+    ]
+    reference = perov[10:30]
+    ref_structures = [
+        cc.to_structure(d.lattice[0].numpy(), d.frac.numpy(), d.z.numpy()) for d in reference
+    ]
+    rows = pm.check_crystals(
+        [d.name for d in generated],
+        [d.lattice[0].numpy().astype(np.float64) for d in generated],
+        [d.frac.numpy().astype(np.float64) for d in generated],
+        [d.z.numpy() for d in generated],
+    )
+    metrics = {"crystals": pm.crystal_set_metrics(rows, ref_structures, matching=False)}
+    # The flow reads back what a file could hold: here the NaN sample is lost.
+    report = R.design_report(tmp_path, generated[:6], reference, metrics, n_generated=7)
+    text = report.read_text()
+
+    assert "7 generated structures (0 molecules, 6 crystals, 1 not readable" in text
+    assert "20 reference structures" in text
+    table = {r[0]: r[1] for r in _table(text, "| metric |")}
+    assert table["crystals.n"] == "7"
+    assert float(table["crystals.structural_validity"]) == pytest.approx(4 / 7, rel=1e-3)
+    assert float(table["crystals.compositional_validity"]) == pytest.approx(6 / 7, rel=1e-3)
+
+    def rho(d) -> float:
+        lattice = Lattice(d.lattice[0].numpy().astype(np.float64))
+        return Structure(lattice, d.z.tolist(), d.frac.numpy().astype(np.float64)).density
+
+    gen_rho = np.array([rho(d) for d in generated[:3]])
+    ref_rho = np.array([rho(d) for d in reference])
+    rows = {r[0]: r for r in _table(text, "| set |")}
+    assert rows["generated"][1] == "3 of 7" and rows["reference"][1] == "20 of 20"
+    assert float(rows["generated"][2]) == pytest.approx(gen_rho.mean(), rel=1e-3)
+    assert float(rows["generated"][3]) == pytest.approx(gen_rho.std(), rel=1e-3)
+    assert float(rows["reference"][2]) == pytest.approx(ref_rho.mean(), rel=1e-3)
+    assert float(rows["reference"][3]) == pytest.approx(ref_rho.std(), rel=1e-3)
+    wdist = float(re.search(r"Wasserstein distance: ([0-9.e-]+)\.", text).group(1))
+    assert wdist == pytest.approx(wasserstein_distance(gen_rho, ref_rho), rel=1e-3)
+    assert wdist == pytest.approx(metrics["crystals"]["wdist_density"], rel=1e-3)
+    assert float(table["crystals.wdist_density"]) == pytest.approx(wdist, rel=1e-3)
+    assert _table(text, "| atoms |") == [["5", "6", "20"]]
+    low, high = R.density_axis(gen_rho, ref_rho)
+    assert (low, high) == (min(ref_rho.min(), np.percentile(gen_rho, 1)), ref_rho.max())

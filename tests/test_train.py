@@ -229,7 +229,7 @@ def test_crystals_train_on_a_named_split_from_the_command_line_options(tmp_path)
 
     from flows.cli import add_training_options
     from flows.train import config_from_args
-    from pipeline.datasets import shared_data_dir
+    from pipeline.datasets import load_dataset, shared_data_dir
 
     perov = shared_data_dir() / "crystals" / "perov_5" / "val.csv"
     if not perov.exists():
@@ -248,3 +248,7 @@ def test_crystals_train_on_a_named_split_from_the_command_line_options(tmp_path)
     trained = load_trained(result.checkpoint)
     assert type(trained.recipe).__name__ == "CrystalRecipe"
     assert trained.num_atoms == {5: 16}  # every Perov-5 cell has five atoms
+    # Fitted to the 16 training cells: their elements only, the cubic prior at their density.
+    elements = {int(z) for d in load_dataset("perov-5").split_set("val")[:16] for z in d.z}
+    assert set(trained.recipe.config.elements) == elements
+    assert trained.recipe.config.lattice.kind == "cubic"

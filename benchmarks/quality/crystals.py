@@ -12,6 +12,13 @@ set's fingerprints are cached under ``$LDSM_HOME/benchmarks`` (CrystalNN is slow
 
     python -m benchmarks.quality.crystals --runs runs/c7-perov-exact-dsm-linear \
         runs/c7-perov-local-dsm-physical
+
+``--csp`` evaluates structure-prediction runs (``ldsm train --csp``) instead, DiffCSP's protocol:
+one structure per reference composition (the first ``--n`` cells of the split), matched to its
+cell by pymatgen's ``StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)``; the match rate is the
+fraction matched, the RMSE the mean ``get_rms_dist`` (normalised by ``(V / n)^(1/3)``) over the
+matched ones. A prediction that fails CDVAE's structural check counts as unmatched.
+``--no-coverage`` skips the CrystalNN fingerprints (minutes of CPU for the reference set).
 """
 
 from __future__ import annotations
@@ -42,16 +49,25 @@ ANCHORS = {
         "DiffCSP": (100, 98.85, 99.74, 98.27, 0.013, 0.026),
     },
 }
+# Published CSP numbers (match rate %, RMSE), one sample per test composition, as issue 15 quotes
+# them from DiffCSP (Jiao et al. 2023, Table 1); trained on the full train splits.
+CSP_ANCHORS = {
+    "perov-5": {"DiffCSP": (52.02, 0.0760)},
+    "carbon-24": {"DiffCSP": (17.54, None)},
+}
 
 
-def reference(dataset: str, split: str) -> tuple[list, tuple[list, list]]:
-    """The reference split as pymatgen Structures and their (structure, composition) fingerprints."""
+def reference(dataset: str, split: str, coverage: bool = True) -> tuple[list, tuple | None]:
+    """The reference split as pymatgen Structures and their (structure, composition)
+    fingerprints (None without ``coverage``)."""
     records = load_dataset(dataset).split_set(split).to_data_list()
     structures = [
         cc.to_structure(d.lattice.numpy().reshape(3, 3), d.frac.numpy(), d.z.numpy())
         for d in records
     ]
     structures = [s for s in structures if s is not None]
+    if not coverage:
+        return structures, None
     cache = ldsm_home() / "benchmarks" / f"reference-{dataset}-{split}.npz"
     if cache.exists():
         data = np.load(cache)
@@ -92,11 +108,72 @@ def evaluate(
         [c.lattice.numpy().reshape(3, 3).astype(np.float64) for c in crystals],
         [c.frac.numpy().astype(np.float64) for c in crystals],
         [c.z.numpy() for c in crystals],
-        fingerprints=True,
+        fingerprints=ref_fps is not None,
     )
     metrics = pm.crystal_set_metrics(rows, ref, ref_fps, cutoffs, matching=matching)
     metrics.update(nfe=used, seconds_per_crystal=seconds / n, n=n)
     return metrics
+
+
+def csp_evaluate(run: Path, nfe: int, n: int, batch: int, seed: int, split: str) -> dict:
+    """Match rate and RMSE of one prediction per composition of the first ``n`` cells of
+    ``split`` (module docstring), and the seconds per structure."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    trained = load_trained(run / "checkpoints" / "last.pt")
+    dataset = trained.info["dataset"]
+    truth = load_dataset(dataset).split_set(split).to_data_list()[:n]
+    gen = torch.Generator().manual_seed(seed)
+    predicted, seconds = [], 0.0
+    for start in range(0, len(truth), batch):
+        cells = truth[start : start + batch]
+        started = time.perf_counter()
+        chunk, used = trained.recipe.sample(
+            trained.model,
+            torch.tensor([len(d.z) for d in cells]),
+            SamplerConfig(nfe=nfe),
+            gen,
+            f"s{start}",
+            types=torch.cat([d.z for d in cells]),
+        )
+        seconds += time.perf_counter() - started
+        predicted += chunk
+    matcher = StructureMatcher(stol=0.5, ltol=0.3, angle_tol=10)
+    rms = []
+    for pred, true in zip(predicted, truth, strict=True):
+        arrays = [pred.lattice.numpy().reshape(3, 3).astype(np.float64), pred.frac.numpy()]
+        if not cc.structural_validity(*arrays, pred.z.numpy()).ok:
+            continue
+        a = cc.to_structure(*arrays, pred.z.numpy())
+        b = cc.to_structure(true.lattice.numpy().reshape(3, 3), true.frac.numpy(), true.z.numpy())
+        found = matcher.get_rms_dist(a, b) if a is not None and b is not None else None
+        if found is not None:
+            rms.append(float(found[0]))
+    return {
+        "nfe": used,
+        "n": len(truth),
+        "match_rate": len(rms) / len(truth),
+        "rmse": float(np.mean(rms)) if rms else None,
+        "seconds_per_crystal": seconds / len(truth),
+    }
+
+
+def csp_table(runs: list[Path], results: Path, dataset: str) -> str:
+    """The training table and the CSP table with the published anchors."""
+    lines = [
+        "| method | NFE | n | match rate % | RMSE | s / crystal |",
+        "|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        found = [json.loads(p.read_text()) for p in results.glob(f"{run.name}-csp-nfe*.json")]
+        for m in sorted(found, key=lambda m: m["nfe"]):
+            lines.append(
+                f"| {run.name} | {m['nfe']} | {m['n']} | {_pct(m['match_rate'])} | "
+                f"{_num(m['rmse'])} | {m['seconds_per_crystal']:.4f} |"
+            )
+    for name, (rate, rmse) in CSP_ANCHORS.get(dataset, {}).items():
+        lines.append(f"| {name} (published) | 1000 | all | {rate} | {_num(rmse)} | |")
+    return training_table(runs, "CSPNet") + "\n\n" + "\n".join(lines)
 
 
 def _pct(value) -> str:
@@ -141,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--csp", action="store_true", help="structure-prediction runs (module doc)")
+    parser.add_argument(
+        "--no-coverage", action="store_true", help="skip CrystalNN fingerprints and coverage"
+    )
     parser.add_argument(
         "--no-matching",
         action="store_true",
@@ -155,13 +236,15 @@ def main(argv: list[str] | None = None) -> int:
     (dataset,) = datasets
     cutoffs = cc.COV_CUTOFFS[dataset.replace("-", "_")]
     args.results.mkdir(parents=True, exist_ok=True)
+    if args.csp:
+        return csp_main(args, dataset)
     ref = None
     for run in args.runs:
         for nfe in args.nfe:
             path = args.results / f"{run.name}-nfe{nfe}.json"
             if path.exists():
                 continue
-            ref = ref or reference(dataset, args.split)
+            ref = ref or reference(dataset, args.split, not args.no_coverage)
             print(f"{run.name}: sampling {args.n} crystals at {nfe} NFE", flush=True)
             metrics = evaluate(
                 run, nfe, args.n, args.batch, args.seed, *ref, cutoffs, not args.no_matching
@@ -178,10 +261,41 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(str(r) for r in args.runs)
         + f" --nfe {' '.join(map(str, args.nfe))} --n {args.n}"
         + (" --no-matching" if args.no_matching else "")
+        + (" --no-coverage" if args.no_coverage else "")
     )
     write_section(
         f"quality-{dataset}",
         f"Quality: {dataset} de novo generation, linear vs physical drift",
+        command,
+        body,
+    )
+    return 0
+
+
+def csp_main(args: argparse.Namespace, dataset: str) -> int:
+    """The ``--csp`` branch of :func:`main`: evaluate, tabulate, write section csp-<dataset>."""
+    for run in args.runs:
+        for nfe in args.nfe:
+            path = args.results / f"{run.name}-csp-nfe{nfe}.json"
+            if path.exists():
+                continue
+            print(f"{run.name}: predicting {args.n} {dataset} structures at {nfe} NFE", flush=True)
+            metrics = csp_evaluate(run, nfe, args.n, args.batch, args.seed, args.split)
+            path.write_text(json.dumps(metrics, indent=2) + "\n")
+            print(json.dumps(metrics), flush=True)
+    body = csp_table(args.runs, args.results, dataset)
+    if args.notes:
+        notes = Path(args.notes)
+        body += "\n\n" + (notes.read_text() if notes.exists() else args.notes)
+    print(body)
+    command = (
+        "python -m benchmarks.quality.crystals --csp --runs "
+        + " ".join(str(r) for r in args.runs)
+        + f" --nfe {' '.join(map(str, args.nfe))} --n {args.n}"
+    )
+    write_section(
+        f"csp-{dataset}",
+        f"Structure prediction: {dataset}, one sample per composition",
         command,
         body,
     )
