@@ -205,7 +205,7 @@ def checkpoint_of(args: argparse.Namespace, csp: bool) -> str:
     if args.checkpoint is not None:
         return args.checkpoint
     if args.dataset is None:
-        raise UsageError("give --checkpoint, or --dataset for a shipped model")
+        raise UsageError("--checkpoint required (or --dataset for its shipped model)")
     return str(shipped_checkpoint(args.dataset, csp))
 
 

@@ -19,7 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_NAME = ".lock"
-_held: dict[Path, list] = {}  # resolved folder -> [open file, depth]
+_held: dict[Path, list] = {}  # resolved folder -> [open file, depth, created by this hold]
 
 
 class FolderInUse(RuntimeError):
@@ -40,6 +40,7 @@ def acquire(folder: str | Path) -> None:
     if folder in _held:
         _held[folder][1] += 1
         return
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
     handle = open(path, "a+")
@@ -56,7 +57,7 @@ def acquire(folder: str | Path) -> None:
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     handle.write(f"pid {os.getpid()} on {socket.gethostname()} ({command}), since {started}\n")
     handle.flush()
-    _held[folder] = [handle, 1]
+    _held[folder] = [handle, 1, created]
 
 
 def release(folder: str | Path) -> None:
@@ -67,11 +68,15 @@ def release(folder: str | Path) -> None:
         return
     entry[1] -= 1
     if entry[1] == 0:
-        handle = _held.pop(folder)[0]
+        handle, _, created = _held.pop(folder)
         handle.seek(0)
         handle.truncate()
         fcntl.flock(handle, fcntl.LOCK_UN)
         handle.close()
+        # A run refused before it wrote anything (a missing input) leaves no folder behind.
+        if created and [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+            (folder / LOCK_NAME).unlink()
+            folder.rmdir()
 
 
 @contextmanager

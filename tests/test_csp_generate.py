@@ -127,9 +127,10 @@ def test_cli_writes_one_cif_per_structure_named_by_its_record(
 
 def test_shipped_model_missing_is_a_clear_error(tmp_path, monkeypatch):
     from flows import generate as flow
+    from flows.console import UsageError
 
     monkeypatch.setattr(flow, "WEIGHTS", tmp_path)
-    with pytest.raises(FileNotFoundError, match="--csp"):
+    with pytest.raises(UsageError, match="--csp"):
         flow.shipped_checkpoint("perov-5", csp=True)
 
 
