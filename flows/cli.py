@@ -238,26 +238,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def add_design_options(parser: argparse.ArgumentParser) -> None:
-    """The design options (shared with ``ldsm serve``)."""
-    d = DESIGN
-    parser.add_argument("--out", default=d["out"], help="run directory (re-use it to resume)")
+def add_sampler_options(parser: argparse.ArgumentParser, nfe: int) -> None:
+    """The sampling options of ``generate`` and ``design`` (``pipeline.recipes.SamplerConfig``)."""
     parser.add_argument(
-        "--checkpoint",
-        default=None,
-        help="trained checkpoint (.pt); None: the model that ships for --dataset "
-        "(models/weights/qm9_egnn.pt for qm9)",
-    )
-    parser.add_argument("--train", action="store_true", help="train first (training options below)")
-    parser.add_argument("--n", type=positive_int, default=d["n"], help="structures to generate")
-    parser.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default=GENERATE["sampler"],
-        help=SAMPLER_HELP,
+        "--sampler", choices=SAMPLERS, default=GENERATE["sampler"], help=SAMPLER_HELP
     )
     parser.add_argument(
-        "--nfe", type=positive_int, default=d["nfe"], help="network evaluations per sample"
+        "--nfe", type=positive_int, default=nfe, help="network evaluations per sample"
     )
     parser.add_argument(
         "--grid-power",
@@ -271,6 +258,21 @@ def add_design_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="atoms per structure; None: drawn from the training histogram",
     )
+
+
+def add_design_options(parser: argparse.ArgumentParser) -> None:
+    """The design options (shared with ``ldsm serve``)."""
+    d = DESIGN
+    parser.add_argument("--out", default=d["out"], help="run directory (re-use it to resume)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="trained checkpoint (.pt); None: the model that ships for --dataset "
+        "(models/weights/qm9_egnn.pt for qm9)",
+    )
+    parser.add_argument("--train", action="store_true", help="train first (training options below)")
+    parser.add_argument("--n", type=positive_int, default=d["n"], help="structures to generate")
+    add_sampler_options(parser, d["nfe"])
     parser.add_argument(
         "--reference-size",
         type=positive_int,
@@ -386,27 +388,7 @@ def _generate(sub) -> None:
         help=f"structures to generate (None: {d['n']}); with compositions: per composition (None: 1)",
     )
     parser.add_argument("--out", required=True, help="output folder")
-    parser.add_argument(
-        "--sampler",
-        choices=SAMPLERS,
-        default=d["sampler"],
-        help=SAMPLER_HELP,
-    )
-    parser.add_argument(
-        "--nfe", type=positive_int, default=d["nfe"], help="network evaluations per sample"
-    )
-    parser.add_argument(
-        "--grid-power",
-        type=positive_float,
-        default=GENERATE["grid_power"],
-        help="sampler time grid t_end + (1 - t_end) u^power: > 1 spends more steps at low noise",
-    )
-    parser.add_argument(
-        "--num-atoms",
-        type=positive_int,
-        default=None,
-        help="atoms per structure; None: drawn from the training histogram",
-    )
+    add_sampler_options(parser, d["nfe"])
     parser.add_argument(
         "--batch-size",
         type=positive_int,
