@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from flows import lock
 from flows.cli import CRYSTAL_DATASETS, add_training_options
 from flows.console import UsageError
-from flows.generate import check_checkpoint, run_generate
+from flows.generate import check_checkpoint, check_sampler, run_generate
 from flows.persist import chunk_count
 from flows.screen import ScreenConfig, run_screen
 from flows.train import config_from_args as train_config_from_args
@@ -259,6 +259,7 @@ def check_design(config: DesignConfig, args: argparse.Namespace) -> None:
     if config.train is not None:
         return
     trained = check_checkpoint(config.checkpoint)
+    check_sampler(config.sampler.kind, trained)
     trained_on = trained.info.get("dataset", "?")
     if "dataset" in getattr(args, "explicit", set()) and trained_on != args.dataset:
         raise UsageError(

@@ -167,9 +167,22 @@ def saved_on_stop(args: argparse.Namespace) -> str:
     )
 
 
+def check_sampler(kind: str, trained: Trained) -> None:
+    """Refuse ``--sampler ancestral`` for a molecule model of a nonlinear drift (its posterior
+    steps need the closed-form transition of the linear process)."""
+    config = trained.recipe.config
+    if kind == "ancestral" and config.kind == "molecule" and config.process.drift != "linear":
+        raise UsageError(
+            f"--sampler ancestral needs a model of the linear process; this one uses the "
+            f"{config.process.drift} drift (use --sampler sde or ode)"
+        )
+
+
 def check(args: argparse.Namespace) -> None:
-    """``ldsm generate``'s checks before the flow: the compositions parse, the checkpoint loads."""
-    check_checkpoint(checkpoint_of(args, compositions_of(args) is not None))
+    """``ldsm generate``'s checks before the flow: the compositions parse, the checkpoint loads,
+    the sampler suits it."""
+    trained = check_checkpoint(checkpoint_of(args, compositions_of(args) is not None))
+    check_sampler(args.sampler, trained)
 
 
 def shipped_checkpoint(dataset: str, csp: bool) -> Path:

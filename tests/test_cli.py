@@ -164,6 +164,17 @@ def _crystal_checkpoint(path: Path) -> Path:
     return save_trained(path, recipe, recipe.build_model(), {5: 2}, dataset="perov-5")
 
 
+def test_ancestral_sampler_on_a_nonlinear_drift_model_is_one_line(tmp_path, prefect_home):
+    model = _molecule_checkpoint(tmp_path / "physical.pt")  # the default recipe: physical drift
+    done = ldsm(
+        "generate", "--checkpoint", str(model), "--sampler", "ancestral", "--out",
+        str(tmp_path / "o"), env=_screen_env(prefect_home),
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert "--sampler ancestral" in line and "physical" in line
+
+
 def test_checkpoint_problems_name_the_file(tmp_path, capsys, prefect_harness):
     good = _molecule_checkpoint(tmp_path / "m.pt")
     empty = tmp_path / "empty.pt"
