@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 from typing import Literal
 
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from flows import lock
@@ -178,6 +180,13 @@ def _design(config: DesignConfig, run: Path) -> dict:
         metrics_csv,
         title=f"Design run {run.name}",
         n_generated=generation["n"],
+    )
+    # The UI cannot reach the plots beside report.md: name their files instead.
+    markdown = re.sub(
+        r"!\[([^\]]*)\]\(([^)]+)\)", lambda m: f"*{m[1]}: {run / m[2]}*", path.read_text()
+    )
+    create_markdown_artifact(
+        markdown=markdown, key="design-report", description=f"Design run {run}"
     )
     print(
         f"design run {run}: {len(generated)} structures, report {path}, "

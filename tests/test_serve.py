@@ -12,17 +12,17 @@ import asyncio
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 import yaml
 from ase.build import molecule
 from ase.io import write
+from prefect_server import prefect_server as start_server
+from prefect_server import stop, tail
 
 from flows import serve as S
 from flows.cli import build_parser
@@ -30,66 +30,11 @@ from flows.cli import build_parser
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 30) -> None:
-    """Stop a process started with ``start_new_session`` and its children (its own group)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
-def _tail(path: Path, n: int = 3000) -> str:
-    return path.read_text(errors="replace")[-n:] if path.exists() else ""
-
-
 @pytest.fixture(scope="module")
 def prefect_server(tmp_path_factory):
     """``http://127.0.0.1:PORT/api`` of a fresh ``prefect server start``."""
-    home = tmp_path_factory.mktemp("prefect_server")
-    port = _free_port()
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(home),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
-    }
-    env.pop("PREFECT_API_URL", None)
-    log = home / "server.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "prefect"), "server", "start"]
-            + ["--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    url = f"http://127.0.0.1:{port}/api"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"prefect server exited with {proc.returncode}:\n{_tail(log)}")
-            try:
-                if httpx.get(f"{url}/health", timeout=2).json() is True:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"prefect server not healthy after 120 s:\n{_tail(log)}")
-            time.sleep(0.5)
+    with start_server(tmp_path_factory.mktemp("prefect_server")) as url:
         yield url
-    finally:
-        _stop(proc)
 
 
 def _deployment(url: str, name: str):
@@ -185,21 +130,21 @@ def test_ldsm_serve_runs_a_deployment(prefect_server, tmp_path):
     try:
         deadline = time.monotonic() + 120
         while (deployment := _deployment(prefect_server, "screen/test-serve")) is None:
-            assert proc.poll() is None, f"ldsm serve exited:\n{_tail(log)}"
-            assert time.monotonic() < deadline, f"no deployment after 120 s:\n{_tail(log)}"
+            assert proc.poll() is None, f"ldsm serve exited:\n{tail(log)}"
+            assert time.monotonic() < deadline, f"no deployment after 120 s:\n{tail(log)}"
             time.sleep(1)
         (schedule,) = deployment.schedules
         assert schedule.schedule.cron == "0 3 * * *" and schedule.active
         assert deployment.parameters["config"]["input"] == str(folder)
         with temporary_settings({PREFECT_API_URL: prefect_server}):
             flow_run = run_deployment("screen/test-serve", timeout=300)
-        assert flow_run.state.is_completed(), f"{flow_run.state}\n{_tail(log)}"
+        assert flow_run.state.is_completed(), f"{flow_run.state}\n{tail(log)}"
         metrics = json.loads((out / "metrics.json").read_text())
         assert metrics["molecules"]["n"] == 3 and metrics["molecules"]["validity"] == 1.0
     finally:
-        _stop(proc, signal.SIGINT)
+        stop(proc, signal.SIGINT)
     # Ctrl-C pauses the deployment: no scheduled runs pile up while nothing serves them.
-    assert _deployment(prefect_server, "screen/test-serve").paused, _tail(log)
+    assert _deployment(prefect_server, "screen/test-serve").paused, tail(log)
 
 
 def _prefect(*args: str, env: dict, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
