@@ -282,9 +282,10 @@ def add_design_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-posebusters", action="store_true", help="skip PoseBusters")
     parser.add_argument(
         "--relax",
-        choices=["none", "chgnet"],
+        choices=["none", "chgnet", "xtb"],
         default=DESIGN["relax"],
-        help="crystals: relax the samples with CHGNet, write them and screen them too",
+        help="relax the samples, write them and screen them too: crystals with CHGNet, "
+        "molecules with GFN2-xTB (seconds per molecule)",
     )
     add_runner_options(parser)
     add_training_options(parser)

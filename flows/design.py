@@ -8,9 +8,11 @@ generates molecules, screens them and writes one run directory::
     RUN/samples/           samples.sdf + samples.xyz (molecules) or samples.cif + samples.extxyz
     RUN/screen/            screen.csv, passing structures, the screen's own report
     RUN/relaxed/           --relax chgnet (crystals): relaxed samples.cif, relax.csv (CHGNet
-                           energy per atom before and after), and their screen in screen/
+                           energy per atom before and after), and their screen in screen/;
+                           --relax xtb (molecules): relaxed samples.sdf, relax.csv (GFN2-xTB
+                           energy before and after, RMSD, HOMO-LUMO gap, dipole), screen/
     RUN/metrics.json       the screen's metrics (keys of pipeline.metrics) plus generation figures;
-                           with --relax, "relaxed" holds the relaxed crystals' metrics
+                           with --relax, "relaxed" holds the relaxed structures' metrics
     RUN/report.md          loss curve, bond lengths, atoms per structure, density, molecule grid
 
 Re-running a killed flow with the same ``--out`` reuses what finished: a finished training run is
@@ -47,6 +49,7 @@ from pipeline.generate import GenerateConfig, load_cached
 from pipeline.io import read_structures, write_structures
 from pipeline.metrics import CRYSTAL_KEYS
 from pipeline.recipes import SamplerConfig
+from pipeline.structures import is_crystal
 from pipeline.train import TrainConfig
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
@@ -68,8 +71,9 @@ class DesignConfig(BaseModel):
     dataset_path: str | None = None  # source of the reference data set (as --path of ingest)
     reference_size: PositiveInt = 1000  # reference structures (test split) for plots / coverage
     posebusters: bool = True
-    relax: Literal["none", "chgnet"] = "none"  # crystals: CHGNet relaxation, screened again
-    relax_steps: PositiveInt = 100  # FIRE steps at most per crystal
+    # crystals: CHGNet relaxation; molecules: GFN2-xTB relaxation; the relaxed set is screened too
+    relax: Literal["none", "chgnet", "xtb"] = "none"
+    relax_steps: PositiveInt | None = None  # at most per structure; None: 100 (FIRE), 200 (BFGS)
     workers: int = 0
     dask_address: str | None = None
 
@@ -99,17 +103,23 @@ def reference_task(dataset: str, path: str | None, run: str, size: int) -> dict:
     }
 
 
-@task(name="relax")
-def relax_task(samples: str, folder: str, steps: int) -> dict:
-    """Relax the generated crystals with CHGNet into ``folder``; returns the relaxation summary."""
-    from pipeline.relax import relax_crystals, write_relaxed
+RELAX_STEPS = {"chgnet": 100, "xtb": 200}
+RELAXED_KIND = {"chgnet": "crystals", "xtb": "molecules"}
 
-    crystals = [
-        d
-        for d in read_structures(samples, min_distance=0.0).records
-        if d.get("lattice") is not None
-    ]
-    return write_relaxed(relax_crystals(crystals, steps=steps), folder)
+
+@task(name="relax")
+def relax_task(samples: str, folder: str, method: str, steps: int) -> dict:
+    """Relax the generated crystals with CHGNet (``method`` "chgnet") or the molecules with
+    GFN2-xTB ("xtb") into ``folder``; returns the relaxation summary."""
+    from pipeline import relax
+
+    structures = read_structures(samples, min_distance=0.0).records
+    if method == "chgnet":
+        crystals = [d for d in structures if is_crystal(d)]
+        return relax.write_relaxed(relax.relax_crystals(crystals, steps=steps), folder)
+    molecules = [d for d in structures if not is_crystal(d)]
+    results = relax.relax_molecules(molecules, steps=steps, log=print)
+    return relax.write_relaxed_molecules(results, folder)
 
 
 @flow(name="design", log_prints=True)
@@ -161,12 +171,14 @@ def _design(config: DesignConfig, run: Path) -> dict:
         dask_address=config.dask_address,
     )
     metrics = {**run_screen(screen_config), "generation": generation}
-    if config.relax == "chgnet" and metrics["crystals"]["n"]:
-        relaxed = relax_task(generation["files"][0], str(run / "relaxed"), config.relax_steps)
+    kind = RELAXED_KIND.get(config.relax)
+    if kind and metrics[kind]["n"]:
+        steps = config.relax_steps or RELAX_STEPS[config.relax]
+        relaxed = relax_task(generation["files"][0], str(run / "relaxed"), config.relax, steps)
         relaxed_screen = screen_config.model_copy(
             update={"input": relaxed["files"][0], "out": str(run / "relaxed" / "screen")}
         )
-        metrics["relaxed"] = {"crystals": run_screen(relaxed_screen)["crystals"], "chgnet": relaxed}
+        metrics["relaxed"] = {kind: run_screen(relaxed_screen)[kind], config.relax: relaxed}
     (run / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
 
     # The file the screen read (SDF / CIF), so the report and metrics.json see the same samples.
@@ -265,10 +277,25 @@ def config_from_args(args: argparse.Namespace) -> DesignConfig:
 def check_design(config: DesignConfig, args: argparse.Namespace) -> None:
     """Refuse a checkpoint that cannot be loaded, or one trained on another data set than an
     explicit ``--dataset`` (a crystal model with ``--dataset qm9`` would design crystals and
-    report molecule metrics, all null)."""
+    report molecule metrics, all null), or a ``--relax`` method for the other kind of structure."""
+    relaxes = {"chgnet": "crystal", "xtb": "molecule"}.get(config.relax)
     if config.train is not None:
+        dataset = config.train.dataset
+        kind = (
+            "crystal" if dataset in CRYSTAL_DATASETS else "molecule" if dataset == "qm9" else None
+        )
+        if relaxes and kind not in (None, relaxes):  # a path: its kind is known once read
+            raise UsageError(
+                f"--relax {config.relax} relaxes {relaxes}s; --dataset {dataset} "
+                f"trains a {kind} model"
+            )
         return
     trained = check_checkpoint(config.checkpoint)
+    if relaxes and trained.recipe.config.kind != relaxes:
+        raise UsageError(
+            f"--relax {config.relax} relaxes {relaxes}s; --checkpoint {config.checkpoint} is a "
+            f"{trained.recipe.config.kind} model"
+        )
     check_sampler(config.sampler.kind, trained)
     trained_on = trained.info.get("dataset", "?")
     if "dataset" in getattr(args, "explicit", set()) and trained_on != args.dataset:
@@ -305,12 +332,13 @@ CRYSTAL_SUMMARY = CRYSTAL_KEYS[1:]  # every crystal metric but the count, which 
 
 
 def console_summary(out: str, metrics: dict) -> dict:
-    """The headline metrics of a run: the molecule ones, or the crystal ones for crystal runs."""
+    """The headline metrics of a run: the molecule ones, or the crystal ones for crystal runs;
+    with ``--relax``, the same metrics of the relaxed set under ``relaxed``."""
     crystals = (metrics.get("crystals") or {}).get("n")
     kind, keys = ("crystals", CRYSTAL_SUMMARY) if crystals else ("molecules", MOLECULE_SUMMARY)
     part = metrics.get(kind) or {}
     summary = {"out": out, "kind": kind, "n": part.get("n"), **{k: part.get(k) for k in keys}}
-    relaxed = (metrics.get("relaxed") or {}).get("crystals")
+    relaxed = (metrics.get("relaxed") or {}).get(kind)
     if relaxed:
         summary["relaxed"] = {k: relaxed.get(k) for k in ["n", *keys]}
     return summary

@@ -321,21 +321,35 @@ def _metrics_table(metrics: dict, prefix: str = "") -> list[str]:
 
 
 def relaxation_section(generated: dict, relaxed: dict) -> list[str]:
-    """Markdown lines comparing the screen's crystal metrics as generated and after CHGNet
-    relaxation (``relaxed = {"crystals": metrics, "chgnet": pipeline.relax.write_relaxed's
-    summary}``), side by side and labelled."""
-    chgnet, after = relaxed.get("chgnet") or {}, relaxed.get("crystals") or {}
-    lines = [
-        "## CHGNet relaxation",
-        "",
-        f"{chgnet.get('relaxed', 0)} of {chgnet.get('n', 0)} crystals relaxed (the others were "
-        "not structurally valid or CHGNet failed on them: see relaxed/relax.csv). CHGNet energy "
-        f"per atom, mean over the relaxed ones: {_fmt(chgnet.get('mean_energy_per_atom'))} eV "
-        f"as generated, {_fmt(chgnet.get('mean_relaxed_energy_per_atom'))} eV relaxed.",
-        "",
-        "| metric | as generated | relaxed |",
-        "| --- | --- | --- |",
-    ]
+    """Markdown lines comparing the screen's metrics as generated and after relaxation, side by
+    side and labelled: crystals after CHGNet (``relaxed = {"crystals": metrics, "chgnet":
+    pipeline.relax.write_relaxed's summary}``) or molecules after GFN2-xTB (``{"molecules":
+    metrics, "xtb": pipeline.relax.write_relaxed_molecules's summary}``). ``generated`` is the
+    metrics of the same kind as generated."""
+    if "xtb" in relaxed:
+        xtb, after = relaxed["xtb"], relaxed.get("molecules") or {}
+        lines = [
+            "## GFN2-xTB relaxation",
+            "",
+            f"{xtb.get('relaxed', 0)} of {xtb.get('n', 0)} molecules relaxed, "
+            f"{xtb.get('converged', 0)} to convergence (the others had one atom, or xTB failed "
+            "on them: see relaxed/relax.csv). Means over the relaxed ones: relaxation energy "
+            f"{_fmt(xtb.get('mean_relaxation_energy'))} eV, RMSD of the move "
+            f"{_fmt(xtb.get('mean_rmsd'))} A, HOMO-LUMO gap {_fmt(xtb.get('mean_gap'))} eV. The "
+            "raw model's metrics (as generated) are the ones to compare with the literature.",
+        ]
+    else:
+        chgnet, after = relaxed.get("chgnet") or {}, relaxed.get("crystals") or {}
+        lines = [
+            "## CHGNet relaxation",
+            "",
+            f"{chgnet.get('relaxed', 0)} of {chgnet.get('n', 0)} crystals relaxed (the others "
+            "were not structurally valid or CHGNet failed on them: see relaxed/relax.csv). "
+            "CHGNet energy per atom, mean over the relaxed ones: "
+            f"{_fmt(chgnet.get('mean_energy_per_atom'))} eV as generated, "
+            f"{_fmt(chgnet.get('mean_relaxed_energy_per_atom'))} eV relaxed.",
+        ]
+    lines += ["", "| metric | as generated | relaxed |", "| --- | --- | --- |"]
     for key, value in generated.items():
         if not isinstance(value, dict):
             lines.append(f"| {key} | {_fmt(value)} | {_fmt(after.get(key))} |")
@@ -454,7 +468,8 @@ def design_report(
         ]
 
     if isinstance(metrics.get("relaxed"), dict):
-        lines += relaxation_section(metrics["crystals"], metrics["relaxed"])
+        kind = "molecules" if "xtb" in metrics["relaxed"] else "crystals"
+        lines += relaxation_section(metrics[kind], metrics["relaxed"])
 
     if gen_mol:
         mols, names = drawable_molecules(gen_mol)

@@ -197,6 +197,20 @@ def test_design_refuses_a_model_of_another_data_set(tmp_path, capsys, prefect_ha
     assert not (tmp_path / "config.json").exists()  # refused before anything was written
 
 
+def test_design_refuses_a_relaxation_for_the_other_kind(tmp_path, capsys, prefect_harness):
+    crystal = _crystal_checkpoint(tmp_path / "perov.pt")
+    cases = [
+        (["--relax", "chgnet"], "--relax chgnet relaxes crystals", "is a molecule model"),
+        (["--relax", "xtb", "--checkpoint", str(crystal)], "relaxes molecules", "crystal model"),
+        (["--relax", "xtb", "--train", "--dataset", "perov-5"], "relaxes molecules", "perov-5"),
+    ]
+    for options, first, second in cases:
+        assert cli.main(["design", *options, "--out", str(tmp_path / "o")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and first in err[0] and second in err[0], err
+    assert not (tmp_path / "o").exists()
+
+
 def test_design_for_a_crystal_set_needs_a_crystal_model(tmp_path, capsys, prefect_harness):
     from flows import design
 

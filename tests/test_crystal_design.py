@@ -38,7 +38,7 @@ def test_chgnet_relaxes_a_distorted_perovskite_and_keeps_an_invalid_cell(tmp_pat
     on_top = [*frac[:4], [0.01, 0, 0]]  # an O 0.04 A from Sr
     close = make_crystal([38, 22, 8, 8, 8], on_top, 3.905 * np.eye(3), name="close")
     samples = write_structures([good, close], tmp_path / "samples.cif")
-    summary = relax_task.fn(str(samples), str(tmp_path / "relaxed"), 3)
+    summary = relax_task.fn(str(samples), str(tmp_path / "relaxed"), "chgnet", 3)
 
     with open(tmp_path / "relaxed" / "relax.csv", newline="") as f:
         rows = {r["name"]: r for r in csv.DictReader(f)}

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from flows.design import DEFAULT_CHECKPOINT, DesignConfig, design
+from flows.design import DEFAULT_CHECKPOINT, DesignConfig, console_summary, design
 from models.config import EGNNConfig
 from pipeline.recipes import MoleculeRecipeConfig, SamplerConfig, load_trained
 from pipeline.train import TrainConfig
@@ -86,3 +86,30 @@ def test_cli_help_shows_defaults_and_an_example(command, capsys):
     # One command per line, as written (argparse's default formatter would re-flow them).
     assert example[0].startswith(f"example: ldsm {command} ")
     assert all(line.startswith(("         ", "example: ")) for line in example)
+
+
+def test_design_relaxes_molecules_with_xtb_and_reports_both_sets(tmp_path, prefect_harness):
+    """``--relax xtb`` on the shipped model: relaxed molecules written with their xTB table,
+    screened again, and the raw and relaxed metrics side by side in metrics.json and the report."""
+    run = tmp_path / "run"
+    config = DesignConfig(
+        out=str(run),
+        n=3,
+        sampler=SamplerConfig(nfe=10),
+        reference_size=12,
+        posebusters=False,
+        relax="xtb",
+        relax_steps=15,
+    )
+    metrics = design(config)
+    relaxed = metrics["relaxed"]
+    assert relaxed["xtb"]["n"] == 3 and relaxed["molecules"]["n"] == 3
+    assert (run / "relaxed" / "samples.sdf").read_text().count("$$$$") == 3
+    assert (run / "relaxed" / "relax.csv").read_text().startswith("name,relaxed,reason,xtb_energy")
+    assert (run / "relaxed" / "screen" / "screen.csv").exists()
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["relaxed"]["molecules"] == relaxed["molecules"]
+    report = (run / "report.md").read_text()
+    assert "## GFN2-xTB relaxation" in report and "| metric | as generated | relaxed |" in report
+    summary = console_summary(str(run), metrics)
+    assert summary["relaxed"]["n"] == 3 and "atom_stability" in summary["relaxed"]
