@@ -44,7 +44,7 @@ from pipeline.datasets import load_dataset
 from pipeline.generate import GenerateConfig, load_cached
 from pipeline.io import read_structures, write_structures
 from pipeline.metrics import CRYSTAL_KEYS
-from pipeline.recipes import SamplerConfig
+from pipeline.samplers import SamplerConfig
 from pipeline.train import TrainConfig
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
