@@ -34,13 +34,12 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._report import write_section  # noqa: E402
 from models.config import EGNNConfig  # noqa: E402
 from models.egnn_dense import dense_forward  # noqa: E402
-from pipeline.recipes import (  # noqa: E402
+from pipeline.molecule_recipe import (  # noqa: E402
     MoleculeRecipe,
     MoleculeRecipeConfig,
     ProcessConfig,
-    SamplerConfig,
-    run_sampler,
 )
+from pipeline.samplers import SamplerConfig, run_sampler  # noqa: E402
 
 ATOMS, EDM_PAD = 19, 29
 # EDM's own code, seconds per 19-atom molecule, quoted in issue 6 (not measured here).

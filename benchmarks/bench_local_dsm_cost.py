@@ -22,8 +22,8 @@ from torch_geometric.data import Batch
 
 from benchmarks._report import write_section
 from pipeline.datasets import load_dataset
-from pipeline.losses import FractionBudget, StratifiedTimes
-from pipeline.recipes import LossConfig, MoleculeRecipe, MoleculeRecipeConfig, ProcessConfig
+from pipeline.losses import FractionBudget, LossConfig, StratifiedTimes
+from pipeline.molecule_recipe import MoleculeRecipe, MoleculeRecipeConfig, ProcessConfig
 from pipeline.transitions import local_step, simulate_forward
 
 ROWS = [

@@ -48,7 +48,7 @@ from pipeline.datasets import load_dataset
 from pipeline.generate import GenerateConfig, load_cached
 from pipeline.io import read_structures, write_structures
 from pipeline.metrics import CRYSTAL_KEYS
-from pipeline.recipes import SamplerConfig
+from pipeline.samplers import SamplerConfig
 from pipeline.structures import is_crystal
 from pipeline.train import TrainConfig
 

@@ -47,7 +47,7 @@ from pipeline.generate import (
     write_cifs,
     write_samples,
 )
-from pipeline.recipes import SamplerConfig
+from pipeline.samplers import SamplerConfig
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
 

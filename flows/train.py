@@ -24,7 +24,8 @@ from flows import lock
 from flows.cli import CRYSTAL_DATASETS
 from flows.console import UsageError
 from models.config import CSPNetConfig, EGNNConfig
-from pipeline.recipes import LossConfig, MoleculeRecipeConfig, ProcessConfig
+from pipeline.losses import LossConfig
+from pipeline.molecule_recipe import MoleculeRecipeConfig, ProcessConfig
 from pipeline.train import TrainConfig, TrainResult, train
 
 

@@ -45,7 +45,8 @@ from tqdm.auto import tqdm
 from pipeline import keys as K
 from pipeline.compositions import CompositionRecord, safe_name
 from pipeline.io import write_structures
-from pipeline.recipes import SamplerConfig, Trained, load_trained
+from pipeline.recipes import Trained, load_trained
+from pipeline.samplers import SamplerConfig
 from pipeline.structures import is_crystal
 
 Kind = Literal["molecule", "crystal"]

@@ -4,14 +4,19 @@ Reverse SDE (Anderson 1982; Song et al. 2021, eq. 6): ``dx = [f - g^2 P s] dt + 
 backwards by Euler-Maruyama. Probability-flow ODE (Song et al. 2021, eq. 13):
 ``dx/dt = f - 1/2 g^2 P s``, integrated by Heun's method (EDM, Karras et al. 2022, Algorithm 1, the
 last step plain Euler). Here ``f = beta(t) F`` and ``g^2 = beta(t) G^2`` (:mod:`pipeline.processes`).
-The prior at t = 1 comes from :func:`prior_sample`, with no network involved.
+The prior at t = 1 comes from :func:`prior_sample`, with no network involved. :class:`SamplerConfig`
+names a sampler for a recipe and :func:`run_sampler` dispatches it on a single-tensor state; the
+step count of a given NFE is :meth:`SamplerConfig.steps`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 from torch import Tensor
 
 from pipeline.losses import ScoreModel
@@ -150,6 +155,63 @@ def reverse_ancestral(
     return SampleResult(x=x, nfe=n_steps)
 
 
+def posterior_step(
+    x: Tensor,
+    score: Tensor,
+    index: Tensor,
+    marginals: tuple[Tensor, Tensor, Tensor, Tensor, Tensor],
+    eta: float,
+    generator: torch.Generator | None,
+    clip: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """One DDIM step (Song, Meng & Ermon 2021, eq. 12) of one part of a state, from t to s < t.
+
+    The part has marginal ``x_t = alpha_t x_0 + sigma_t eps``; ``marginals = (alpha_t, alpha_s,
+    sigma_t^2, sigma_s^2, v)`` per graph ``(num_graphs,)`` float64, ``v`` the variance of the
+    forward step s -> t; ``x (rows, ...)`` and ``score`` (the model's, same shape) with ``index
+    (rows,)`` the graph of each row. Denoised point ``x0_hat = clip((x + sigma_t^2 score) /
+    alpha_t)`` (Tweedie), ``eps_hat = (x - alpha_t x0_hat) / sigma_t``, then
+    ``x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z`` with
+    ``c^2 = eta^2 v sigma_s^2 / sigma_t^2``. ``eta = 1`` is DDPM's ancestral step, the exact
+    Gaussian posterior ``q(x_s | x_t, x0_hat)`` (Ho et al. 2020, eqs. 6-7); ``eta = 0`` the
+    deterministic DDIM step, the exponential integrator of the probability-flow ODE
+    (DPM-Solver-1). Both are exact for a point mass and stable at any step size. VP parts have
+    ``alpha^2 = e^{-B_t}``, ``sigma^2 = 1 - alpha^2``; variance-exploding ones ``alpha = 1``,
+    ``sigma^2 = B_t``. ``z`` (only when ``eta > 0``) is drawn in float64. Returns float64.
+    """
+    alpha_t, alpha_s, var_t, var_s, v = marginals
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    a_t, a_s = alpha_t[index].reshape(shape), alpha_s[index].reshape(shape)
+    sig_t, sig_s2 = var_t[index].sqrt().reshape(shape), var_s[index].reshape(shape)
+    x0 = (x + sig_t**2 * score.double()) / a_t
+    if clip is not None:
+        x0 = clip(x0)
+    eps = (x - a_t * x0) / sig_t
+    c2 = eta**2 * (v * var_s / var_t)[index].reshape(shape)
+    noise = (
+        c2.sqrt() * torch.randn(x.shape, generator=generator, dtype=torch.float64) if eta else 0.0
+    )
+    return a_s * x0 + (sig_s2 - c2).clamp(min=0.0).sqrt() * eps + noise
+
+
+def reverse_first_order(
+    step: Callable[[object, Tensor, Tensor, float], object], x1, cfg: SamplerConfig
+) -> tuple[object, int]:
+    """Integrate a first-order reverse step from t = 1 to ``cfg.t_end``: the state and its NFE.
+
+    ``step(x, t, s, eta)`` moves a state (any type, e.g. a state of named parts) from ``t`` to
+    ``s < t`` with one network evaluation; ``eta = 0`` for ``ode`` (DDIM), 1 otherwise (ancestral,
+    the reverse SDE), on :func:`time_grid` of ``cfg.steps(second_order=False)`` steps.
+    """
+    eta = 0.0 if cfg.kind == "ode" else 1.0
+    n_steps = cfg.steps(second_order=False)
+    grid = time_grid(n_steps, cfg.t_end, torch.float64, cfg.grid_power)
+    x = x1
+    for t, s in zip(grid[:-1], grid[1:], strict=True):
+        x = step(x, t, s, eta)
+    return x, n_steps
+
+
 def prior_sample(
     process: GradientProcess,
     batch: Tensor,
@@ -176,3 +238,64 @@ def prior_sample(
     )
     t = torch.full((int(batch.max()) + 1,), duration, dtype=torch.float64)
     return simulate_forward(langevin, x, t, batch, mode, max_budget, types, generator)
+
+
+class SamplerConfig(BaseModel):
+    """How to draw samples: ``sde`` (Euler-Maruyama, NFE = steps), ``ode`` (Heun, NFE = 2 steps - 1)
+    or ``ancestral`` (EDM's posterior steps, linear process only, NFE = steps)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["sde", "ode", "ancestral"] = "sde"
+    nfe: PositiveInt = 100
+    t_end: PositiveFloat = 1e-3
+    prior_budget: PositiveFloat = 0.1  # Langevin step of the prior (physical drifts)
+    grid_power: PositiveFloat = 1.0  # time grid t_end + (1 - t_end) u^power (time_grid)
+
+    def steps(self, second_order: bool) -> int:
+        """Steps that spend at most ``nfe`` evaluations: ``nfe`` for a first-order integrator (one
+        evaluation a step), ``ceil(nfe / 2)`` for Heun (two a step, one on the last)."""
+        return max(1, (self.nfe + 1) // 2) if second_order else self.nfe
+
+
+def run_sampler(
+    cfg: SamplerConfig,
+    model,
+    process: ForwardProcess,
+    x1: Tensor,
+    batch: Tensor,
+    generator: torch.Generator | None,
+) -> SampleResult:
+    """Integrate the reverse dynamics of ``cfg`` from ``x1 (num_nodes, d)`` at t = 1, spending at most
+    ``cfg.nfe``; ``ancestral`` on a process without a closed-form transition: :class:`ValueError`."""
+    if cfg.kind == "sde":
+        return reverse_sde_euler(
+            model,
+            process,
+            x1,
+            batch,
+            cfg.steps(second_order=False),
+            cfg.t_end,
+            generator=generator,
+            grid_power=cfg.grid_power,
+        )
+    if cfg.kind == "ancestral":
+        return reverse_ancestral(
+            model,
+            process,
+            x1,
+            batch,
+            cfg.steps(second_order=False),
+            cfg.t_end,
+            generator,
+            cfg.grid_power,
+        )
+    return probability_flow_heun(
+        model,
+        process,
+        x1,
+        batch,
+        cfg.steps(second_order=True),
+        cfg.t_end,
+        grid_power=cfg.grid_power,
+    )

@@ -29,10 +29,7 @@ SIGINT / SIGTERM arrives (the current step finishes first).
 from __future__ import annotations
 
 import copy
-import csv
 import math
-import os
-import signal
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -48,18 +45,19 @@ from torch_geometric.data import Batch
 from tqdm.auto import tqdm
 
 from pipeline.datasets import load_dataset
-from pipeline.recipes import MoleculeRecipeConfig, recipe_from_config, save_trained
+from pipeline.molecule_recipe import MoleculeRecipeConfig
+from pipeline.recipes import Recipe, RecipeConfig, recipe_from_config, save_trained
 from pipeline.structures import StructureSet
-
-COLUMNS = ["step", "loss", "grad_norm", "lr", "skipped", "seconds", "cpu_seconds", "val_loss"]
+from pipeline.train_io import MetricsLog, StopSignal, World, atomic_save, load_state
 
 
 class TrainConfig(BaseModel):
-    """One training run. ``recipe`` is a recipe config (``kind`` molecule or crystal)."""
+    """One training run. ``recipe`` is a recipe config, typed by its ``kind`` (molecule or crystal;
+    a dict such as a checkpoint's recipe JSON is validated into it)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    recipe: dict = Field(default_factory=lambda: MoleculeRecipeConfig().model_dump(mode="json"))
+    recipe: RecipeConfig = Field(default_factory=MoleculeRecipeConfig)
     dataset: str = "qm9"
     dataset_path: str | None = None
     split: str = "train"
@@ -82,7 +80,7 @@ class TrainConfig(BaseModel):
     max_minutes: PositiveFloat | None = None
     threads: PositiveInt | None = None  # torch threads per process
 
-    def validated_recipe(self):
+    def validated_recipe(self) -> Recipe:
         return recipe_from_config(self.recipe)
 
 
@@ -97,25 +95,6 @@ class TrainResult:
     cpu_seconds: float
     checkpoint: Path
     loss: float
-
-
-@dataclass(frozen=True)
-class World:
-    """This process's place among the training processes (torchrun's environment variables)."""
-
-    rank: int = 0
-    size: int = 1
-
-    @classmethod
-    def from_env(cls) -> World:
-        size = int(os.environ.get("WORLD_SIZE", "1"))
-        if size > 1 and not dist.is_initialized():
-            dist.init_process_group("gloo")
-        return cls(int(os.environ.get("RANK", "0")), size)
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
 
 
 def _seed(*parts: int) -> int:
@@ -191,84 +170,47 @@ def validation_loss(recipe, model: nn.Module, data: StructureSet, seed: int) -> 
     return float(per_graph.mean())
 
 
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+@dataclass
+class Run:
+    """A training run set up by :func:`setup_run`: what every step reads, and its counters.
+
+    ``model`` is the trained network (``net`` the same, wrapped in DDP when there are several
+    processes), ``ema`` its exponential moving average (what is saved), ``data`` / ``val`` the
+    training and validation structures, ``histogram`` the training split's atom counts.
+    ``step``, ``skipped``, ``seconds`` (wall) and ``cpu_seconds`` advance with
+    :func:`training_step`.
+    """
+
+    config: TrainConfig
+    world: World
+    recipe: Recipe
+    data: StructureSet
+    val: StructureSet | None
+    histogram: dict[int, int]
+    model: nn.Module
+    net: nn.Module
+    ema: nn.Module
+    optimizer: torch.optim.Optimizer
+    state_path: Path
+    last_path: Path
+    step: int = 0
+    skipped: int = 0
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
 
 
-class MetricsLog:
-    """metrics.csv plus TensorBoard; on resume both are cut back to the checkpoint's step."""
+@dataclass(frozen=True)
+class StepResult:
+    """One step's mean per-graph loss, gradient norm (before clipping) and learning rate."""
 
-    def __init__(self, run_dir: Path, start_step: int):
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.path = run_dir / "metrics.csv"
-        rows = []
-        if self.path.exists() and start_step > 0:
-            with self.path.open() as f:
-                rows = [r for r in csv.DictReader(f) if int(r["step"]) <= start_step]
-        with self.path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, COLUMNS)
-            writer.writeheader()
-            writer.writerows(rows)
-        self.tb = SummaryWriter(run_dir / "tb", purge_step=start_step + 1 if start_step else None)
-
-    def write(self, row: dict) -> None:
-        with self.path.open("a", newline="") as f:
-            csv.DictWriter(f, COLUMNS).writerow(row)
-        for key, value in row.items():
-            if key != "step" and value != "":
-                self.tb.add_scalar(key, value, row["step"])
-
-    def close(self) -> None:
-        self.tb.close()
+    loss: float
+    grad_norm: float
+    lr: float
 
 
-class _StopSignal:
-    """Turns SIGINT / SIGTERM into a flag the loop checks after each step."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        try:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                self._previous[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread (e.g. a Prefect worker thread): no handlers
-            self._previous = {}
-        return self
-
-    def _handle(self, signum, frame):
-        self.received = signum
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-
-
-def _load_state(path: Path) -> dict:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise RuntimeError(f"{path}: cannot read the training state ({err})") from err
-
-
-def train(
-    config: TrainConfig,
-    run_dir: str | Path,
-    resume: bool = False,
-    progress: bool = True,
-) -> TrainResult:
-    """Train per ``config`` into ``run_dir``; ``resume`` continues from ``checkpoints/state.pt``."""
-    world = World.from_env()
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    run_dir = Path(run_dir)
-    ckpt_dir = run_dir / "checkpoints"
-    state_path, last_path = ckpt_dir / "state.pt", ckpt_dir / "last.pt"
-    config_file = run_dir / "config.json"
+def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
+    """``resume`` needs the run's state and its own config; a fresh run an empty directory."""
+    state_path, config_file = run_dir / "checkpoints" / "state.pt", run_dir / "config.json"
     if resume:
         if not state_path.exists():
             raise FileNotFoundError(f"{state_path}: nothing to resume from")
@@ -281,7 +223,10 @@ def train(
             f"{run_dir} holds a training run; pass resume=True or a new directory"
         )
 
-    recipe = config.validated_recipe()
+
+def _training_data(config: TrainConfig, recipe: Recipe):
+    """``(data, val, histogram)``: the training split (first ``limit``), the validation
+    structures the recipe can encode (None without any) and the training atom-count histogram."""
     dataset = load_dataset(config.dataset, config.dataset_path)
     if config.split not in dataset.splits:
         raise ValueError(
@@ -300,114 +245,170 @@ def train(
         known = set(recipe.config.elements)
         keep = [i for i, d in enumerate(val) if set(d.z.tolist()) <= known]
         val = val[keep] if keep else None
+    return data, val, histogram
+
+
+def setup_run(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> Run:
+    """Check ``run_dir``, load the data, build (or restore from ``checkpoints/state.pt``) the
+    network, its EMA and Adam; write ``config.json``. Raises ``FileNotFoundError`` (resume with
+    nothing to resume), ``FileExistsError`` (a run is there and ``resume`` is False),
+    ``ValueError`` (a different config on resume, or no such split), ``RuntimeError`` (an
+    unreadable state)."""
+    world = World.from_env()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    run_dir = Path(run_dir)
+    ckpt_dir = run_dir / "checkpoints"
+    _check_run_dir(config, run_dir, resume)
+    recipe = config.validated_recipe()
+    data, val, histogram = _training_data(config, recipe)
 
     torch.manual_seed(config.seed)
     model = recipe.build_model()
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    step, skipped, seconds, cpu = 0, 0, 0.0, 0.0
+    paths = (ckpt_dir / "state.pt", ckpt_dir / "last.pt")
+    run = Run(config, world, recipe, data, val, histogram, model, model, ema, optimizer, *paths)
     if resume:
-        state = _load_state(state_path)
+        state = load_state(run.state_path)
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         optimizer.load_state_dict(state["optimizer"])
-        step, skipped = int(state["step"]), int(state["skipped"])
-        seconds, cpu = float(state["seconds"]), float(state["cpu_seconds"])
+        run.step, run.skipped = int(state["step"]), int(state["skipped"])
+        run.seconds, run.cpu_seconds = float(state["seconds"]), float(state["cpu_seconds"])
     if world.main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
-        config_file.write_text(config.model_dump_json(indent=2) + "\n")
-    net = DistributedDataParallel(model) if world.size > 1 else model
-    log = MetricsLog(run_dir, step) if world.main else None
+        (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
+    run.net = DistributedDataParallel(model) if world.size > 1 else model
+    return run
 
-    saved_at = step
+
+def training_step(run: Run) -> StepResult:
+    """Step ``run.step``: set its learning rate, accumulate the gradient of its global batch, clip,
+    and take the Adam and EMA steps, or count the step as skipped when the loss or the gradient
+    norm is not finite. Advances ``run.step`` and the wall and CPU clocks."""
+    config, started, started_cpu = run.config, time.perf_counter(), time.process_time()
+    lr = learning_rate(run.step, config)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    run.optimizer.zero_grad(set_to_none=True)
+    index = batch_indices(run.step, len(run.data), config.batch_size, config.seed)
+    loss_sum = accumulate_gradient(
+        run.recipe, run.net, run.data, index, run.step, config, run.world
+    )
+    if run.world.size > 1:
+        dist.all_reduce(loss_sum)
+    loss_value = float(loss_sum) / len(index)
+    grad_norm = float(nn.utils.clip_grad_norm_(run.model.parameters(), config.clip))
+    if math.isfinite(loss_value) and math.isfinite(grad_norm):
+        run.optimizer.step()
+        update_ema(run.ema, run.model, min(config.ema_decay, (1 + run.step) / (10 + run.step)))
+    else:
+        run.skipped += 1
+    run.step += 1
+    run.seconds += time.perf_counter() - started
+    run.cpu_seconds += time.process_time() - started_cpu
+    return StepResult(loss_value, grad_norm, lr)
+
+
+def save_run(run: Run) -> None:
+    """Write ``state.pt`` (all that --resume needs) and ``last.pt`` (the EMA network with its
+    recipe and histogram, :func:`pipeline.recipes.save_trained`), each atomically."""
+    state = {
+        "model": run.model.state_dict(),
+        "ema": run.ema.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "step": run.step,
+        "skipped": run.skipped,
+        "seconds": run.seconds,
+        "cpu_seconds": run.cpu_seconds,
+    }
+    atomic_save(state, run.state_path)
+    save_trained(
+        run.last_path,
+        run.recipe,
+        run.ema,
+        run.histogram,
+        step=run.step,
+        dataset=run.config.dataset,
+        seconds=round(run.seconds, 1),
+        cpu_seconds=round(run.cpu_seconds, 1),
+    )
+
+
+def _stop_flags(run: Run, stop: StopSignal) -> Tensor:
+    """``[signal received, CPU budget spent]``, all-reduced: every process stops at one step."""
+    config = run.config
+    flags = torch.tensor(
+        [
+            stop.received is not None,
+            bool(config.max_minutes) and run.cpu_seconds >= 60 * (config.max_minutes or 0),
+        ],
+        dtype=torch.int64,
+    )
+    if run.world.size > 1:
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+    return flags
+
+
+def train(
+    config: TrainConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> TrainResult:
+    """Train per ``config`` into ``run_dir``; ``resume`` continues from ``checkpoints/state.pt``.
+
+    :func:`setup_run`, then :func:`training_step` until ``config.steps`` (or a signal, or the CPU
+    budget), logging every ``log_every`` and checkpointing (:func:`save_run`) every
+    ``checkpoint_every`` steps and at the end. Errors: those of :func:`setup_run`.
+    """
+    run = setup_run(config, run_dir, resume)
+    main = run.world.main
+    log = MetricsLog(Path(run_dir), run.step) if main else None
+    saved_at = run.step
 
     def checkpoint() -> None:
         nonlocal saved_at
-        if not world.main or saved_at == step:
-            return
-        saved_at = step
-        state = {
-            "model": model.state_dict(),
-            "ema": ema.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "step": step,
-            "skipped": skipped,
-            "seconds": seconds,
-            "cpu_seconds": cpu,
-        }
-        _atomic_save(state, state_path)
-        save_trained(
-            last_path,
-            recipe,
-            ema,
-            histogram,
-            step=step,
-            dataset=config.dataset,
-            seconds=round(seconds, 1),
-            cpu_seconds=round(cpu, 1),
-        )
+        if main and saved_at != run.step:
+            saved_at = run.step
+            save_run(run)
 
     status, loss_value = "finished", math.nan
     # A CPU-time budget shows as the bar (in CPU seconds): the step count may never be reached.
     budget = 60.0 * config.max_minutes if config.max_minutes else None
     bar = tqdm(
         total=budget or config.steps,
-        initial=round(min(cpu, budget), 1) if budget else step,
+        initial=round(min(run.cpu_seconds, budget), 1) if budget else run.step,
         unit="cpu-s" if budget else "it",
-        disable=not (progress and world.main),
+        disable=not (progress and main),
         desc=f"train ({config.max_minutes:g} CPU-min budget)" if budget else "train",
     )
-    with _StopSignal() as stop:
-        while step < config.steps:
-            started, started_cpu = time.perf_counter(), time.process_time()
-            lr = learning_rate(step, config)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            optimizer.zero_grad(set_to_none=True)
-            index = batch_indices(step, len(data), config.batch_size, config.seed)
-            loss_sum = accumulate_gradient(recipe, net, data, index, step, config, world)
-            if world.size > 1:
-                dist.all_reduce(loss_sum)
-            loss_value = float(loss_sum) / len(index)
-            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), config.clip))
-            if math.isfinite(loss_value) and math.isfinite(grad_norm):
-                optimizer.step()
-                update_ema(ema, model, min(config.ema_decay, (1 + step) / (10 + step)))
-            else:
-                skipped += 1
-            step += 1
-            seconds += time.perf_counter() - started
-            cpu += time.process_time() - started_cpu
-            bar.update(round(min(cpu, budget) - bar.n, 1) if budget else 1)
+    with StopSignal() as stop:
+        while run.step < config.steps:
+            result = training_step(run)
+            loss_value, step = result.loss, run.step
+            bar.update(round(min(run.cpu_seconds, budget) - bar.n, 1) if budget else 1)
             bar.set_postfix(
-                loss=f"{loss_value:.4f}", skipped=skipped, step=f"{step}/{config.steps}"
+                loss=f"{loss_value:.4f}", skipped=run.skipped, step=f"{step}/{config.steps}"
             )
             if log is not None and (step % config.log_every == 0 or step == config.steps):
                 val_loss = ""
-                if val is not None and (step % config.val_every == 0 or step == config.steps):
-                    val_loss = validation_loss(recipe, ema, val, config.seed)
+                if run.val is not None and (step % config.val_every == 0 or step == config.steps):
+                    val_loss = validation_loss(run.recipe, run.ema, run.val, config.seed)
                 log.write(
                     dict(
                         step=step,
                         loss=loss_value,
-                        grad_norm=grad_norm,
-                        lr=lr,
-                        skipped=skipped,
-                        seconds=round(seconds, 3),
-                        cpu_seconds=round(cpu, 3),
+                        grad_norm=result.grad_norm,
+                        lr=result.lr,
+                        skipped=run.skipped,
+                        seconds=round(run.seconds, 3),
+                        cpu_seconds=round(run.cpu_seconds, 3),
                         val_loss=val_loss,
                     )
                 )
-            # Every process must stop at the same step, so the decisions are all-reduced.
-            flags = torch.tensor(
-                [
-                    stop.received is not None,
-                    bool(config.max_minutes) and cpu >= 60 * (config.max_minutes or 0),
-                ],
-                dtype=torch.int64,
-            )
-            if world.size > 1:
-                dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            flags = _stop_flags(run, stop)
             if flags.any():
                 status = "interrupted" if flags[0] else "budget"
                 break
@@ -417,15 +418,22 @@ def train(
     bar.close()
     if log is not None:
         log.close()
-    return TrainResult(status, step, skipped, seconds, cpu, last_path, loss_value)
+    return TrainResult(
+        status, run.step, run.skipped, run.seconds, run.cpu_seconds, run.last_path, loss_value
+    )
 
 
 __all__ = [
+    "Run",
+    "StepResult",
     "TrainConfig",
     "TrainResult",
     "World",
     "accumulate_gradient",
     "batch_indices",
     "learning_rate",
+    "save_run",
+    "setup_run",
     "train",
+    "training_step",
 ]

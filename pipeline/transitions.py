@@ -176,6 +176,18 @@ def _expm_van_loan(process, y, budget, batch, eps, types):
     return y + back(shift) + back(noise), -back(score)
 
 
+def vp_step(x: Tensor, budget: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+    """The exact step of the VP process ``dx = -1/2 beta x dt + sqrt(beta) dW`` over a rate budget.
+
+    ``x`` any shape, ``budget = int_s^t beta`` broadcastable to it (>= 0), ``eps`` standard normal
+    noise shaped like ``x``. Returns ``x_t = e^{-B/2} x + sqrt(1 - e^{-B}) eps`` and the score of
+    the transition ``grad log q(x_t | x) = -eps / sqrt(1 - e^{-B})`` (Song et al. 2021, eq. 29;
+    the closed form that local-DSM's linearisation reproduces for this linear drift).
+    """
+    var = -torch.expm1(-budget)
+    return torch.exp(-0.5 * budget) * x + var.sqrt() * eps, -eps / var.clamp(min=1e-300).sqrt()
+
+
 def simulate_forward(
     process: ForwardProcess,
     x0: Tensor,

@@ -102,7 +102,9 @@ def test_parser_defaults_are_the_configs_defaults():
     from flows.train import config_from_args as train_config
     from pipeline import crystal_checks, datasets, transitions
     from pipeline.generate import GenerateConfig
-    from pipeline.recipes import LossConfig, MoleculeRecipeConfig, ProcessConfig, SamplerConfig
+    from pipeline.losses import LossConfig
+    from pipeline.molecule_recipe import MoleculeRecipeConfig, ProcessConfig
+    from pipeline.samplers import SamplerConfig
     from pipeline.train import TrainConfig
 
     parser = cli.build_parser()
@@ -149,7 +151,8 @@ def test_a_missing_or_foreign_checkpoint_is_one_line(tmp_path, prefect_home):
 
 
 def _molecule_checkpoint(path: Path, hidden: int = 16) -> Path:
-    from pipeline.recipes import MoleculeRecipe, MoleculeRecipeConfig, save_trained
+    from pipeline.molecule_recipe import MoleculeRecipe, MoleculeRecipeConfig
+    from pipeline.recipes import save_trained
 
     recipe = MoleculeRecipe(MoleculeRecipeConfig(model=EGNNConfig(hidden=hidden, layers=1)))
     return save_trained(path, recipe, recipe.build_model(), {3: 1}, dataset="qm9")
@@ -280,7 +283,7 @@ def test_resume_refuses_options_that_contradict_the_run(width_32_run, capsys, pr
     args = cli.build_parser().parse_args([*argv, "--hidden", "32", "--steps", "3"])
     args.explicit = {"out", "resume", "hidden", "steps"}
     config = train._config(args)
-    assert config.steps == 3 and config.recipe["model"]["hidden"] == 32
+    assert config.steps == 3 and config.recipe.model.hidden == 32
     # Without --resume, a folder that holds a run is refused, not overwritten.
     assert cli.main(["train", "--out", str(run), "--dataset", str(folder)]) == 2
     assert "holds a training run: add --resume" in capsys.readouterr().err

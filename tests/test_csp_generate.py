@@ -19,7 +19,8 @@ from pipeline.crystal_recipe import CrystalRecipe, CrystalRecipeConfig, fit_to_d
 from pipeline.datasets import shared_data_dir
 from pipeline.generate import GenerateConfig, generate, plan
 from pipeline.io import read_structures
-from pipeline.recipes import SamplerConfig, load_trained, save_trained
+from pipeline.recipes import load_trained, save_trained
+from pipeline.samplers import SamplerConfig
 from pipeline.structures import make_crystal
 
 PEROV = shared_data_dir() / "crystals" / "perov_5" / "test.csv"

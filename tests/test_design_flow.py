@@ -8,7 +8,9 @@ import pytest
 
 from flows.design import DEFAULT_CHECKPOINT, DesignConfig, console_summary, design
 from models.config import EGNNConfig
-from pipeline.recipes import MoleculeRecipeConfig, SamplerConfig, load_trained
+from pipeline.molecule_recipe import MoleculeRecipeConfig
+from pipeline.recipes import load_trained
+from pipeline.samplers import SamplerConfig
 from pipeline.train import TrainConfig
 
 TINY = MoleculeRecipeConfig(model=EGNNConfig(hidden=16, layers=2)).model_dump(mode="json")

@@ -21,14 +21,9 @@ from pipeline.generate import (
     write_samples,
 )
 from pipeline.io import read_structures
-from pipeline.recipes import (
-    MoleculeRecipe,
-    MoleculeRecipeConfig,
-    ProcessConfig,
-    SamplerConfig,
-    load_trained,
-    save_trained,
-)
+from pipeline.molecule_recipe import MoleculeRecipe, MoleculeRecipeConfig, ProcessConfig
+from pipeline.recipes import load_trained, save_trained
+from pipeline.samplers import SamplerConfig
 from pipeline.structures import make_crystal, make_molecule
 
 HISTOGRAM = {5: 3, 9: 1}

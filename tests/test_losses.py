@@ -9,12 +9,18 @@ from pipeline.losses import (
     ConstantBudget,
     ConstantStep,
     FractionBudget,
+    LossConfig,
+    PartError,
     StratifiedTimes,
     UniformTimes,
     exact_dsm_loss,
+    hutchinson_terms,
     ism_loss,
     local_dsm_loss,
+    parts_error,
     relative_score_error,
+    step_rule,
+    time_sampler,
     unit_weight,
 )
 from pipeline.processes import GradientProcess, NoClosedFormTransition, vp_process
@@ -178,3 +184,46 @@ def test_time_power_gives_the_law_of_u_to_the_power(sampler):
         sampler(t_min)(64, torch.Generator().manual_seed(1)),
         sampler(t_min, 1.0)(64, torch.Generator().manual_seed(1)),
     )
+
+
+def test_parts_error_is_the_weighted_mean_of_each_part_per_graph():
+    """Two graphs (2 and 1 atoms): a per-atom part (3 entries a row) and a per-graph part (4)."""
+    atoms = torch.tensor([[1.0, 2.0, 3.0], [3.0, 4.0, 5.0], [6.0, 6.0, 6.0]])
+    per_graph = torch.tensor([[1.0, 1.0, 1.0, 5.0], [0.0, 0.0, 0.0, 8.0]])
+    w_atoms, w_graph = torch.tensor([2.0, 3.0], dtype=F64), torch.tensor([1.0, 0.5], dtype=F64)
+    total = parts_error(
+        [
+            PartError(atoms, torch.tensor([0, 0, 1]), w_atoms),
+            PartError(per_graph, torch.arange(2), w_graph),
+        ],
+        2,
+    )
+    want = torch.tensor([2.0 * 18 / 6 + 1.0 * 8 / 4, 3.0 * 6 + 0.5 * 2], dtype=F64)
+    torch.testing.assert_close(total, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="at least one part"):
+        parts_error([], 2)
+
+
+def test_hutchinson_terms_of_a_gaussian_score_are_exact():
+    """For ``s = -x / v`` per part, ``d s / dx v = -v / var`` and ``v^2 = 1``, so every entry's
+    integrand is ``s^2 - 2 / var`` whatever the Rademacher draw (the ISM constant of a Gaussian)."""
+    gen = torch.Generator().manual_seed(1)
+    x = [
+        torch.randn(4, 3, generator=gen, dtype=F64),
+        torch.randn(2, 3, 3, generator=gen, dtype=F64),
+    ]
+    x = [p.requires_grad_(True) for p in x]
+    var = (0.5, 2.0)
+    pred = [-p / v for p, v in zip(x, var, strict=True)]
+    terms = hutchinson_terms(pred, x, gen)
+    for term, p, v in zip(terms, pred, var, strict=True):
+        torch.testing.assert_close(term, p**2 - 2 / v)
+
+
+def test_configs_build_their_time_sampler_and_step_rule():
+    cfg = LossConfig(times="uniform", t_min=0.01, time_power=2.0, step="budget", budget=0.2)
+    assert time_sampler(cfg) == UniformTimes(0.01, 2.0)
+    assert step_rule(cfg) == ConstantBudget(0.2)
+    cfg = LossConfig(fraction=0.25, budget=0.7)
+    assert time_sampler(cfg) == StratifiedTimes(1e-3, 1.0)
+    assert step_rule(cfg) == FractionBudget(0.25, 0.7)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from pipeline.losses import exact_dsm_loss
+from pipeline.molecule_recipe import EDMPreconditioned
 from pipeline.processes import vp_process
-from pipeline.recipes import EDMPreconditioned
 from pipeline.schedules import PolynomialSchedule
 
 F64 = torch.float64

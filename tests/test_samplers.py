@@ -7,9 +7,12 @@ import torch
 from pipeline.energies import Energy, GaussianMixturePotential
 from pipeline.processes import GradientProcess, vp_process
 from pipeline.samplers import (
+    SamplerConfig,
+    posterior_step,
     prior_sample,
     probability_flow_heun,
     reverse_ancestral,
+    reverse_first_order,
     reverse_sde_euler,
     time_grid,
 )
@@ -142,3 +145,45 @@ def test_prior_sample_reaches_the_stationary_law():
     x = prior_sample(process, torch.arange(n), 2, duration=10.0, max_budget=0.25, generator=gen)
     reference = gmm.sample(n, gen)
     assert histogram_tv(x, reference) < histogram_tv(gmm.sample(n, gen), reference) + 0.03
+
+
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize("kind", ["vp", "ve"])
+def test_posterior_step_with_a_point_mass_score_lands_on_the_point(kind, eta):
+    """The exact score of data = one point ``x0`` makes ``x0_hat = x0`` (Tweedie), so a step to
+    ``s`` gives ``alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z`` with ``eps`` the draw's own noise,
+    and a step to ``sigma_s = 0`` returns ``x0`` exactly, ancestral or deterministic."""
+    gen = torch.Generator().manual_seed(2)
+    x0 = torch.randn(6, 3, generator=gen, dtype=F64)
+    index = torch.tensor([0, 0, 0, 1, 1, 1])
+    big = torch.tensor([0.8, 2.5], dtype=F64)  # int_0^t beta per graph
+    if kind == "vp":
+        alpha_t, var_t = torch.exp(-big / 2), -torch.expm1(-big)
+    else:
+        alpha_t, var_t = torch.ones_like(big), big
+    eps = torch.randn(6, 3, generator=gen, dtype=F64)
+    x_t = alpha_t[index, None] * x0 + var_t.sqrt()[index, None] * eps
+    score = -(x_t - alpha_t[index, None] * x0) / var_t[index, None]
+    zero = torch.zeros_like(big)
+    one = torch.ones_like(big)
+    marg = (alpha_t, one, var_t, zero, var_t if kind == "ve" else -torch.expm1(-big))
+    x_s = posterior_step(x_t, score, index, marg, eta, gen)
+    torch.testing.assert_close(x_s, x0)
+    half = big / 2
+    alpha_s, var_s = (torch.exp(-half / 2), -torch.expm1(-half)) if kind == "vp" else (one, half)
+    v = -torch.expm1(-half) if kind == "vp" else half
+    marg = (alpha_t, alpha_s, var_t, var_s, v)
+    x_s = posterior_step(x_t, score, index, marg, 0.0, gen)
+    torch.testing.assert_close(x_s, alpha_s[index, None] * x0 + var_s.sqrt()[index, None] * eps)
+
+
+@pytest.mark.parametrize("kind,nfe,steps", [("sde", 7, 7), ("ancestral", 7, 7), ("ode", 7, 4)])
+def test_sampler_config_steps_and_the_first_order_loop(kind, nfe, steps):
+    """Heun spends two evaluations a step but one on the last; first-order integrators one."""
+    cfg = SamplerConfig(kind=kind, nfe=nfe, t_end=0.01)
+    assert cfg.steps(second_order=kind == "ode") == steps
+    seen = []
+    x, used = reverse_first_order(lambda x, t, s, eta: seen.append((t, s, eta)) or x + 1, 0, cfg)
+    assert (x, used) == (nfe, nfe) and len(seen) == nfe
+    assert float(seen[0][0]) == 1.0 and abs(float(seen[-1][1]) - 0.01) < 1e-15
+    assert {eta for *_, eta in seen} == {0.0 if kind == "ode" else 1.0}

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from models.config import EGNNConfig
-from pipeline.recipes import MoleculeRecipeConfig, load_trained
+from pipeline.molecule_recipe import MoleculeRecipeConfig
+from pipeline.recipes import load_trained
 from pipeline.train import TrainConfig, batch_indices, learning_rate, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -242,7 +243,7 @@ def test_crystals_train_on_a_named_split_from_the_command_line_options(tmp_path)
         train(missing, tmp_path / "missing")
     args = parser.parse_args([*options.split(), "--split", "val", "--val-split", "test"])
     config = config_from_args(args)
-    assert (config.split, config.val_split, config.recipe["kind"]) == ("val", "test", "crystal")
+    assert (config.split, config.val_split, config.recipe.kind) == ("val", "test", "crystal")
     result = train(config.model_copy(update={"threads": 1}), tmp_path / "run")
     assert result.step == 2
     trained = load_trained(result.checkpoint)

@@ -11,7 +11,14 @@ from torch.func import jacrev
 from pipeline.energies import DoubleWell, Energy, HarmonicConfinement, SoftSphere
 from pipeline.processes import ActiveOUProcess, GradientProcess, vp_process
 from pipeline.schedules import ConstantSchedule, PolynomialSchedule
-from pipeline.transitions import MODES, local_step, phi1, simulate_forward, van_loan_moments
+from pipeline.transitions import (
+    MODES,
+    local_step,
+    phi1,
+    simulate_forward,
+    van_loan_moments,
+    vp_step,
+)
 
 F64 = torch.float64
 
@@ -196,3 +203,20 @@ def test_simulate_forward_with_a_step_count_per_graph_gives_the_exact_ou_margina
         group = x[(t == value)[nodes]]
         assert float(group.mean()) == pytest.approx(2.0 * math.exp(-value / 2), abs=0.02)
         assert float(group.var()) == pytest.approx(1 - math.exp(-value), abs=0.02)
+
+
+def test_vp_step_is_the_closed_form_and_the_exact_local_step():
+    """``x_t = e^{-B/2} x + sqrt(1 - e^{-B}) eps`` with score ``-eps / sqrt(1 - e^{-B})``, and the
+    linearised (expm) step of the VP process gives the same draw and target (its drift is linear)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(5, 3, generator=gen, dtype=F64)
+    eps = torch.randn(5, 3, generator=gen, dtype=F64)
+    budget = torch.tensor([0.3, 1.7], dtype=F64)
+    batch = torch.tensor([0, 0, 1, 1, 1])
+    x_t, target = vp_step(x, budget[batch, None], eps)
+    b = budget[batch, None]
+    torch.testing.assert_close(x_t, torch.exp(-b / 2) * x + torch.sqrt(1 - torch.exp(-b)) * eps)
+    torch.testing.assert_close(target, -(x_t - torch.exp(-b / 2) * x) / (1 - torch.exp(-b)))
+    y_t, y_target = local_step(vp_process(PolynomialSchedule()), x, budget, batch, eps, "expm")
+    torch.testing.assert_close(y_t, x_t)
+    torch.testing.assert_close(y_target, target)

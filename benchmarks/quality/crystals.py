@@ -37,7 +37,8 @@ from pipeline import crystal_checks as cc
 from pipeline import metrics as pm
 from pipeline.cache import ldsm_home
 from pipeline.datasets import load_dataset
-from pipeline.recipes import SamplerConfig, load_trained
+from pipeline.recipes import load_trained
+from pipeline.samplers import SamplerConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "crystals"
 # Published Perov-5 numbers (structural / compositional validity %, COV-R %, COV-P %, W density,

@@ -30,7 +30,9 @@ from benchmarks._report import write_section
 from benchmarks.quality.qm9_methods import train_smiles
 from pipeline import metrics as pm
 from pipeline.datasets import load_dataset
-from pipeline.recipes import MoleculeRecipeConfig, SamplerConfig, load_trained
+from pipeline.molecule_recipe import MoleculeRecipeConfig
+from pipeline.recipes import load_trained
+from pipeline.samplers import SamplerConfig
 from pipeline.schedules import vp_signal_variance
 from pipeline.train import TrainConfig, train
 

@@ -25,7 +25,7 @@ import torch
 from benchmarks._report import write_section
 from benchmarks.quality.qm9_ablation import edm_validity, evaluate, pct
 from benchmarks.quality.qm9_methods import train_smiles
-from pipeline.recipes import SamplerConfig
+from pipeline.samplers import SamplerConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "qm9_curve"
 

@@ -25,7 +25,8 @@ from benchmarks._report import write_section
 from pipeline import metrics as pm
 from pipeline import molecule_checks as mc
 from pipeline.datasets import load_dataset
-from pipeline.recipes import SamplerConfig, load_trained
+from pipeline.recipes import load_trained
+from pipeline.samplers import SamplerConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "qm9_methods"
 # Published QM9 numbers at 1000 NFE (atom stab., mol. stab., validity, V x U, %): EDM (Hoogeboom et

@@ -1,0 +1,229 @@
+"""The molecule recipe: QM9-like molecules as a diffusion state, forward process, loss and sampler.
+
+Implements :class:`pipeline.recipes.Recipe` for the EGNN (:mod:`models.egnn`). State
+``x = [pos (3), s * onehot(z) (K)]`` per atom (EDM's layout, ``s = type_scale``; Hoogeboom et al.
+2022): positions follow the physical process of :class:`ProcessConfig` (CoM-free), the type features
+EDM's VP process, both on EDM's polynomial schedule, as one :class:`pipeline.processes.ProductProcess`
+of column blocks. The loss is :func:`pipeline.losses.score_loss` of the config's
+:class:`~pipeline.losses.LossConfig`, the sampler :func:`pipeline.samplers.run_sampler`; the network
+is wrapped in a preconditioning (:class:`SigmaScaled` or :class:`EDMPreconditioned`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
+from torch import Tensor, nn
+from torch_geometric.data import Batch, Data
+
+from models.config import EGNNConfig
+from models.egnn import EGNN
+from pipeline import keys as K
+from pipeline.batching import counts
+from pipeline.encoding import ElementIndex, graph_batch
+from pipeline.energies import CappedLennardJones, Energy, HarmonicConfinement, Morse, SoftSphere
+from pipeline.losses import LossConfig, score_loss
+from pipeline.processes import GradientProcess, ProductProcess, vp_process
+from pipeline.samplers import SamplerConfig, prior_sample, run_sampler
+from pipeline.schedules import PolynomialSchedule, Schedule, vp_signal_variance
+from pipeline.structures import make_molecule
+
+QM9_ELEMENTS = (1, 6, 7, 8, 9)  # H, C, N, O, F
+
+
+class SigmaScaled(nn.Module):
+    """Preconditioning: ``score = net(x, t, batch) / sigma_VP(t)``.
+
+    The true score grows like ``1 / sigma(t)`` as t -> 0; dividing by the VP noise level lets the
+    network predict an O(1) quantity (the negative noise, as EDM's eps-prediction does) under every
+    drift. ``net`` is the saved network; this wrapper has no parameters.
+    """
+
+    def __init__(self, net: nn.Module, schedule: Schedule, floor: float = 1e-3):
+        super().__init__()
+        self.net, self.schedule, self.floor = net, schedule, floor
+
+    def forward(self, x: Tensor, t: Tensor, batch: Tensor) -> Tensor:
+        sigma = vp_signal_variance(self.schedule, t.double()).clamp(min=self.floor**2).sqrt()
+        return self.net(x, t, batch) / sigma.to(x.dtype)[batch, None]
+
+
+class EDMPreconditioned(nn.Module):
+    """Preconditioning of Karras et al. (2022, Table 1, VP form) written as a score:
+
+    ``score = -x / v + c(t) net(x, t, batch)``, ``v = sigma^2 + alpha^2 sigma_data^2``,
+    ``c = alpha sigma_data / (sigma sqrt(v))`` per feature column, with ``alpha^2 = e^{-B}``,
+    ``sigma^2 = 1 - e^{-B}``, ``B = int_0^t beta``. This is EDM's ``D = c_skip x / alpha + c_out F``
+    turned into ``(alpha D - x) / sigma^2``: the first term is the exact score when the data are
+    ``N(0, sigma_data^2)``, and the network learns the rest with an O(1) target at every noise
+    level (noise prediction at low noise, clean-structure prediction at high noise). Any drift
+    can use it: it is a parameterisation, exact for none in particular. ``sigma_data (d,)`` gives
+    each feature column its data scale (positions in Angstrom, scaled one-hot types).
+    """
+
+    def __init__(self, net: nn.Module, schedule: Schedule, sigma_data: Tensor, floor: float = 1e-3):
+        super().__init__()
+        self.net, self.schedule, self.floor = net, schedule, floor
+        self.register_buffer("sigma_data", sigma_data.double(), persistent=False)
+
+    def _coefficients(self, t: Tensor) -> tuple[Tensor, Tensor]:
+        """``v (num_graphs, d)`` and ``c (num_graphs, d)`` in float64."""
+        total = self.schedule.integral(torch.zeros_like(t), t.double())
+        sigma2 = (-torch.expm1(-total)).clamp(min=self.floor**2)
+        alpha2 = torch.exp(-total)
+        v = sigma2[:, None] + alpha2[:, None] * self.sigma_data**2
+        c = alpha2.sqrt()[:, None] * self.sigma_data / (sigma2.sqrt()[:, None] * v.sqrt())
+        return v, c
+
+    def forward(self, x: Tensor, t: Tensor, batch: Tensor) -> Tensor:
+        v, c = self._coefficients(t)
+        return -x / v.to(x.dtype)[batch] + c.to(x.dtype)[batch] * self.net(x, t, batch)
+
+    def output_weight(self, t: Tensor, schedule: Schedule) -> Tensor:
+        """``lambda = 1 / c^2 (num_graphs, d)``: unit weight on the network output's error."""
+        return self._coefficients(t)[1].pow(-2)
+
+
+class ProcessConfig(BaseModel):
+    """The forward process on atom positions: ``U = k/2 sum |x_i|^2 + sum_{i<j} phi(r_ij)``.
+
+    ``drift="linear"`` is EDM's VP SDE (phi = 0, k = 1); ``"physical"`` adds the pair term
+    ``pair`` with strength ``epsilon`` and length ``sigma`` (Angstrom), so the prior is a confined gas
+    of atoms that do not overlap. Morse reads ``epsilon`` as its depth and ``sigma`` as its width.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    drift: Literal["physical", "linear"] = "physical"
+    k: PositiveFloat = 1.0
+    pair: Literal["soft-sphere", "morse", "lj"] = "soft-sphere"
+    epsilon: PositiveFloat = 1.0
+    sigma: PositiveFloat = 1.0
+    precision: PositiveFloat = 1e-5  # EDM's polynomial schedule
+
+    def build(self) -> GradientProcess:
+        schedule = PolynomialSchedule(self.precision)
+        if self.drift == "linear":
+            return vp_process(schedule, com_free=True)
+        pair = {
+            "soft-sphere": lambda: SoftSphere(self.epsilon, self.sigma),
+            "morse": lambda: Morse(self.epsilon, self.sigma),
+            "lj": lambda: CappedLennardJones(self.epsilon, self.sigma),
+        }[self.pair]()
+        energy = Energy([HarmonicConfinement(self.k), pair])
+        return GradientProcess(energy, schedule=schedule, com_free=True)
+
+
+class MoleculeRecipeConfig(BaseModel):
+    """A molecule recipe: network, process, loss. ``elements`` fixes the one-hot order."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: Literal["molecule"] = "molecule"
+    elements: tuple[int, ...] = QM9_ELEMENTS
+    type_scale: PositiveFloat = 0.25  # EDM's one-hot scale
+    # "sigma": score = net / sigma_VP(t) (noise prediction); "edm": EDMPreconditioned with
+    # sigma_data = (positions, types): QM9's rms of centred coordinates (1.40 A) and of the
+    # 0.25-scaled one-hot (0.11)
+    preconditioning: Literal["sigma", "edm"] = "sigma"
+    sigma_data: tuple[PositiveFloat, PositiveFloat] = (1.4, 0.11)
+    model: EGNNConfig = Field(default_factory=lambda: EGNNConfig(hidden=64, layers=4))
+    process: ProcessConfig = Field(default_factory=ProcessConfig)
+    loss: LossConfig = Field(default_factory=LossConfig)
+
+
+class MoleculeRecipe:
+    """Molecules as ``x = [pos (3), type_scale * onehot (K)]`` (see the module docstring).
+
+    ``ValueError`` if the network's type width is not the number of elements.
+    """
+
+    def __init__(self, config: MoleculeRecipeConfig | None = None):
+        self.config = config or MoleculeRecipeConfig()
+        if self.config.model.num_types != len(self.config.elements):
+            raise ValueError(
+                f"model.num_types={self.config.model.num_types} but {len(self.config.elements)} "
+                "elements"
+            )
+        self.positions = self.config.process.build()
+        self.process = ProductProcess(
+            [(3, self.positions), (len(self.config.elements), vp_process(self.positions.schedule))]
+        )
+        self.elements = ElementIndex(self.config.elements)
+
+    def build_model(self) -> nn.Module:
+        return EGNN(self.config.model)
+
+    def score(self, model: nn.Module) -> SigmaScaled | EDMPreconditioned:
+        """The score function that losses and samplers call."""
+        if self.config.preconditioning == "sigma":
+            return SigmaScaled(model, self.process.schedule)
+        pos, types = self.config.sigma_data
+        k = len(self.config.elements)
+        sigma_data = torch.tensor([pos] * 3 + [types] * k, dtype=torch.float64)
+        return EDMPreconditioned(model, self.process.schedule, sigma_data)
+
+    def encode(self, batch: Batch) -> Tensor:
+        """``x (num_nodes, 3 + K)`` float32 of a Batch, positions centred per molecule."""
+        z = batch[K.Z]
+        if self.elements.unknown(z):
+            raise ValueError(f"elements outside {self.config.elements} in the batch")
+        pos = batch[K.POS].double()
+        centre = torch.zeros(batch.num_graphs, 3, dtype=pos.dtype).index_add_(0, batch.batch, pos)
+        pos = pos - (centre / counts(batch.batch, batch.num_graphs)[:, None])[batch.batch]
+        onehot = self.elements.onehot(z)
+        return torch.cat([pos.float(), self.config.type_scale * onehot.float()], dim=1)
+
+    def decode(self, x: Tensor, batch: Tensor, prefix: str = "sample") -> list[Data]:
+        """Molecules from states: positions as they are, each atom the element of its largest type
+        feature. Non-finite states are kept (the screen rejects them with a reason)."""
+        z = self.elements.decode(x[:, 3:])
+        out = []
+        for g in range(int(batch.max()) + 1 if batch.numel() else 0):
+            rows = batch == g
+            out.append(make_molecule(z[rows], x[rows, :3].float(), name=f"{prefix}_{g:06d}"))
+        return out
+
+    def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator | None) -> Tensor:
+        x0 = self.encode(batch)
+        return score_loss(
+            self.config.loss, self.score(model), self.process, x0, batch.batch, generator
+        )
+
+    def prior(
+        self, batch: Tensor, generator: torch.Generator | None, budget: float = 0.1
+    ) -> Tensor:
+        """A draw of the stationary law at t = 1 (Langevin steps of rate ``budget``):
+        ``(num_nodes, 3 + K)`` float64."""
+        pos = prior_sample(self.positions, batch, 3, max_budget=budget, generator=generator)
+        types = torch.randn(
+            (batch.numel(), len(self.config.elements)), generator=generator, dtype=torch.float64
+        )
+        return torch.cat([pos, types], dim=1)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: nn.Module,
+        num_atoms: Tensor,
+        sampler: SamplerConfig,
+        generator: torch.Generator | None = None,
+        prefix: str = "sample",
+    ) -> tuple[list[Data], int]:
+        """``len(num_atoms)`` molecules with the given atom counts, and the NFE spent."""
+        batch = graph_batch(num_atoms)
+        x1 = self.prior(batch, generator, sampler.prior_budget).float()
+        result = run_sampler(sampler, self.score(model), self.process, x1, batch, generator)
+        return self.decode(result.x, batch, prefix), result.nfe
+
+
+__all__ = [
+    "QM9_ELEMENTS",
+    "EDMPreconditioned",
+    "MoleculeRecipe",
+    "MoleculeRecipeConfig",
+    "ProcessConfig",
+    "SigmaScaled",
+]
