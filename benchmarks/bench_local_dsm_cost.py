@@ -31,6 +31,16 @@ ROWS = [
     ("local-DSM expm (default), physical", "physical", LossConfig()),
     ("local-DSM euler, physical", "physical", LossConfig(mode="euler")),
     ("local-DSM taylor2, physical", "physical", LossConfig(mode="taylor2")),
+    (
+        "local-DSM split, y_s split 0.5, physical",
+        "physical",
+        LossConfig(mode="split", sim_mode="split", sim_budget=0.5),
+    ),
+    (
+        "local-DSM split, y_s split 1, physical",
+        "physical",
+        LossConfig(mode="split", sim_mode="split", sim_budget=1.0),
+    ),
     ("local-DSM expm, linear", "linear", LossConfig()),
     ("ISM, physical", "physical", LossConfig(kind="ism")),
 ]

@@ -273,6 +273,11 @@ class Energy:
     def __call__(self, pos: Tensor, mask: Tensor, types: Tensor | None = None) -> Tensor:
         return sum(term(pos, mask, types) for term in self.terms)
 
+    def confinement_constant(self) -> float:
+        """The summed k of the harmonic confinements in U (0 without one): the linear part
+        ``-k/2 x`` of the drift ``-1/2 grad U`` that a split step integrates exactly."""
+        return float(sum(t.k for t in self.terms if isinstance(t, HarmonicConfinement)))
+
     def harmonic_constant(self) -> float | None:
         """k when U is a pure harmonic confinement (a linear drift with a closed-form transition)."""
         if len(self.terms) == 1 and isinstance(self.terms[0], HarmonicConfinement):

@@ -269,7 +269,7 @@ class LossConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["local-dsm", "exact-dsm", "ism"] = "local-dsm"
-    mode: Literal["expm", "taylor2", "euler"] = "expm"  # local-DSM transition moments
+    mode: Mode = "expm"  # local-DSM transition moments
     # Local-DSM step D(t): "budget" spends int_s^t beta = budget (ConstantBudget); "fraction"
     # spends min(fraction * int_0^t beta, budget) (FractionBudget: a less noisy target at large t).
     # "fraction" 0.5 capped at 0.5 gave the lowest score error on the 2-D mixture with a known score
@@ -280,7 +280,7 @@ class LossConfig(BaseModel):
     # Simulating y_s from the data dominates the cost: Euler steps of budget 0.25 are stable for
     # these drifts (|lambda(J)| < 8) and 5x cheaper than expm steps of budget 1 (measured, QM9).
     sim_budget: PositiveFloat = 0.25  # rate budget per step when simulating y_s from the data
-    sim_mode: Literal["expm", "taylor2", "euler"] = "euler"
+    sim_mode: Mode = "euler"
     # lambda(t) = sigma_VP^2(t) (EDM's eps-loss scale), 1, or "output": unit weight on the network's
     # own output under the recipe's preconditioning (Karras et al. 2022's lambda = 1 / c_out^2)
     weight: Literal["vp", "unit", "output"] = "vp"

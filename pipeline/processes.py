@@ -65,6 +65,11 @@ class ForwardProcess(ABC):
         ``mask (num_graphs, max_nodes)``.
         """
 
+    def linear_rate(self) -> float:
+        """``a`` in ``F(x) = a x + R(x)``: the part of the drift a ``split`` step integrates
+        exactly (:func:`pipeline.transitions.local_step`); 0 (all of F frozen) by default."""
+        return 0.0
+
     def noise_scale(self, d: int, like: Tensor) -> Tensor:
         """Diagonal of ``G``: ``(d,)``."""
         return torch.ones(d, dtype=like.dtype, device=like.device)
@@ -113,6 +118,11 @@ class GradientProcess(ForwardProcess):
         dense, mask, dt = self._dense(x, batch, types)
         g = vmap(grad(self.energy), in_dims=(0, 0, None if dt is None else 0))
         return -0.5 * from_dense(g(dense, mask, dt), mask)
+
+    def linear_rate(self) -> float:
+        """``-k/2`` for the harmonic confinements of U (on the zero-CoM subspace of a CoM-free
+        process a centred confinement's drift is exactly ``-k/2 x``)."""
+        return -0.5 * self.energy.confinement_constant()
 
     def drift_jacobian(self, x: Tensor, batch: Tensor, types: Tensor | None = None):
         """``-1/2 Hess U``: pair terms from per-pair blocks, other terms by whole-graph Hessians."""

@@ -45,9 +45,11 @@ def test_phi1_continuous_at_zero():
     torch.testing.assert_close(phi1(z), torch.tensor(expected, dtype=F64), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("mode", ["expm", "split"])
 @pytest.mark.parametrize("com_free", [False, True])
-def test_linear_drift_local_moments_equal_closed_form_vp(com_free):
-    """U = |x|^2/2: the linearisation is exact, so m = e^{-B/2} y and Sigma = (1 - e^{-B}) P."""
+def test_linear_drift_local_moments_equal_closed_form_vp(com_free, mode):
+    """U = |x|^2/2: the linearisation is exact, so m = e^{-B/2} y and Sigma = (1 - e^{-B}) P; the
+    split step integrates this linear drift exactly too."""
     process = vp_process(PolynomialSchedule(), com_free=com_free)
     gen = torch.Generator().manual_seed(0)
     n, d = 4, 3
@@ -57,7 +59,7 @@ def test_linear_drift_local_moments_equal_closed_form_vp(com_free):
     batch = torch.zeros(n, dtype=torch.long)
     s, t = torch.tensor([0.3], dtype=F64), torch.tensor([0.45], dtype=F64)
     budget = process.schedule.integral(s, t)
-    mean, cov = moments(process, y, budget, batch, "expm")
+    mean, cov = moments(process, y, budget, batch, mode)
     proj = com_projector(n, d) if com_free else torch.eye(n * d, dtype=F64)
     torch.testing.assert_close(mean, torch.exp(-budget / 2) * y.reshape(-1), atol=1e-6, rtol=0)
     torch.testing.assert_close(cov, -torch.expm1(-budget) * proj, atol=1e-6, rtol=0)
@@ -217,6 +219,64 @@ def test_vp_step_is_the_closed_form_and_the_exact_local_step():
     b = budget[batch, None]
     torch.testing.assert_close(x_t, torch.exp(-b / 2) * x + torch.sqrt(1 - torch.exp(-b)) * eps)
     torch.testing.assert_close(target, -(x_t - torch.exp(-b / 2) * x) / (1 - torch.exp(-b)))
-    y_t, y_target = local_step(vp_process(PolynomialSchedule()), x, budget, batch, eps, "expm")
-    torch.testing.assert_close(y_t, x_t)
-    torch.testing.assert_close(y_target, target)
+    for mode in ("expm", "split"):
+        y_t, y_target = local_step(vp_process(PolynomialSchedule()), x, budget, batch, eps, mode)
+        torch.testing.assert_close(y_t, x_t)
+        torch.testing.assert_close(y_target, target)
+
+
+def test_split_step_is_exponential_euler_and_matches_euler_without_a_linear_part():
+    """``m = e^{aB} y + B phi1(aB) R(y)`` with ``a = -k/2`` and ``R = F - a y``; ``L^2 = B phi1(2aB)``.
+    Without a harmonic confinement (a = 0) it is the Euler step."""
+    gen = torch.Generator().manual_seed(4)
+    batch = torch.zeros(5, dtype=torch.long)
+    y = torch.randn(5, 3, generator=gen, dtype=F64)
+    budget = torch.tensor([0.7], dtype=F64)
+    k = 1.5
+    process = GradientProcess(
+        Energy([HarmonicConfinement(k, centred=False), SoftSphere(2.0, 1.5)]),
+        schedule=ConstantSchedule(1.0),
+    )
+    assert process.linear_rate() == -k / 2
+    rest = process.drift_field(y, batch) + k / 2 * y
+    b, a = 0.7, -k / 2
+    mean, cov = moments(process, y, budget, batch, "split")
+    expected = math.exp(a * b) * y + (math.expm1(a * b) / a) * rest
+    torch.testing.assert_close(mean, expected.reshape(-1), atol=1e-12, rtol=0)
+    var = -math.expm1(-k * b) / k
+    torch.testing.assert_close(cov, var * torch.eye(15, dtype=F64), atol=1e-12, rtol=0)
+    pairs_only = GradientProcess(Energy([SoftSphere(2.0, 1.5)]), schedule=ConstantSchedule(1.0))
+    eps = torch.randn(5, 3, generator=gen, dtype=F64)
+    for got, want in zip(
+        local_step(pairs_only, y, budget, batch, eps, "split"),
+        local_step(pairs_only, y, budget, batch, eps, "euler"),
+        strict=True,
+    ):
+        torch.testing.assert_close(got, want)
+
+
+def test_split_steps_keep_the_stationary_law_where_euler_steps_drift():
+    """U = x^2/2 + 0.1 (x^2 - 1)^2 in 1-D: from exact draws of exp(-U) (inverse CDF on a grid), the
+    law must stay exp(-U). Steps of budget 0.25 up to B = 4: the split steps keep its variance
+    within 2 % (measured 0.5 %), Euler steps inflate it by more than 3 % (measured 5 %) and
+    the expm linearisation by more than 5 % (measured 7 %): the harmonic part, integrated exactly,
+    is what a frozen drift got wrong."""
+    process = GradientProcess(
+        Energy([HarmonicConfinement(1.0, centred=False), DoubleWell(0.1)]),
+        schedule=ConstantSchedule(1.0),
+    )
+    grid = np.linspace(-6, 6, 100_001)
+    density = np.exp(-(grid**2 / 2 + 0.1 * (grid**2 - 1) ** 2))
+    density /= density.sum()
+    variance = float((density * grid**2).sum())
+    n = 100_000
+    u = np.random.default_rng(0).random(n)
+    x0 = torch.tensor(np.interp(u, np.cumsum(density), grid), dtype=F64)[:, None]
+    t = torch.full((n,), 4.0, dtype=F64)
+    error = {}
+    for mode in ("split", "euler", "expm"):
+        gen = torch.Generator().manual_seed(1)
+        x = simulate_forward(process, x0, t, torch.arange(n), mode, 0.25, generator=gen)
+        error[mode] = float(x.var()) / variance - 1
+    assert abs(error["split"]) < 0.02
+    assert error["euler"] > 0.03 and error["expm"] > 0.05

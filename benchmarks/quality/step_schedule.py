@@ -557,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
             targets[("atoms", m, b)] = _cached(
                 k, lambda m=m, b=b: target_run(atoms_sys(), m, b, args.atom_pairs, 0)
             )
-    sims = ("exact", "euler 0.25", "euler 0.1", "expm 0.25")
+    sims = ("exact", "euler 0.25", "euler 0.1", "expm 0.25", "split 0.25", "split 0.5", "split 1")
     simulation = {}
     for label, make, pairs in (
         ("mix", lambda: mixture, args.pairs),
