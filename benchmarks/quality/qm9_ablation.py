@@ -82,6 +82,22 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
         ),
         {},
     ),
+    # the same with issue 14's split steps: the exponential Euler local step (cap 0.2) and y_s by
+    # split steps of budget 1 (the harmonic part exact), about 1.2x an exact-DSM step
+    "local-dsm-physical-split-edm-precond": (
+        _recipe(
+            preconditioning="edm",
+            **{
+                "loss.kind": "local-dsm",
+                "loss.mode": "split",
+                "loss.budget": 0.2,
+                "loss.sim_mode": "split",
+                "loss.sim_budget": 1.0,
+                "process.drift": "physical",
+            },
+        ),
+        {},
+    ),
 }
 DENOISING_T = (0.01, 0.03, 0.1, 0.3)
 
