@@ -31,9 +31,11 @@ from prefect import flow, task
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from flows import lock
-from flows.cli import CRYSTAL_DATASETS, add_training_options
+from flows.cli_options import CRYSTAL_DATASETS
+from flows.cli_sample import sampler_config
+from flows.cli_train import add_training_options
 from flows.console import UsageError
-from flows.generate import check_checkpoint, check_sampler, run_generate
+from flows.generate import WEIGHTS, check_checkpoint, check_sampler, run_generate
 from flows.persist import chunk_count
 from flows.screen import ScreenConfig, run_screen
 from flows.train import config_from_args as train_config_from_args
@@ -45,9 +47,9 @@ from pipeline.generate import GenerateConfig, load_cached
 from pipeline.io import read_structures, write_structures
 from pipeline.metrics import CRYSTAL_KEYS
 from pipeline.recipes import SamplerConfig
+from pipeline.structures import is_crystal
 from pipeline.train import TrainConfig
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
 DEFAULT_CHECKPOINT = WEIGHTS / "qm9_egnn.pt"
 
 
@@ -80,7 +82,7 @@ def reference_task(dataset: str, path: str | None, run: str, size: int) -> dict:
     reference = data.split_set(split)[:size].to_data_list()
     folder = Path(run) / "reference"
     folder.mkdir(parents=True, exist_ok=True)
-    crystal = reference and reference[0].get("lattice") is not None
+    crystal = bool(reference) and is_crystal(reference[0])
     ref_path = folder / ("reference.cif" if crystal else "reference.sdf")
 
     write_structures(reference, ref_path)
@@ -102,11 +104,7 @@ def relax_task(samples: str, folder: str, steps: int) -> dict:
     """Relax the generated crystals with CHGNet into ``folder``; returns the relaxation summary."""
     from pipeline.relax import relax_crystals, write_relaxed
 
-    crystals = [
-        d
-        for d in read_structures(samples, min_distance=0.0).records
-        if d.get("lattice") is not None
-    ]
+    crystals = [d for d in read_structures(samples, min_distance=0.0).records if is_crystal(d)]
     return write_relaxed(relax_crystals(crystals, steps=steps), folder)
 
 
@@ -242,7 +240,7 @@ def config_from_args(args: argparse.Namespace) -> DesignConfig:
         train=train,
         dataset_path=args.path,
         n=args.n,
-        sampler=SamplerConfig(kind=args.sampler, nfe=args.nfe, grid_power=args.grid_power),
+        sampler=sampler_config(args),
         num_atoms=args.num_atoms,
         seed=args.seed,
         reference_size=args.reference_size,

@@ -21,7 +21,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows import lock
-from flows.cli import CRYSTAL_DATASETS
+from flows.cli_options import CRYSTAL_DATASETS
 from flows.console import UsageError
 from models.config import CSPNetConfig, EGNNConfig
 from pipeline.recipes import LossConfig, MoleculeRecipeConfig, ProcessConfig
