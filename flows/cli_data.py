@@ -17,6 +17,7 @@ def _card_names() -> list[str]:
 
 
 def add_ingest(sub) -> None:
+    """The ``ldsm ingest`` parser."""
     parser = sub.add_parser(
         "ingest",
         help="read, check, split and cache a data set",
@@ -33,6 +34,7 @@ def add_ingest(sub) -> None:
 
 
 def add_screen(sub) -> None:
+    """The ``ldsm screen`` parser (``flows.screen.ScreenConfig``)."""
     parser = sub.add_parser(
         "screen",
         help="validate and rank candidate molecules and crystals",

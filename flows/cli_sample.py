@@ -85,6 +85,7 @@ def add_design_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_generate(sub) -> None:
+    """The ``ldsm generate`` parser (``pipeline.generate.GenerateConfig``)."""
     d = GENERATE
     parser = sub.add_parser(
         "generate",
@@ -138,6 +139,7 @@ def add_generate(sub) -> None:
 
 
 def add_design(sub) -> None:
+    """The ``ldsm design`` parser (``flows.design.DesignConfig``)."""
     parser = sub.add_parser(
         "design",
         help="ingest -> train or load -> generate -> screen -> report",
@@ -154,6 +156,7 @@ def add_design(sub) -> None:
 
 
 def add_serve(sub) -> None:
+    """The ``ldsm serve`` parser: the schedule, and the design options."""
     parser = sub.add_parser(
         "serve",
         help="serve the design flow on a cron schedule (a Prefect deployment)",

@@ -139,6 +139,7 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
 
 
 def add_demo(sub) -> None:
+    """The ``ldsm demo`` parser."""
     parser = sub.add_parser(
         "demo",
         help="train a small score network with local-DSM on a 2-D nonlinear process",
@@ -159,6 +160,7 @@ def add_demo(sub) -> None:
 
 
 def add_train(sub) -> None:
+    """The ``ldsm train`` parser (``pipeline.train.TrainConfig``)."""
     parser = sub.add_parser(
         "train",
         help="train a score network (local-DSM, exact DSM or ISM)",

@@ -106,6 +106,7 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The training config of the command line (``--recipe`` or the single options)."""
     return TrainConfig(
         recipe=recipe_from_args(args),
         dataset=args.dataset,

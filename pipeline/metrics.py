@@ -141,7 +141,7 @@ def check_molecules(
     """Per-molecule verdict rows. ``zs[k]`` (N_k,) atomic numbers, ``poss[k]`` (N_k, 3) Angstrom.
 
     ``file_mols[k]``: the molecule with the bonds and formal charges its file gives
-    (``structures.to_rdkit``), None where the file has none; ``notes[k]``: the reader's note.
+    (``converters.to_rdkit``), None where the file has none; ``notes[k]``: the reader's note.
 
     Three opinions on bonds, each its own columns: the file's (``file_bonds_*``), RDKit's
     perceived bonds (``rdkit_bonds_*``, total charge from the file's formal charges) and EDM's
