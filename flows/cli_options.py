@@ -65,3 +65,8 @@ def add_runner_options(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786",
     )
+
+
+def runner_options(args: argparse.Namespace) -> dict:
+    """The values of :func:`add_runner_options` under the names the configs give them."""
+    return {"workers": args.workers, "dask_address": args.dask_address}

@@ -31,7 +31,7 @@ from prefect import flow, task
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from flows import lock
-from flows.cli_options import CRYSTAL_DATASETS
+from flows.cli_options import CRYSTAL_DATASETS, runner_options
 from flows.cli_sample import sampler_config
 from flows.cli_train import add_training_options
 from flows.console import UsageError
@@ -246,8 +246,7 @@ def config_from_args(args: argparse.Namespace) -> DesignConfig:
         reference_size=args.reference_size,
         posebusters=not args.no_posebusters,
         relax=args.relax,
-        workers=args.workers,
-        dask_address=args.dask_address,
+        **runner_options(args),
     )
 
 

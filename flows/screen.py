@@ -54,6 +54,7 @@ from pydantic import BaseModel
 from rdkit import RDLogger
 
 from flows import lock
+from flows.cli_options import runner_options
 from flows.persist import chunk_count, run_chunks
 from flows.runners import with_runner
 from pipeline import crystal_checks as cc
@@ -243,8 +244,7 @@ def run(args) -> int:
         cov_cutoffs=args.cov_cutoffs,
         chunk_size=args.chunk_size,
         reference_processes=args.reference_processes,
-        workers=args.workers,
-        dask_address=args.dask_address,
+        **runner_options(args),
     )
     metrics = run_screen(config)
     print(json.dumps(metrics, indent=2))

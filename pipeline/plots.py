@@ -25,6 +25,13 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path) -> None:
+    """Lay out, write (100 dpi) and close a figure."""
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _plt().close(fig)
+
+
 def plot_loss(metrics: dict[str, np.ndarray], path: Path, alpha: float = 0.05) -> int:
     """Loss (and EMA, and validation loss where present) against step; returns points plotted."""
     plt = _plt()
@@ -42,9 +49,7 @@ def plot_loss(metrics: dict[str, np.ndarray], path: Path, alpha: float = 0.05) -
     if keep.any() and (loss[keep] > 0).all() and loss[keep].max() > 20 * loss[keep].min():
         ax.set_yscale("log")  # the early loss is orders of magnitude above the plateau
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
     return int(keep.sum())
 
 
@@ -67,9 +72,7 @@ def plot_bond_lengths(
         ax.set_title(pair)
         ax.set_xlabel("length / A")
     axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
     return panels
 
 
@@ -85,9 +88,7 @@ def plot_atom_counts(table: dict[int, tuple[int, int]], path: Path) -> None:
     ax.set_xlabel("atoms per structure")
     ax.set_ylabel("fraction")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def plot_densities(generated: np.ndarray, reference: np.ndarray, path: Path) -> None:
@@ -109,9 +110,7 @@ def plot_densities(generated: np.ndarray, reference: np.ndarray, path: Path) -> 
     ax.set_xlabel("density / g cm$^{-3}$")
     ax.set_ylabel("probability density")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def molecule_grid(mols: list, names: list[str], path: Path, per_row: int = 6) -> None:
@@ -129,6 +128,4 @@ def plot_fractions(fractions: dict[str, float], path: Path) -> None:
     ax.barh(list(fractions), list(fractions.values()))
     ax.set_xlim(0, 1)
     ax.set_xlabel("fraction")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(fig, path)
