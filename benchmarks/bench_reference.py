@@ -10,7 +10,7 @@ as a user sees it) on the first N crystals of Perov-5's validation split:
 
 Prints and records the wall time of each run, the time until the first line about the
 reference and until the first fingerprint progress line, and the number of progress lines.
-Then times the fingerprints alone (``flows.screen.fingerprints_in_parallel``) of the first
+Then times the fingerprints alone (``pipeline.reference.fingerprints_in_parallel``) of the first
 ``--cells`` reference cells on 1 process and on every core, back to back, for the speed-up.
 Writes the ``reference-fingerprints`` section of BENCHMARKS.md.
 
@@ -67,9 +67,10 @@ def screen(cand: Path, out: Path, home: Path, processes: int) -> dict:
 
 def speedup(cells: int, cores: int) -> list[tuple[int, float]]:
     """Seconds for the fingerprints of the first ``cells`` reference cells, by process count."""
-    from flows.screen import _reference_structures, fingerprints_in_parallel
+    from flows.screen import reference_structures
+    from pipeline.reference import fingerprints_in_parallel
 
-    structures = _reference_structures(str(REFERENCE))[0][:cells]
+    structures = reference_structures(str(REFERENCE))[0][:cells]
     out = []
     for processes in (1, cores):
         start = time.perf_counter()

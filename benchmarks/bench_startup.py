@@ -152,7 +152,7 @@ def main() -> None:
         "`PREFECT_API_URL` set to a `prefect server start` on this machine. Screen with its "
         f"defaults (PoseBusters on). 1-minute load average {load[0]:.1f} at the start, "
         f"{load[1]:.1f} at the end (the machine is shared).\n\n" + "\n".join(rows) + "\n\n"
-        "After: `--help` imports only argparse (the options live in `flows/cli.py`; "
+        "After: `--help` imports only argparse (the options live in `flows/cli_*.py`; "
         "`tests/test_cli.py` holds their defaults equal to the configs')."
     )
     write_section(

@@ -27,6 +27,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from test_molecule_checks import qm9_test_split  # noqa: E402  (QM9 reader shared with the tests)
 
 from pipeline import crystal_checks as cc  # noqa: E402
+from pipeline import crystal_fingerprints as cfp  # noqa: E402
+from pipeline import molecule_3d_checks as m3d  # noqa: E402
 from pipeline import molecule_checks as mc  # noqa: E402
 
 SHARED = Path(os.environ.get("LDSM_SHARED_DATA", ROOT / "../shared/datasets"))
@@ -59,9 +61,9 @@ def molecule_rates(n: int) -> list[tuple[str, int, float]]:
         ("EDM stability + RDKit validity", len(mols), rate(edm_and_rdkit, mols)),
         ("rdDetermineBonds validity", len(small),
          rate(lambda ms: [mc.determine_bonds_validity(z, p) for z, p in ms], small)),
-        ("PoseBusters (mol config)", len(valid), rate(mc.posebusters_checks, valid, warmup=2)),
+        ("PoseBusters (mol config)", len(valid), rate(m3d.posebusters_checks, valid, warmup=2)),
         ("GFN2-xTB relaxation", 3,
-         rate(lambda ms: [mc.xtb_relaxation(z, p) for z, p in ms], mols[:3], warmup=1)),
+         rate(lambda ms: [m3d.xtb_relaxation(z, p) for z, p in ms], mols[:3], warmup=1)),
     ]  # fmt: skip
     return rows
 
@@ -94,7 +96,7 @@ def crystal_rates(n: int) -> list[tuple[str, int, float]]:
         ("structural + compositional validity", len(arrays), rate(both, arrays)),
         ("uniqueness (StructureMatcher, bucketed)", len(small), rate(cc.unique_mask, small)),
         ("CrystalNN fingerprint", 40,
-         rate(lambda ss: [cc.structure_fingerprint(s) for s in ss], structures[:40])),
+         rate(lambda ss: [cfp.structure_fingerprint(s) for s in ss], structures[:40])),
     ]  # fmt: skip
     return rows
 

@@ -35,9 +35,11 @@ from prefect.artifacts import create_markdown_artifact
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 from flows import lock
-from flows.cli import CRYSTAL_DATASETS, add_training_options
+from flows.cli_options import CRYSTAL_DATASETS, runner_options
+from flows.cli_sample import sampler_config
+from flows.cli_train import add_training_options
 from flows.console import UsageError
-from flows.generate import check_checkpoint, check_sampler, run_generate
+from flows.generate import WEIGHTS, check_checkpoint, check_sampler, run_generate
 from flows.persist import chunk_count
 from flows.screen import ScreenConfig, run_screen
 from flows.train import config_from_args as train_config_from_args
@@ -52,7 +54,6 @@ from pipeline.samplers import SamplerConfig
 from pipeline.structures import is_crystal
 from pipeline.train import TrainConfig
 
-WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
 DEFAULT_CHECKPOINT = WEIGHTS / "qm9_egnn.pt"
 
 
@@ -86,7 +87,7 @@ def reference_task(dataset: str, path: str | None, run: str, size: int) -> dict:
     reference = data.split_set(split)[:size].to_data_list()
     folder = Path(run) / "reference"
     folder.mkdir(parents=True, exist_ok=True)
-    crystal = reference and reference[0].get("lattice") is not None
+    crystal = bool(reference) and is_crystal(reference[0])
     ref_path = folder / ("reference.cif" if crystal else "reference.sdf")
 
     write_structures(reference, ref_path)
@@ -263,14 +264,13 @@ def config_from_args(args: argparse.Namespace) -> DesignConfig:
         train=train,
         dataset_path=args.path,
         n=args.n,
-        sampler=SamplerConfig(kind=args.sampler, nfe=args.nfe, grid_power=args.grid_power),
+        sampler=sampler_config(args),
         num_atoms=args.num_atoms,
         seed=args.seed,
         reference_size=args.reference_size,
         posebusters=not args.no_posebusters,
         relax=args.relax,
-        workers=args.workers,
-        dask_address=args.dask_address,
+        **runner_options(args),
     )
 
 

@@ -30,6 +30,7 @@ from prefect import flow, task
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows import lock, runners
+from flows.cli_sample import sampler_config
 from flows.console import UsageError
 from flows.persist import chunk_count, run_chunks
 from pipeline.compositions import CompositionRecord, parse_formula, read_compositions
@@ -228,7 +229,7 @@ def run(args: argparse.Namespace) -> int:
     checkpoint = checkpoint_of(args, compositions is not None)
     config = GenerateConfig(
         n=args.n or (1 if compositions is not None else GenerateConfig().n),
-        sampler=SamplerConfig(kind=args.sampler, nfe=args.nfe, grid_power=args.grid_power),
+        sampler=sampler_config(args),
         num_atoms=args.num_atoms,
         compositions=compositions,
         batch_size=args.batch_size,

@@ -60,6 +60,7 @@ def load_cache_task(entry: str) -> D.Dataset | None:
 
 @task(cache_policy=NO_CACHE)
 def parse_task(card: D.DatasetCard, files: dict) -> D.Parsed:
+    """Parse every source file, with a progress bar; bad records become rejects."""
     paths = [p for ps in files.values() for p in ps]
     with tqdm(total=len(paths), desc=f"parse {card.name}", unit="file") as bar:
 
@@ -79,11 +80,13 @@ def featurise_task(parsed: D.Parsed) -> dict:
 
 @task(cache_policy=NO_CACHE)
 def split_task(card: D.DatasetCard, parsed: D.Parsed) -> dict:
+    """The source's split, or a seeded random one."""
     return D.split(card, parsed)
 
 
 @task(retries=2, retry_delay_seconds=1, cache_policy=NO_CACHE)
 def save_cache_task(entry: str, dataset: D.Dataset) -> str:
+    """Write the collated data set to its cache entry, atomically."""
     return str(D.write_cache(Path(entry), dataset))
 
 

@@ -22,7 +22,8 @@ import typing
 from pathlib import Path
 
 from flows.api_server import configured_api_url
-from flows.cli import DESIGN_ENTRYPOINT, api_in_process
+from flows.cli import api_in_process
+from flows.cli_sample import DESIGN_ENTRYPOINT
 from flows.console import UsageError
 
 

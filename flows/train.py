@@ -21,7 +21,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from flows import lock
-from flows.cli import CRYSTAL_DATASETS
+from flows.cli_options import CRYSTAL_DATASETS
 from flows.console import UsageError
 from models.config import CSPNetConfig, EGNNConfig
 from pipeline.losses import LossConfig
@@ -107,6 +107,7 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """The training config of the command line (``--recipe`` or the single options)."""
     return TrainConfig(
         recipe=recipe_from_args(args),
         dataset=args.dataset,

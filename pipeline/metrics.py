@@ -1,7 +1,8 @@
 """Screening rows and set metrics: per-candidate verdicts into table rows, rows into metrics.json.
 
-Pure functions over plain arrays; the Prefect flow (``flows/screen.py``) maps ``check_molecules``
-and ``check_crystals`` over chunks and calls the set metrics once.
+Pure functions over plain arrays (or the ``Data`` records the readers give:
+``check_molecule_records`` / ``check_crystal_records``); the Prefect flow (``flows/screen.py``)
+maps those over chunks and calls the set metrics once.
 
 Conventions (written here because the issue leaves them open):
 - Molecule fractions follow EDM: ``validity`` over all candidates, ``uniqueness`` over valid ones,
@@ -24,10 +25,16 @@ from collections.abc import Sequence
 
 import numpy as np
 from rdkit import Chem
+from torch_geometric.data import Data
 
+from pipeline import converters as C
 from pipeline import crystal_checks as cc
+from pipeline import crystal_fingerprints as fp
+from pipeline import keys as K
+from pipeline import molecule_3d_checks as m3d
 from pipeline import molecule_checks as mc
 from pipeline import structures as S
+from pipeline.relax import chgnet_energy
 
 MOLECULE_KEYS = (
     "n",
@@ -68,6 +75,60 @@ def reject_row(file: str, record: str, reason: str) -> dict:
 NOT_JUDGED_2D = "not judged: 2-D coordinates"
 
 
+def _read_row(kind: str, name: str, note: str | None) -> dict:
+    """The columns every checked candidate's row starts with: what it is and how it was read."""
+    return {
+        "kind": kind,
+        "name": name,
+        "read_ok": True,
+        "read_reason": "ok",
+        "read_note": note or "",
+    }
+
+
+def record_names(records: Sequence[Data]) -> list[str]:
+    """The records' names, ``record<k>`` (k: position in ``records``) for a record without one."""
+    return [str(getattr(d, K.NAME, "")) or f"record{k}" for k, d in enumerate(records)]
+
+
+def _file_mol(data: Data):
+    """The record's own bonds and formal charges as an RDKit molecule; None without bonds."""
+    edges = getattr(data, K.EDGE_INDEX, None)
+    return None if edges is None or edges.shape[1] == 0 else C.to_rdkit(data)
+
+
+def check_molecule_records(
+    records: Sequence[Data], posebusters: bool = True, xtb: bool = False
+) -> list[dict]:
+    """:func:`check_molecules` of molecule ``Data`` records (as :mod:`pipeline.io` reads them):
+    their names, ``z``, ``pos``, the bonds their file gives and the reader's note."""
+    return check_molecules(
+        record_names(records),
+        [d.z.numpy() for d in records],
+        [d.pos.numpy() for d in records],
+        posebusters=posebusters,
+        xtb=xtb,
+        file_mols=[_file_mol(d) for d in records],
+        notes=[getattr(d, K.NOTE, None) for d in records],
+    )
+
+
+def check_crystal_records(
+    records: Sequence[Data], fingerprints: bool = False, chgnet: bool = False
+) -> list[dict]:
+    """:func:`check_crystals` of crystal ``Data`` records: names, ``lattice`` (1, 3, 3),
+    ``frac``, ``z`` and the reader's note."""
+    return check_crystals(
+        record_names(records),
+        [d.lattice.numpy().reshape(3, 3) for d in records],
+        [d.frac.numpy() for d in records],
+        [d.z.numpy() for d in records],
+        fingerprints=fingerprints,
+        chgnet=chgnet,
+        notes=[getattr(d, K.NOTE, None) for d in records],
+    )
+
+
 def check_molecules(
     names: Sequence[str],
     zs: Sequence[np.ndarray],
@@ -80,7 +141,7 @@ def check_molecules(
     """Per-molecule verdict rows. ``zs[k]`` (N_k,) atomic numbers, ``poss[k]`` (N_k, 3) Angstrom.
 
     ``file_mols[k]``: the molecule with the bonds and formal charges its file gives
-    (``structures.to_rdkit``), None where the file has none; ``notes[k]``: the reader's note.
+    (``converters.to_rdkit``), None where the file has none; ``notes[k]``: the reader's note.
 
     Three opinions on bonds, each its own columns: the file's (``file_bonds_*``), RDKit's
     perceived bonds (``rdkit_bonds_*``, total charge from the file's formal charges) and EDM's
@@ -105,11 +166,7 @@ def check_molecules(
             perceived, perceived_reason = mc.perceived_mol(z, pos, charge)
         second = mc.validity_of(perceived, perceived_reason)
         row = {
-            "kind": "molecule",
-            "name": name,
-            "read_ok": True,
-            "read_reason": "ok",
-            "read_note": note or "",
+            **_read_row("molecule", name, note),
             "n_atoms": st.n_atoms,
             "n_stable_atoms": st.n_stable_atoms,
             "stable": st.ok and not flat,
@@ -144,13 +201,13 @@ def check_molecules(
         mols.append(None if flat else mol)
         rows.append(row)
     if posebusters:
-        for row, verdict in zip(rows, mc.posebusters_checks(mols), strict=True):
+        for row, verdict in zip(rows, m3d.posebusters_checks(mols), strict=True):
             row["posebusters"], row["posebusters_reason"] = verdict.ok, verdict.reason
             if not row["coords_3d"]:
                 row["posebusters_reason"] = NOT_JUDGED_2D
     if xtb:
         for row, z, pos in zip(rows, zs, poss, strict=True):
-            x = mc.xtb_relaxation(z, pos) if row["valid"] and row["coords_3d"] else None
+            x = m3d.xtb_relaxation(z, pos) if row["valid"] and row["coords_3d"] else None
             row["xtb_ok"] = x.ok if x else False
             row["xtb_reason"] = x.reason if x else "not valid"
             row["xtb_energy_ev"] = x.energy if x else None
@@ -232,11 +289,7 @@ def check_crystals(
         comp = cc.compositional_validity(z)
         structure = cc.to_structure(lattice, frac, z)
         row = {
-            "kind": "crystal",
-            "name": name,
-            "read_ok": True,
-            "read_reason": "ok",
-            "read_note": note or "",
+            **_read_row("crystal", name, note),
             "n_atoms": int(np.size(z)),
             "formula": structure.composition.reduced_formula if structure else None,
             "struct_valid": struct.ok,
@@ -249,10 +302,10 @@ def check_crystals(
             "structure": structure,
         }
         if fingerprints:
-            row["struct_fp"] = cc.structure_fingerprint(structure) if struct.ok else None
-            row["comp_fp"] = cc.composition_fingerprint(z) if struct.ok else None
+            row["struct_fp"] = fp.structure_fingerprint(structure) if struct.ok else None
+            row["comp_fp"] = fp.composition_fingerprint(z) if struct.ok else None
         if chgnet:
-            e = cc.chgnet_energy(structure, relax=True) if struct.ok else None
+            e = chgnet_energy(structure, relax=True) if struct.ok else None
             row["chgnet_ok"] = e.ok if e else False
             row["chgnet_reason"] = e.reason if e else "not structurally valid"
             row["chgnet_energy_per_atom"] = e.energy_per_atom if e else None
@@ -305,7 +358,7 @@ def crystal_set_metrics(
             [r["num_elements"] for r in valid], [len(s.composition.elements) for s in reference]
         )
     if reference_fps is not None and cutoffs is not None and any("struct_fp" in r for r in rows):
-        recall, precision = cc.coverage(
+        recall, precision = fp.coverage(
             [r.get("struct_fp") for r in rows],
             [r.get("comp_fp") for r in rows],
             reference_fps[0],

@@ -1,8 +1,9 @@
 """Molecule validators: the field's own verdicts (EDM stability, RDKit validity, PoseBusters, xTB).
 
-Every validator is a pure function that returns a small frozen verdict with ``ok`` and a ``reason``
-(``"ok"`` when it passes) and never raises on garbage input (NaN coordinates, merged atoms, empty
-molecules, unknown elements): a failure is data.
+Every validator is a pure function that returns a :class:`pipeline.verdict.Verdict` (``ok`` and a
+``reason``, ``"ok"`` when it passes) and never raises on garbage input (NaN coordinates, merged
+atoms, empty molecules, unknown elements): a failure is data. PoseBusters and GFN2-xTB, the checks
+of a molecule's 3-D geometry and energy, are in :mod:`pipeline.molecule_3d_checks`.
 
 Inputs are plain arrays: ``z`` (num_atoms,) int atomic numbers and ``pos`` (num_atoms, 3) float
 Cartesian Angstrom (what ``Data.z`` / ``Data.pos`` hold, as numpy or torch).
@@ -40,6 +41,8 @@ import numpy as np
 from rdkit import Chem, RDLogger
 from rdkit.Chem import rdDetermineBonds
 from rdkit.Geometry import Point3D
+
+from pipeline.verdict import Verdict
 
 RDLogger.DisableLog("rdApp.*")
 
@@ -108,34 +111,22 @@ def symbol(z: int) -> str:
 
 
 @dataclass(frozen=True)
-class StabilityVerdict:
+class StabilityVerdict(Verdict):
     """EDM stability of one molecule: ``ok`` when every atom has an allowed valence."""
 
-    ok: bool
-    reason: str
     n_atoms: int
     n_stable_atoms: int
 
 
 @dataclass(frozen=True)
-class ValidityVerdict:
+class ValidityVerdict(Verdict):
     """RDKit validity: ``smiles`` is the canonical SMILES of the largest fragment when valid."""
 
-    ok: bool
-    reason: str
     smiles: str | None
     n_fragments: int
 
 
-@dataclass(frozen=True)
-class CheckVerdict:
-    """A plain pass/fail verdict (connectivity, rdDetermineBonds, PoseBusters, xTB)."""
-
-    ok: bool
-    reason: str
-
-
-def _as_arrays(z, pos) -> tuple[np.ndarray, np.ndarray, str | None]:
+def as_arrays(z, pos) -> tuple[np.ndarray, np.ndarray, str | None]:
     """Coerce to int64 (N,) and float64 (N, 3); the third value is a reason if they are unusable."""
     try:
         z = np.asarray(z, dtype=np.int64).reshape(-1)
@@ -218,7 +209,7 @@ def _merged_reason(pos: np.ndarray) -> str | None:
 
 def edm_stability(z, pos) -> StabilityVerdict:
     """EDM atom and molecule stability of one molecule (see the module docstring)."""
-    z, pos, problem = _as_arrays(z, pos)
+    z, pos, problem = as_arrays(z, pos)
     if problem is not None:
         return StabilityVerdict(False, problem, int(z.size), 0)
     return _stability_from_orders(z, pos, edm_bond_orders(z, pos))
@@ -232,7 +223,7 @@ def edm_stability_many(
     Same verdicts as ``edm_stability`` one by one; molecules are grouped by size so that padding
     stays small.
     """
-    prepared = [_as_arrays(z, pos) for z, pos in molecules]
+    prepared = [as_arrays(z, pos) for z, pos in molecules]
     out: list[StabilityVerdict | None] = [None] * len(prepared)
     good = []
     for k, (z, _, problem) in enumerate(prepared):
@@ -276,9 +267,9 @@ def stability_fractions(verdicts: Iterable[StabilityVerdict]) -> tuple[float | N
 def build_rdkit_mol(z, pos, orders: np.ndarray | None = None) -> Chem.Mol | None:
     """Unsanitised RDKit molecule with a 3-D conformer and EDM bonds (or ``orders`` (N, N)).
 
-    Returns None when the arrays are unusable (see ``_as_arrays``).
+    Returns None when the arrays are unusable (see ``as_arrays``).
     """
-    z, pos, problem = _as_arrays(z, pos)
+    z, pos, problem = as_arrays(z, pos)
     if problem is not None:
         return None
     if orders is None:
@@ -311,7 +302,7 @@ def sanitized_mol(z, pos) -> tuple[Chem.Mol | None, str]:
     """EDM-bonded molecule after RDKit sanitisation, or (None, reason)."""
     mol = build_rdkit_mol(z, pos)
     if mol is None:
-        return None, _as_arrays(z, pos)[2] or "unusable input"
+        return None, as_arrays(z, pos)[2] or "unusable input"
     mol = Chem.Mol(mol)
     try:
         Chem.SanitizeMol(mol)
@@ -325,13 +316,13 @@ def rdkit_validity(z, pos) -> ValidityVerdict:
     return validity_of(*sanitized_mol(z, pos))
 
 
-def connectivity(verdict: ValidityVerdict) -> CheckVerdict:
+def connectivity(verdict: ValidityVerdict) -> Verdict:
     """Single fragment under the inferred bonds (judged on the valid molecules)."""
     if not verdict.ok:
-        return CheckVerdict(False, f"not valid: {verdict.reason}")
+        return Verdict(False, f"not valid: {verdict.reason}")
     if verdict.n_fragments == 1:
-        return CheckVerdict(True, "ok")
-    return CheckVerdict(False, f"{verdict.n_fragments} fragments")
+        return Verdict(True, "ok")
+    return Verdict(False, f"{verdict.n_fragments} fragments")
 
 
 def validity_of(mol: Chem.Mol | None, reason: str) -> ValidityVerdict:
@@ -348,7 +339,7 @@ def perceived_mol(z, pos, charge: int = 0) -> tuple[Chem.Mol | None, str]:
     """Molecule with RDKit's perceived bonds (``rdDetermineBonds``: connectivity from covalent
     radii, then bond orders and formal charges by xyz2mol, aromatic rings included), sanitised;
     or (None, reason). ``charge`` is the molecule's total charge."""
-    z, pos, problem = _as_arrays(z, pos)
+    z, pos, problem = as_arrays(z, pos)
     if problem is not None:
         return None, problem
     mol = Chem.RWMol(build_rdkit_mol(z, pos, orders=np.zeros((z.size, z.size), np.int64)))
@@ -401,114 +392,10 @@ def novelty(smiles: Sequence[str | None], train_smiles: set[str]) -> float | Non
     return len(unique - train_smiles) / len(unique) if unique else None
 
 
-def is_novel(smiles: str | None, train_smiles: set[str]) -> CheckVerdict:
+def is_novel(smiles: str | None, train_smiles: set[str]) -> Verdict:
     """Per-molecule novelty verdict."""
     if smiles is None:
-        return CheckVerdict(False, "not valid")
+        return Verdict(False, "not valid")
     if smiles in train_smiles:
-        return CheckVerdict(False, "in training set")
-    return CheckVerdict(True, "ok")
-
-
-# PoseBusters' internal_energy divides the pose's UFF energy by the mean energy of an ensemble of
-# relaxed conformers. For a molecule without torsions or non-bonded terms (H2O, NH3, CH4, CO2) the
-# relaxed UFF energy is 0 up to the optimiser's tolerance (1e-11 to 1e-7 kcal/mol, clipped by
-# PoseBusters to 1e-10), and a negative mean (C2H2: -0.03) turns the ratio's sign: the ratio then
-# says nothing about strain. Below this reference energy the check is "not applicable".
-MIN_REFERENCE_ENERGY = 0.1  # kcal/mol, well below kT at 300 K (0.6 kcal/mol)
-
-
-def posebusters_checks(mols: Sequence[Chem.Mol | None], config: str = "mol") -> list[CheckVerdict]:
-    """PoseBusters' molecule checks (bond lengths, angles, clashes, flatness, energy ratio).
-
-    ``mols``: sanitised molecules with a 3-D conformer (None entries fail with a reason). A check
-    that cannot judge a molecule is "not applicable", not a failure: one PoseBusters could not
-    compute (no value), and ``internal_energy`` when the reference energy is below
-    ``MIN_REFERENCE_ENERGY``. ``ok`` when no applicable check fails; the reason names the failing
-    checks and then the ones not applicable (``"ok; not applicable: internal_energy (...)"``).
-    """
-    import pandas as pd
-    from posebusters import PoseBusters
-
-    out: list[CheckVerdict] = [CheckVerdict(False, "not valid")] * len(mols)
-    present = [k for k, m in enumerate(mols) if m is not None]
-    if not present:
-        return out
-    buster = PoseBusters(config=config)
-    try:
-        table = buster.bust([mols[k] for k in present], None, None, full_report=True)
-    except Exception as err:  # PoseBusters wraps RDKit; any failure becomes a verdict per molecule
-        for k in present:
-            out[k] = CheckVerdict(False, f"posebusters failed: {err}")
-        return out
-    # The full report starts with the config's pass/fail columns, in the config's order.
-    n_checks = sum(len(m.get("chosen_binary_test_output", [])) for m in buster.config["modules"])
-    checks = list(table.columns[:n_checks])
-    for k, (_, row) in zip(present, table.iterrows(), strict=True):
-        failed, not_applicable = [], []
-        for column in checks:
-            value = row[column]
-            if value is None or pd.isna(value):
-                not_applicable.append(f"{column} (PoseBusters could not compute it)")
-            elif column == "internal_energy" and not (
-                row.get("ensemble_avg_energy", np.inf) >= MIN_REFERENCE_ENERGY
-            ):
-                energy = float(row.get("ensemble_avg_energy", np.nan))
-                not_applicable.append(
-                    f"internal_energy (reference energy {energy:.2g} kcal/mol, "
-                    f"below {MIN_REFERENCE_ENERGY}: the energy ratio is undefined)"
-                )
-            elif not bool(value):
-                failed.append(str(column))
-        reason = "failed: " + ", ".join(failed) if failed else "ok"
-        if not_applicable:
-            reason += "; not applicable: " + ", ".join(not_applicable)
-        out[k] = CheckVerdict(not failed, reason)
-    return out
-
-
-@dataclass(frozen=True)
-class XtbVerdict:
-    """GFN2-xTB single point and relaxation: energies in eV, RMSD in Angstrom (None on failure)."""
-
-    ok: bool
-    reason: str
-    energy: float | None
-    relaxation_energy: float | None
-    rmsd: float | None
-
-
-def kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> float:
-    """RMSD of (N, 3) point sets after optimal superposition (Kabsch, rotations only)."""
-    a = a - a.mean(axis=0)
-    b = b - b.mean(axis=0)
-    u, _, vt = np.linalg.svd(a.T @ b)
-    sign = np.sign(np.linalg.det(u @ vt))
-    rot = u @ np.diag([1.0, 1.0, sign]) @ vt
-    return float(np.sqrt(((a @ rot - b) ** 2).sum(axis=1).mean()))
-
-
-def xtb_relaxation(z, pos, fmax: float = 0.05, steps: int = 200) -> XtbVerdict:
-    """GFN2-xTB (tblite) energy, energy above the relaxed geometry and RMSD after BFGS relaxation.
-
-    Off by default in the screening flow (seconds per molecule). ``ok`` when the relaxation
-    converges within ``steps``.
-    """
-    z, pos, problem = _as_arrays(z, pos)
-    if problem is not None:
-        return XtbVerdict(False, problem, None, None, None)
-    from ase import Atoms
-    from ase.optimize import BFGS
-    from tblite.ase import TBLite
-
-    atoms = Atoms(numbers=z, positions=pos)
-    atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
-    try:
-        energy = float(atoms.get_potential_energy())
-        converged = bool(BFGS(atoms, logfile=None).run(fmax=fmax, steps=steps))
-        relaxed = float(atoms.get_potential_energy())
-    except Exception as err:  # tblite raises its own runtime errors on SCF failure: a verdict
-        return XtbVerdict(False, f"xtb failed: {str(err).splitlines()[0]}", None, None, None)
-    rmsd = kabsch_rmsd(atoms.get_positions(), pos)
-    reason = "ok" if converged else f"relaxation not converged in {steps} steps"
-    return XtbVerdict(converged, reason, energy, energy - relaxed, rmsd)
+        return Verdict(False, "in training set")
+    return Verdict(True, "ok")

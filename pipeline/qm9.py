@@ -25,7 +25,6 @@ are train, the next 17,748 validation, the last 13,083 (``int(0.1 * 130831)``) t
 from __future__ import annotations
 
 import importlib.util
-import os
 import re
 import tarfile
 import urllib.request
@@ -36,7 +35,8 @@ import numpy as np
 import torch
 
 from pipeline import keys as K
-from pipeline.io import Reject
+from pipeline.cache import ldsm_home
+from pipeline.records import Reject
 from pipeline.structures import MIN_DISTANCE, StructureSet
 
 NUM_MOLECULES = 130_831
@@ -226,8 +226,7 @@ def download_qm9(dest: str | Path | None = None) -> tuple[Path, Path]:
     Files go to ``dest`` (default ``$LDSM_HOME/qm9``); existing files are not fetched again.
     Returns ``(archive, uncharacterized)`` for :func:`load_qm9`.
     """
-    home = Path(os.environ.get("LDSM_HOME", Path.home() / ".cache" / "ldsm"))
-    dest = Path(dest) if dest is not None else home / "qm9"
+    dest = Path(dest) if dest is not None else ldsm_home() / "qm9"
     dest.mkdir(parents=True, exist_ok=True)
     targets = {
         ARCHIVE_URL: dest / "dsgdb9nsd.xyz.tar.bz2",

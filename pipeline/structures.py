@@ -1,4 +1,4 @@
-"""One structure = one ``torch_geometric.data.Data``; converters to RDKit, ASE and pymatgen.
+"""One structure = one ``torch_geometric.data.Data``: construction, checks, and many of them.
 
 Field names and shapes are those of :mod:`pipeline.keys`:
 
@@ -9,10 +9,7 @@ Field names and shapes are those of :mod:`pipeline.keys`:
   ``charge (N,) int64`` formal charges;
 - optional ``y (1, P) float32`` and ``smiles: str``.
 
-Round trips are lossless: ``from_X(to_X(d))`` gives back the same tensors bit for bit (float32
-values survive float64 exactly; fractional coordinates are handed over as such, never re-derived
-from Cartesian ones). The other direction keeps what a Data can hold: elements, coordinates,
-cell, bonds with their orders and formal charges (not stereo flags, isotopes or partial occupancy).
+The converters to and from RDKit, ASE and pymatgen are in :mod:`pipeline.converters`.
 
 :class:`StructureSet` is the compact collated form of many structures (flat tensors plus per-graph
 row counts) that the cache stores and that data loaders index without building 10^5 Data objects.
@@ -36,8 +33,6 @@ MIN_DISTANCE = 0.1
 # The note a reader gives a molecule whose file has only 2-D coordinates (an SDF whose header
 # says 2D, or has no dimension and every z = 0: RDKit's rule); its 3-D checks cannot judge it.
 FLAT_NOTE = "2-D coordinates (the MOL block is 2D: every z is 0), no 3-D geometry to judge"
-
-RDKIT_BOND_ORDERS = {"SINGLE": 1.0, "DOUBLE": 2.0, "TRIPLE": 3.0, "AROMATIC": 1.5}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -177,188 +172,6 @@ def check_structure(data: Data, min_distance: float = MIN_DISTANCE) -> str | Non
         what = "its own periodic image" if i == j else f"atom {j}"
         return f"overlapping atoms: atom {i} is {d:.3g} A from {what} (< {min_distance} A)"
     return None
-
-
-# ---------------------------------------------------------------------------------------------
-# RDKit
-# ---------------------------------------------------------------------------------------------
-
-
-def to_rdkit(data: Data):
-    """Data (molecule) -> ``rdkit.Chem.Mol`` with one conformer, bonds and formal charges.
-
-    Atoms are ``NoImplicit`` so RDKit adds no hydrogens the Data does not have. A Data without
-    ``edge_index`` gives a Mol without bonds. The Mol is not sanitised (that is a validity check,
-    see ``pipeline.molecule_checks``); ring info and valences are computed leniently.
-    """
-    from rdkit import Chem
-    from rdkit.Geometry import Point3D
-
-    z = data.z.tolist()
-    pos = data.pos.double().numpy()
-    charge = data.charge.tolist() if getattr(data, K.CHARGE, None) is not None else [0] * len(z)
-    mol = Chem.RWMol()
-    for atomic_number, q in zip(z, charge, strict=True):
-        atom = Chem.Atom(int(atomic_number))
-        atom.SetFormalCharge(int(q))
-        atom.SetNoImplicit(True)
-        mol.AddAtom(atom)
-    edge_index = getattr(data, K.EDGE_INDEX, None)
-    if edge_index is not None:
-        types = {v: getattr(Chem.BondType, k) for k, v in RDKIT_BOND_ORDERS.items()}
-        for (i, j), order in zip(edge_index.t().tolist(), data.bond_order.tolist(), strict=True):
-            if i < j:
-                mol.AddBond(int(i), int(j), types[float(order)])
-                if order == 1.5:
-                    mol.GetAtomWithIdx(int(i)).SetIsAromatic(True)
-                    mol.GetAtomWithIdx(int(j)).SetIsAromatic(True)
-                    mol.GetBondBetweenAtoms(int(i), int(j)).SetIsAromatic(True)
-    conf = Chem.Conformer(len(z))
-    for k, (x, y, zz) in enumerate(pos):
-        conf.SetAtomPosition(k, Point3D(float(x), float(y), float(zz)))
-    conf.Set3D(True)
-    mol = mol.GetMol()
-    mol.AddConformer(conf, assignId=True)
-    mol.UpdatePropertyCache(strict=False)
-    Chem.FastFindRings(mol)
-    mol.SetProp("_Name", str(getattr(data, K.NAME, "")))
-    smiles = getattr(data, K.SMILES, None)
-    if smiles is not None:
-        mol.SetProp("smiles", smiles)
-    return mol
-
-
-def from_rdkit(mol, name: str | None = None) -> Data:
-    """``rdkit.Chem.Mol`` with a conformer -> Data (molecule) with bonds and formal charges.
-
-    Only the atoms in the Mol become nodes: implicit hydrogens are not invented. Bond k gives edge
-    columns 2k = (i, j) and 2k + 1 = (j, i) with i < j, which :func:`to_rdkit` reads back in the
-    same order. Raises
-    ``ValueError`` for a Mol without conformer or with a bond type other than single, double,
-    triple or aromatic.
-    """
-    if mol.GetNumConformers() == 0:
-        raise ValueError("molecule has no 3-D conformer")
-    z = [a.GetAtomicNum() for a in mol.GetAtoms()]
-    charge = [a.GetFormalCharge() for a in mol.GetAtoms()]
-    pos = mol.GetConformer().GetPositions()
-    rows, orders = [], []
-    for bond in mol.GetBonds():
-        kind = str(bond.GetBondType())
-        if kind not in RDKIT_BOND_ORDERS:
-            raise ValueError(f"unsupported bond type {kind}")
-        i, j = sorted((bond.GetBeginAtomIdx(), bond.GetEndAtomIdx()))
-        rows += [(i, j), (j, i)]
-        orders += [RDKIT_BOND_ORDERS[kind]] * 2
-    edge_index = np.array(rows, dtype=np.int64).reshape(-1, 2).T
-    if name is None:
-        name = mol.GetProp("_Name") if mol.HasProp("_Name") else ""
-    smiles = mol.GetProp("smiles") if mol.HasProp("smiles") else None
-    return make_molecule(
-        z, pos, name=name, edge_index=edge_index, bond_order=orders, charge=charge, smiles=smiles
-    )
-
-
-# ---------------------------------------------------------------------------------------------
-# ASE
-# ---------------------------------------------------------------------------------------------
-
-
-def to_ase(data: Data):
-    """Data -> ``ase.Atoms``; crystals get ``cell = lattice`` and ``pbc = True``.
-
-    The name (and SMILES) go to ``atoms.info``; ``y`` to ``atoms.info["y"]`` as a (P,) array.
-    """
-    from ase import Atoms
-
-    info = {"name": str(getattr(data, K.NAME, ""))}
-    smiles = getattr(data, K.SMILES, None)
-    if smiles is not None:
-        info["smiles"] = smiles
-    y = getattr(data, K.Y, None)
-    if y is not None:
-        info["y"] = y.double().numpy().reshape(-1)
-    if is_crystal(data):
-        return Atoms(
-            numbers=data.z.numpy(),
-            scaled_positions=data.frac.double().numpy(),
-            cell=data.lattice.double().numpy().reshape(3, 3),
-            pbc=True,
-            info=info,
-        )
-    return Atoms(numbers=data.z.numpy(), positions=data.pos.double().numpy(), info=info)
-
-
-def from_ase(atoms, name: str | None = None) -> Data:
-    """``ase.Atoms`` -> Data: a crystal when all three directions are periodic, else a molecule.
-
-    Raises ``ValueError`` for partial periodicity (slabs, wires), which neither kind represents.
-    """
-    info = atoms.info
-    name = str(info.get("name", "")) if name is None else name
-    y = info.get("y")
-    y = None if y is None else np.atleast_1d(np.asarray(y, dtype=np.float64))
-    pbc = np.asarray(atoms.pbc, dtype=bool)
-    if pbc.all():
-        frac = atoms.get_scaled_positions(wrap=False)
-        # ASE re-derives fractions by a float64 solve: a coordinate that was exactly 0 comes back
-        # as ~1e-33, which float32 can hold; snap that solver noise so round trips are exact.
-        frac[np.abs(frac) < 1e-12] = 0.0
-        return make_crystal(
-            atoms.numbers,
-            frac,
-            atoms.cell.array,
-            name=name,
-            y=y,
-        )
-    if pbc.any():
-        raise ValueError(f"partially periodic structure (pbc={pbc.tolist()}) is not supported")
-    smiles = info.get("smiles")
-    return make_molecule(atoms.numbers, atoms.positions, name=name, y=y, smiles=smiles)
-
-
-# ---------------------------------------------------------------------------------------------
-# pymatgen
-# ---------------------------------------------------------------------------------------------
-
-
-def to_pymatgen(data: Data):
-    """Data -> ``pymatgen.core.Structure`` (crystal, fractional coordinates) or ``Molecule``."""
-    from pymatgen.core import Lattice, Molecule, Structure
-
-    species = data.z.tolist()
-    props = {"name": str(getattr(data, K.NAME, ""))}
-    if is_crystal(data):
-        return Structure(
-            Lattice(data.lattice.double().numpy().reshape(3, 3)),
-            species,
-            data.frac.double().numpy(),
-            coords_are_cartesian=False,
-            properties=props,
-        )
-    return Molecule(species, data.pos.double().numpy(), properties=props)
-
-
-def from_pymatgen(obj, name: str | None = None) -> Data:
-    """``pymatgen`` ``Structure`` / ``Molecule`` -> Data.
-
-    Raises ``ValueError`` for a disordered structure (partial occupancy) or a dummy species.
-    """
-    from pymatgen.core import Structure
-
-    if not obj.is_ordered:
-        raise ValueError("disordered structure (partial occupancies) is not supported")
-    z = []
-    for site in obj:
-        number = getattr(site.specie, "Z", 0)
-        if not 1 <= number <= MAX_Z:
-            raise ValueError(f"unknown element {site.species_string!r}")
-        z.append(number)
-    if name is None:
-        name = str(obj.properties.get("name", "")) if hasattr(obj, "properties") else ""
-    if isinstance(obj, Structure):
-        return make_crystal(z, obj.frac_coords, obj.lattice.matrix, name=name)
-    return make_molecule(z, obj.cart_coords, name=name)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import pytest
 from ase.build import molecule
 from ase.io import write
 
-from flows import cli
+from flows import cli, cli_data, cli_sample, cli_train
 from flows import lock as L
 from models.config import CSPNetConfig, EGNNConfig
 
@@ -113,11 +113,11 @@ def test_parser_defaults_are_the_configs_defaults():
     train = train_config(parser.parse_args(["train", "--out", "x"]))
     recipe = MoleculeRecipeConfig(model=EGNNConfig(hidden=64, layers=4), loss=LossConfig())
     assert train == TrainConfig(recipe=recipe.model_dump(mode="json"))
-    assert ProcessConfig().drift == cli.TRAIN["drift"]
+    assert ProcessConfig().drift == cli_train.TRAIN["drift"]
     generate = parser.parse_args(["generate", "--checkpoint", "c", "--out", "o"])
     assert (
         GenerateConfig(
-            n=generate.n or cli.GENERATE["n"],
+            n=generate.n or cli_sample.GENERATE["n"],
             sampler=SamplerConfig(
                 kind=generate.sampler, nfe=generate.nfe, grid_power=generate.grid_power
             ),
@@ -128,10 +128,12 @@ def test_parser_defaults_are_the_configs_defaults():
     )
     screen = parser.parse_args(["screen", "x", "--out", "o"])
     assert screen.chunk_size == ScreenConfig(input="x", out="o").chunk_size
-    assert set(cli.COV_CUTOFF_NAMES) == set(crystal_checks.COV_CUTOFFS)
-    assert cli.MODES == transitions.MODES
-    assert set(cli.SAMPLERS) == set(typing.get_args(SamplerConfig.model_fields["kind"].annotation))
-    assert cli._card_names() == sorted(datasets.load_cards())
+    assert set(cli_data.COV_CUTOFF_NAMES) == set(crystal_checks.COV_CUTOFFS)
+    assert cli_train.MODES == transitions.MODES
+    assert set(cli_sample.SAMPLERS) == set(
+        typing.get_args(SamplerConfig.model_fields["kind"].annotation)
+    )
+    assert cli_data._card_names() == sorted(datasets.load_cards())
 
 
 # ---- files given as options -------------------------------------------------------------

@@ -12,6 +12,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 
 from pipeline import crystal_checks as cc
+from pipeline import crystal_fingerprints as cfp
+from pipeline.verdict import Verdict
 
 SHARED = Path(
     os.environ.get("LDSM_SHARED_DATA", Path(__file__).resolve().parents[1] / "../shared/datasets")
@@ -50,7 +52,7 @@ def arrays(s: Structure) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_rock_salt_is_valid():
     lattice, frac, z = rock_salt()
-    assert cc.structural_validity(lattice, frac, z) == cc.CrystalVerdict(True, "ok")
+    assert cc.structural_validity(lattice, frac, z) == Verdict(True, "ok")
     assert cc.compositional_validity(z).ok
     assert cc.density(Structure(lattice, z, frac)) == pytest.approx(2.165, abs=0.01)
 
@@ -80,7 +82,7 @@ def test_broken_crystals_are_flagged_with_the_right_reason():
     assert "shape mismatch" in cc.structural_validity(lattice, frac, z[:3]).reason
     assert "invalid atomic number" in cc.structural_validity(lattice, frac, z * 0).reason
     assert cc.to_structure(flat, frac, z) is None and cc.to_structure(lattice, nan, z) is None
-    assert cc.structure_fingerprint(None) is None
+    assert cfp.structure_fingerprint(None) is None
 
 
 def test_compositional_validity_follows_cdvae():
@@ -88,11 +90,11 @@ def test_compositional_validity_follows_cdvae():
     assert v([11, 17]).ok  # NaCl
     assert v([38, 22, 8, 8, 8]).ok  # SrTiO3
     unbalanced = v([11, 17, 17])  # NaCl2: Na+ cannot balance two chlorines in any state
-    assert unbalanced == cc.CrystalVerdict(False, "no charge-neutral oxidation-state assignment")
-    assert v([6] * 8) == cc.CrystalVerdict(True, "ok (single element)")
-    assert v([29, 30, 30]) == cc.CrystalVerdict(True, "ok (all-metal alloy)")
+    assert unbalanced == Verdict(False, "no charge-neutral oxidation-state assignment")
+    assert v([6] * 8) == Verdict(True, "ok (single element)")
+    assert v([29, 30, 30]) == Verdict(True, "ok (all-metal alloy)")
     # SiCl balances only with Si as the anion, against the Pauling electronegativity order.
-    assert v([14, 17]) == cc.CrystalVerdict(
+    assert v([14, 17]) == Verdict(
         False, "charge-neutral only against Pauling electronegativity order"
     )
     assert not v([55, 9, 9]).ok  # CsF2: Cs has no +2 state
@@ -173,14 +175,14 @@ def test_a_dozen_element_composition_gets_a_verdict():
 
 def test_fingerprints_and_coverage():
     base = perovskite()
-    fp = cc.structure_fingerprint(base)
-    assert fp.shape == (cc.STRUCT_FP_DIM,) == (61,)
+    fp = cfp.structure_fingerprint(base)
+    assert fp.shape == (cfp.STRUCT_FP_DIM,) == (61,)
     # Simple cubic: every site is a perfect octahedron, so the octahedral order parameter is 1 and
     # the CN-6 "oct_max" entry (index 24) equals the CN-6 weight (index 22).
-    ti = cc.structure_fingerprint(Structure(base.lattice, ["Ti"], [[0, 0, 0]]))
+    ti = cfp.structure_fingerprint(Structure(base.lattice, ["Ti"], [[0, 0, 0]]))
     assert ti[22] > 0.5 and ti[24] == pytest.approx(ti[22], rel=1e-6)
-    comp = cc.composition_fingerprint([38, 22, 8, 8, 8])
-    single = cc.composition_fingerprint([6, 6])
+    comp = cfp.composition_fingerprint([38, 22, 8, 8, 8])
+    single = cfp.composition_fingerprint([6, 6])
     k = len(single) // 6
     assert np.allclose(single[:k], single[k : 2 * k]) and np.allclose(single[2 * k : 3 * k], 0)
     assert np.allclose(single[4 * k : 5 * k], 0)  # avg_dev of one element is zero
@@ -188,10 +190,10 @@ def test_fingerprints_and_coverage():
     assert comp[5 * k] == 8  # mode: the most abundant element is O
 
     gen_s, gen_c = [fp, fp + 1.0, None], [comp, comp, comp]
-    recall, precision = cc.coverage(gen_s, gen_c, [fp], [comp], 0.2, 4.0)
+    recall, precision = cfp.coverage(gen_s, gen_c, [fp], [comp], 0.2, 4.0)
     assert recall == 1.0 and precision == pytest.approx(1 / 3)  # None counts as a miss
-    assert cc.coverage([], [], [fp], [comp], 0.2, 4.0) == (None, None)
-    assert cc.coverage([None], [comp], [fp], [comp], 0.2, 4.0) == (None, 0.0)
+    assert cfp.coverage([], [], [fp], [comp], 0.2, 4.0) == (None, None)
+    assert cfp.coverage([None], [comp], [fp], [comp], 0.2, 4.0) == (None, 0.0)
 
 
 def test_wasserstein_and_num_elements():

@@ -86,10 +86,10 @@ def test_cdvae_folder_split_by_file_and_cache_hit(tmp_path, home):
 def test_files_dataset_from_a_path(tmp_path, home):
     from ase.collections import g2
 
-    from pipeline import structures as S
+    from pipeline import converters as C
     from pipeline.io import write_structures
 
-    write_structures([S.from_ase(g2[n], name=n) for n in g2.names], tmp_path / "g2" / "all.xyz")
+    write_structures([C.from_ase(g2[n], name=n) for n in g2.names], tmp_path / "g2" / "all.xyz")
     (tmp_path / "g2" / "broken.sdf").write_text("title\n\n\n  3  2  0  0  0  0\n")
     ds = D.load_dataset(str(tmp_path / "g2"))
     assert ds.name == "files" and len(ds.structures) == 162

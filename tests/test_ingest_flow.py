@@ -11,8 +11,8 @@ from ase.collections import g2
 from flows import ingest
 from flows.cli import main
 from pipeline import cache
+from pipeline import converters as C
 from pipeline import datasets as D
-from pipeline import structures as S
 from pipeline.io import write_structures
 
 PEROV = D.shared_data_dir() / "crystals" / "perov_5"
@@ -43,7 +43,7 @@ def perov_folder(tmp_path):
 
 
 def test_featurise_task_directly(tmp_path):
-    records = [S.from_ase(g2[n], name=n) for n in ("CH4", "H2O", "C6H6")]
+    records = [C.from_ase(g2[n], name=n) for n in ("CH4", "H2O", "C6H6")]
     write_structures(records, tmp_path / "m.xyz")
     card = D.get_card("files")
     parsed = ingest.parse_task.fn(card, D.source_files(card, tmp_path / "m.xyz"))
@@ -85,7 +85,7 @@ def test_cli_ingest_perov_then_cache_hit(perov_folder, tmp_path, home, prefect_h
 
 def test_flow_reports_rejects_from_a_folder(tmp_path, home, prefect_harness):
     folder = tmp_path / "g2"
-    write_structures([S.from_ase(g2[n], name=n) for n in g2.names[:50]], folder / "g2.extxyz")
+    write_structures([C.from_ase(g2[n], name=n) for n in g2.names[:50]], folder / "g2.extxyz")
     (folder / "nan.xyz").write_text("2\n\nC nan 0 0\nH 0 0 1.09\n")
     (folder / "empty.sdf").write_text("")
     summary = ingest.ingest_flow(ingest.IngestConfig(name=str(folder), use_cache=False))

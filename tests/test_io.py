@@ -12,6 +12,7 @@ import pytest
 import torch
 from ase.collections import g2
 
+from pipeline import converters as C
 from pipeline import keys as K
 from pipeline import structures as S
 from pipeline.io import Reject, read_cdvae_csv, read_structures, write_structures
@@ -53,7 +54,7 @@ def perov(perov_rows, tmp_path_factory) -> list:
 
 
 def _g2(names=("CH4", "H2O", "C6H6", "CH3CH2OH", "HCN")) -> list:
-    return [S.from_ase(g2[n], name=n) for n in names]
+    return [C.from_ase(g2[n], name=n) for n in names]
 
 
 def _bonded_molecules() -> list:
@@ -64,7 +65,7 @@ def _bonded_molecules() -> list:
     for k, smiles in enumerate(["c1ccccc1C(=O)[O-]", "C[NH3+]", "OCC#N"]):
         mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
         AllChem.EmbedMolecule(mol, randomSeed=k)
-        d = S.from_rdkit(mol, name=f"mol{k}")
+        d = C.from_rdkit(mol, name=f"mol{k}")
         d.y = torch.tensor([[0.5 * k, -1.25]])
         d.smiles = smiles
         out.append(d)
@@ -285,7 +286,7 @@ def test_cif_space_group_in_every_spelling_is_applied(tmp_path, spelling):
     result = read_structures(path)
     assert not result.rejects, result.rejects
     (nacl,) = result.records
-    structure = S.to_pymatgen(nacl)
+    structure = C.to_pymatgen(nacl)
     assert len(nacl.z) == 8 and structure.density == pytest.approx(2.16, abs=0.01)
 
 
@@ -362,7 +363,7 @@ def test_vasp_files_are_read_as_crystals(tmp_path, name):
     assert not result.rejects, result.rejects
     (si,) = result.records
     assert S.is_crystal(si) and si.z.tolist() == [14, 14]
-    assert S.to_pymatgen(si).volume == pytest.approx(40.05, abs=0.01)
+    assert C.to_pymatgen(si).volume == pytest.approx(40.05, abs=0.01)
 
 
 def test_vasp4_poscar_without_element_names_is_a_reject_that_says_so(tmp_path):

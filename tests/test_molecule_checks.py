@@ -14,7 +14,9 @@ import pytest
 from ase.build import molecule
 from ase.collections import g2
 
+from pipeline import molecule_3d_checks as m3d
 from pipeline import molecule_checks as mc
+from pipeline.verdict import Verdict
 
 
 @cache
@@ -115,7 +117,7 @@ def test_broken_molecules_are_flagged_with_the_right_reason():
     assert "shape mismatch" in mc.edm_stability([6], pos).reason
     assert "no EDM valence" in mc.edm_stability([11, 17], [[0, 0, 0], [2.4, 0, 0]]).reason
     assert not mc.determine_bonds_validity(z, nan).ok
-    assert not mc.xtb_relaxation(z, nan).ok
+    assert not m3d.xtb_relaxation(z, nan).ok
 
 
 def test_batched_stability_equals_one_by_one():
@@ -175,19 +177,19 @@ def test_posebusters_passes_g2_and_flags_a_bent_skeleton():
     bent[group] = (bent[group] - bent[0]) @ rot.T + bent[0]
     bent_mol, reason = mc.sanitized_mol(z, bent)
     assert bent_mol is not None, reason
-    verdicts = mc.posebusters_checks([good, bent_mol, None])
+    verdicts = m3d.posebusters_checks([good, bent_mol, None])
     assert verdicts[0].ok, verdicts[0].reason
     assert not verdicts[1].ok and "angles" in verdicts[1].reason.lower()
-    assert verdicts[2] == mc.CheckVerdict(False, "not valid")
+    assert verdicts[2] == Verdict(False, "not valid")
 
 
 def test_xtb_relaxation_of_a_stretched_water():
     z, pos = ase_mol("H2O")
-    relaxed_start = mc.xtb_relaxation(z, pos)
+    relaxed_start = m3d.xtb_relaxation(z, pos)
     assert relaxed_start.ok and relaxed_start.rmsd < 0.05
     stretched = pos.copy()
     stretched[1] = pos[0] + 1.25 * (pos[1] - pos[0])
-    v = mc.xtb_relaxation(z, stretched)
+    v = m3d.xtb_relaxation(z, stretched)
     assert v.ok and v.relaxation_energy > 0.1 and v.rmsd > 0.05
     assert v.relaxation_energy > relaxed_start.relaxation_energy >= -1e-6
 
@@ -197,10 +199,10 @@ def test_kabsch_rmsd_is_rotation_invariant():
     a = rng.normal(size=(7, 3))
     q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
     q *= np.sign(np.linalg.det(q))
-    assert mc.kabsch_rmsd(a @ q.T + 3.0, a) == pytest.approx(0.0, abs=1e-9)
+    assert m3d.kabsch_rmsd(a @ q.T + 3.0, a) == pytest.approx(0.0, abs=1e-9)
     shifted = a.copy()
     shifted[0] += [0.7, 0, 0]
-    assert mc.kabsch_rmsd(shifted, a) > 0.1
+    assert m3d.kabsch_rmsd(shifted, a) > 0.1
 
 
 def test_g2_collection_never_crashes():
@@ -214,9 +216,9 @@ def test_posebusters_cannot_judge_rigid_small_molecules_by_energy_ratio():
     """Water at its experimental geometry, NH3 and CH4 have a relaxed UFF energy of ~0: the energy
     ratio is undefined, so internal_energy is not applicable, and the molecules pass."""
     names = ("H2O", "NH3", "CH4")
-    verdicts = mc.posebusters_checks([mc.sanitized_mol(*ase_mol(n))[0] for n in names])
+    verdicts = m3d.posebusters_checks([mc.sanitized_mol(*ase_mol(n))[0] for n in names])
     for name, verdict in zip(names, verdicts, strict=True):
         assert verdict.ok, (name, verdict)
         assert verdict.reason.startswith("ok; not applicable: internal_energy (reference energy")
-    ethanol = mc.posebusters_checks([mc.sanitized_mol(*ase_mol("CH3CH2OH"))[0]])[0]
-    assert ethanol == mc.CheckVerdict(True, "ok")  # a molecule with a real reference is judged
+    ethanol = m3d.posebusters_checks([mc.sanitized_mol(*ase_mol("CH3CH2OH"))[0]])[0]
+    assert ethanol == Verdict(True, "ok")  # a molecule with a real reference is judged

@@ -15,9 +15,11 @@ import pytest
 import torch
 from ase.build import molecule
 
+from pipeline import converters as C
 from pipeline import datasets as D
 from pipeline import qm9
 from pipeline import report as R
+from pipeline import report_numbers as N
 from pipeline import structures as S
 from pipeline.io import read_structures
 
@@ -65,34 +67,34 @@ def _images(report: str) -> list[str]:
 
 
 def test_ema_against_closed_forms():
-    assert R.ema(np.full(7, 3.0)).tolist() == [3.0] * 7
+    assert N.ema(np.full(7, 3.0)).tolist() == [3.0] * 7
     # A unit step after v_0 = 0: m_k = 1 - (1 - alpha)^k.
     alpha, k = 0.2, np.arange(10)
     values = np.r_[0.0, np.ones(9)]
-    np.testing.assert_allclose(R.ema(values, alpha), 1 - (1 - alpha) ** k, rtol=1e-12)
+    np.testing.assert_allclose(N.ema(values, alpha), 1 - (1 - alpha) ** k, rtol=1e-12)
 
 
 def test_bond_lengths_of_methane_and_ethanol():
     atoms = molecule("CH4")
-    methane = S.from_ase(atoms, name="CH4")
-    lengths = R.bond_lengths([methane])
+    methane = C.from_ase(atoms, name="CH4")
+    lengths = N.bond_lengths([methane])
     expected = np.linalg.norm(atoms.positions[1:] - atoms.positions[0], axis=1)
     assert list(lengths) == ["C-H"]  # symbols in Hill order
     np.testing.assert_allclose(np.sort(lengths["C-H"]), np.sort(expected), atol=1e-6)
-    ethanol = R.bond_lengths([S.from_ase(molecule("CH3CH2OH"), name="EtOH")])
+    ethanol = N.bond_lengths([C.from_ase(molecule("CH3CH2OH"), name="EtOH")])
     assert {k: v.size for k, v in ethanol.items()} == {"C-H": 5, "H-O": 1, "C-C": 1, "C-O": 1}
 
 
 def test_densities_scale_with_the_cell(perov):
-    rho = R.densities(perov)
+    rho = N.densities(perov)
     assert rho.shape == (30,) and (rho > 0).all()
     # Stretching every lattice vector by 1.1 keeps the mass and multiplies the volume by 1.331.
     stretched = [
         S.make_crystal(d.z, d.frac, d.lattice[0].numpy() * 1.1, name=d.name) for d in perov
     ]
-    np.testing.assert_allclose(R.densities(stretched), rho / 1.1**3, rtol=1e-5)
+    np.testing.assert_allclose(N.densities(stretched), rho / 1.1**3, rtol=1e-5)
     collapsed = S.make_crystal(perov[0].z, perov[0].frac, np.zeros((3, 3)), name="flat")
-    assert R.densities([collapsed]).size == 0
+    assert N.densities([collapsed]).size == 0
 
 
 def _metrics_csv(path, steps: int = 50):
@@ -139,7 +141,7 @@ def test_molecule_report(qm9_head, tmp_path):
     }
 
     bonds = _table(report, "| pair |")
-    gen_b, ref_b = R.bond_lengths(generated), R.bond_lengths(reference)
+    gen_b, ref_b = N.bond_lengths(generated), N.bond_lengths(reference)
     by_pair = {row[0]: row for row in bonds}
     assert int(by_pair["all"][1]) == sum(v.size for v in gen_b.values())
     assert int(by_pair["all"][3]) == sum(v.size for v in ref_b.values())
@@ -162,13 +164,13 @@ def test_crystal_report_and_grid_fallback(perov, tmp_path):
     assert _images(report) == ["plots/atoms.png", "plots/density.png"]
     assert "## Training" not in report and "## Bond lengths" not in report
     rows = {r[0]: r for r in _table(report, "| set |")}
-    valid = R.valid_crystals(generated)  # one of them fails SMACT's charge neutrality
-    rho_gen, rho_ref = R.densities(valid), R.densities(perov)
+    valid = N.valid_crystals(generated)  # one of them fails SMACT's charge neutrality
+    rho_gen, rho_ref = N.densities(valid), N.densities(perov)
     assert rows["generated"][1] == f"{len(valid)} of 20" and rows["reference"][1] == "30 of 30"
     assert float(rows["generated"][2]) == pytest.approx(rho_gen.mean(), rel=1e-3)
     assert float(rows["reference"][3]) == pytest.approx(rho_ref.std(), rel=1e-3)
     wdist = float(re.search(r"Wasserstein distance: ([0-9.e-]+)\.", report).group(1))
-    assert wdist == pytest.approx(R.density_summary(rho_gen, rho_ref)["wdist"], rel=1e-3)
+    assert wdist == pytest.approx(N.density_summary(rho_gen, rho_ref)["wdist"], rel=1e-3)
     assert _table(report, "| atoms |") == [["5", "20", "30"]]
 
     # Molecules RDKit cannot sanitise: a note instead of a picture.
@@ -243,5 +245,5 @@ def test_crystal_report_numbers_agree_with_the_screen_metrics(perov, tmp_path):
     assert wdist == pytest.approx(metrics["crystals"]["wdist_density"], rel=1e-3)
     assert float(table["crystals.wdist_density"]) == pytest.approx(wdist, rel=1e-3)
     assert _table(text, "| atoms |") == [["5", "6", "20"]]
-    low, high = R.density_axis(gen_rho, ref_rho)
+    low, high = N.density_axis(gen_rho, ref_rho)
     assert (low, high) == (min(ref_rho.min(), np.percentile(gen_rho, 1)), ref_rho.max())

@@ -17,6 +17,7 @@ from ase.io import write
 from pymatgen.core import Lattice, Structure
 
 from pipeline import crystal_checks as cc
+from pipeline import crystal_fingerprints as cfp
 from pipeline import metrics as pm
 from pipeline import molecule_checks as mc
 
@@ -73,7 +74,10 @@ def test_crystal_rows_and_metrics():
     zs = [np.array(s.atomic_numbers) for s in structures] + [np.array(base.atomic_numbers)]
     rows = pm.check_crystals([f"c{k}" for k in range(5)], lattices, fracs, zs, fingerprints=True)
     ref = [base]
-    ref_fps = ([cc.structure_fingerprint(base)], [cc.composition_fingerprint(base.atomic_numbers)])
+    ref_fps = (
+        [cfp.structure_fingerprint(base)],
+        [cfp.composition_fingerprint(base.atomic_numbers)],
+    )
     m = pm.crystal_set_metrics(rows, ref, ref_fps, cc.COV_CUTOFFS["perov_5"])
     assert set(m) == set(pm.CRYSTAL_KEYS) and m["n"] == 5
     assert m["structural_validity"] == pytest.approx(4 / 5)
@@ -343,7 +347,7 @@ def _perovskites(n: int) -> list[Structure]:
 
 
 def test_reference_fingerprints_in_parallel_equal_the_serial_ones_in_order():
-    from flows.screen import fingerprints_in_parallel
+    from pipeline.reference import fingerprints_in_parallel
 
     structures = _perovskites(6)
     serial = fingerprints_in_parallel(structures, 1, chunk=2)
@@ -357,21 +361,21 @@ def test_reference_fingerprints_in_parallel_equal_the_serial_ones_in_order():
 
 
 def test_reference_fingerprints_are_cached_by_content(tmp_path, monkeypatch):
-    from flows.screen import _reference_structures, reference_fingerprints_task
-    from pipeline import structures as S
+    from flows.screen import reference_fingerprints_task, reference_structures
+    from pipeline import converters as C
     from pipeline.io import write_structures
 
     monkeypatch.setenv("LDSM_HOME", str(tmp_path / "home"))
-    cells = [S.from_pymatgen(s, name=f"p{k}") for k, s in enumerate(_perovskites(3))]
+    cells = [C.from_pymatgen(s, name=f"p{k}") for k, s in enumerate(_perovskites(3))]
     write_structures(cells, tmp_path / "ref.csv")
     write_structures(cells, tmp_path / "same.cif")  # other file, same cells
     write_structures(cells[:2], tmp_path / "other.csv")
-    structures, key = _reference_structures(str(tmp_path / "ref.csv"))
+    structures, key = reference_structures(str(tmp_path / "ref.csv"))
     first = reference_fingerprints_task.fn(structures, key, 1)
     cache = tmp_path / "home" / "screen" / f"reference_fp_{key}.npz"
     stamp = cache.stat().st_mtime_ns
-    again = reference_fingerprints_task.fn(*_reference_structures(str(tmp_path / "same.cif")), 1)
+    again = reference_fingerprints_task.fn(*reference_structures(str(tmp_path / "same.cif")), 1)
     assert cache.stat().st_mtime_ns == stamp  # read back, not recomputed
     assert np.array_equal(np.asarray(first[0]), np.asarray(again[0]))
-    assert _reference_structures(str(tmp_path / "other.csv"))[1] != key
+    assert reference_structures(str(tmp_path / "other.csv"))[1] != key
     assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no partial files left

@@ -14,6 +14,7 @@ from ase.build import bulk
 from ase.collections import g2
 from torch_geometric.data import Batch
 
+from pipeline import converters as C
 from pipeline import keys as K
 from pipeline import qm9
 from pipeline import structures as S
@@ -59,7 +60,7 @@ def perov_sample(tmp_path_factory) -> list:
 
 
 def g2_molecules() -> list:
-    return [S.from_ase(g2[name], name=name) for name in g2.names]
+    return [C.from_ase(g2[name], name=name) for name in g2.names]
 
 
 def test_wrap_frac_stays_in_unit_interval():
@@ -79,16 +80,16 @@ def test_crystal_pos_is_frac_times_lattice(perov_sample):
         assert d.y.shape == (1, 1)
 
 
-@pytest.mark.parametrize("to, back", [(S.to_ase, S.from_ase), (S.to_pymatgen, S.from_pymatgen)])
+@pytest.mark.parametrize("to, back", [(C.to_ase, C.from_ase), (C.to_pymatgen, C.from_pymatgen)])
 def test_molecules_round_trip_exactly(to, back, qm9_sample):
     for d in g2_molecules() + qm9_sample[::10]:
         e = back(to(d))
         assert _same(d, e, [K.Z, K.POS]) and e.name == d.name
 
 
-@pytest.mark.parametrize("to, back", [(S.to_ase, S.from_ase), (S.to_pymatgen, S.from_pymatgen)])
+@pytest.mark.parametrize("to, back", [(C.to_ase, C.from_ase), (C.to_pymatgen, C.from_pymatgen)])
 def test_crystals_round_trip_exactly(to, back, perov_sample):
-    nacl = S.from_ase(bulk("NaCl", "rocksalt", a=5.64), name="NaCl")
+    nacl = C.from_ase(bulk("NaCl", "rocksalt", a=5.64), name="NaCl")
     for d in [*perov_sample, nacl]:
         e = back(to(d))
         assert _same(d, e, [K.Z, K.POS, K.FRAC, K.LATTICE]) and e.name == d.name
@@ -103,13 +104,13 @@ def test_rdkit_round_trip_with_bonds_on_qm9(qm9_sample):
     agree = 0
     sample = qm9_sample[:60]
     for d in sample:
-        mol = S.to_rdkit(d)
+        mol = C.to_rdkit(d)
         rdDetermineBonds.DetermineBonds(mol, charge=0)
-        bonded = S.from_rdkit(mol, name=d.name)
+        bonded = C.from_rdkit(mol, name=d.name)
         assert bonded.edge_index.shape[1] == 2 * mol.GetNumBonds() > 0
-        again = S.from_rdkit(S.to_rdkit(bonded))
+        again = C.from_rdkit(C.to_rdkit(bonded))
         assert _same(bonded, again, [K.Z, K.POS, K.EDGE_INDEX, K.BOND_ORDER, K.CHARGE])
-        mol2 = Chem.RemoveHs(S.to_rdkit(bonded))
+        mol2 = Chem.RemoveHs(C.to_rdkit(bonded))
         ours = Chem.MolToSmiles(mol2)
         theirs = Chem.MolToSmiles(Chem.MolFromSmiles(d.smiles))
         agree += ours == theirs
@@ -123,16 +124,16 @@ def test_rdkit_keeps_formal_charges_and_aromatic_bonds():
 
     mol = Chem.AddHs(Chem.MolFromSmiles("c1ccccc1C(=O)[O-]"))
     AllChem.EmbedMolecule(mol, randomSeed=0)
-    d = S.from_rdkit(mol, name="benzoate")
+    d = C.from_rdkit(mol, name="benzoate")
     assert d.charge.sum().item() == -1 and (d.bond_order == 1.5).sum().item() == 12
-    back = S.to_rdkit(d)
+    back = C.to_rdkit(d)
     Chem.SanitizeMol(back)
     assert Chem.MolToSmiles(back) == Chem.MolToSmiles(mol)
     np.testing.assert_array_equal(back.GetConformer().GetPositions(), d.pos.double().numpy())
 
 
 def test_check_structure_finds_problems():
-    water = S.from_ase(g2["H2O"], name="water")
+    water = C.from_ase(g2["H2O"], name="water")
     assert S.check_structure(water) is None
     nan = S.make_molecule([8, 1], [[0, 0, 0], [np.nan, 0, 0]], name="nan")
     assert "non-finite" in S.check_structure(nan)
@@ -153,7 +154,7 @@ def test_structure_set_collates_mixed_records(qm9_sample, perov_sample):
 
     mol = Chem.AddHs(Chem.MolFromSmiles("CC#N"))
     AllChem.EmbedMolecule(mol, randomSeed=1)
-    bonded = S.from_rdkit(mol, name="acetonitrile")
+    bonded = C.from_rdkit(mol, name="acetonitrile")
     atom = S.make_molecule([2], [[0, 0, 0]], name="He", edge_index=np.zeros((2, 0)), bond_order=[])
     with pytest.raises(ValueError, match="disagree on the shape of 'y'"):
         S.StructureSet.from_data_list(qm9_sample[:2] + perov_sample[:1])  # y (1, 15) vs (1, 1)

@@ -34,6 +34,7 @@ import torch
 from benchmarks._report import write_section
 from benchmarks.quality.qm9_methods import training_table
 from pipeline import crystal_checks as cc
+from pipeline import crystal_fingerprints as cfp
 from pipeline import metrics as pm
 from pipeline.cache import ldsm_home
 from pipeline.datasets import load_dataset
@@ -74,7 +75,7 @@ def reference(dataset: str, split: str, coverage: bool = True) -> tuple[list, tu
         data = np.load(cache)
         return structures, (list(data["struct"]), list(data["comp"]))
     print(f"fingerprinting {len(structures)} {dataset} {split} crystals (cached after)", flush=True)
-    struct, comp = cc.fingerprints(structures)
+    struct, comp = cfp.fingerprints(structures)
     cache.parent.mkdir(parents=True, exist_ok=True)
     np.savez(cache, struct=np.asarray(struct), comp=np.asarray(comp))
     return structures, (struct, comp)

@@ -1,0 +1,72 @@
+"""Pieces of the ``ldsm`` command line that every sub-command's parser shares (argparse only).
+
+The parsers of the sub-commands are grouped by what they do: :mod:`flows.cli_train` (``demo``,
+``train``), :mod:`flows.cli_sample` (``generate``, ``design``, ``serve``) and
+:mod:`flows.cli_data` (``ingest``, ``screen``); :mod:`flows.cli` puts them together. None of them
+imports anything heavy, so ``ldsm --help`` answers without loading torch, RDKit or Prefect.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+CRYSTAL_DATASETS = ("perov-5", "carbon-24", "mp-20")
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults after every option; descriptions and examples keep their line breaks."""
+
+
+class Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (``ldsm CMD: error: ...``), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _number(kind, low, strict: bool):
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if value < low or (strict and value == low):
+            bound = f"> {low}" if strict else f">= {low}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+positive_int = _number(int, 1, strict=False)
+nonnegative_int = _number(int, 0, strict=False)
+positive_float = _number(float, 0.0, strict=True)
+
+
+def fraction(text: str) -> float:
+    """A float in [0, 1)."""
+    value = _number(float, 0.0, strict=False)(text)
+    if value >= 1:
+        raise argparse.ArgumentTypeError(f"must be < 1, got {text}")
+    return value
+
+
+def add_runner_options(parser: argparse.ArgumentParser) -> None:
+    """``--workers`` and ``--dask-address`` (``flows.runners``) for a command that fans out."""
+    parser.add_argument(
+        "--workers",
+        type=nonnegative_int,
+        default=0,
+        help="local Dask worker processes (0: a thread pool in this process)",
+    )
+    parser.add_argument(
+        "--dask-address",
+        default=None,
+        help="scheduler of an existing Dask cluster, e.g. tcp://10.0.0.5:8786",
+    )
+
+
+def runner_options(args: argparse.Namespace) -> dict:
+    """The values of :func:`add_runner_options` under the names the configs give them."""
+    return {"workers": args.workers, "dask_address": args.dask_address}

@@ -1,0 +1,194 @@
+"""The ``ldsm generate``, ``ldsm design`` and ``ldsm serve`` parsers and the sampler options they
+share, with the one place that turns those options into a ``SamplerConfig`` (:func:`sampler_config`).
+The defaults written here are the configs' own (``tests/test_cli.py`` holds them equal)."""
+
+from __future__ import annotations
+
+import argparse
+
+from flows.cli_options import (
+    CRYSTAL_DATASETS,
+    add_runner_options,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
+from flows.cli_train import add_training_options
+
+DESIGN_ENTRYPOINT = "flows.design:design"
+GENERATE = dict(n=100, sampler="sde", nfe=100, grid_power=1.0, batch_size=250, seed=0)
+SAMPLERS = ("sde", "ode", "ancestral")  # pipeline.recipes.SamplerConfig.kind
+SAMPLER_HELP = (
+    "reverse SDE (Euler-Maruyama), probability-flow ODE (Heun) or ancestral (EDM's posterior "
+    "steps; linear-process models only)"
+)
+DESIGN = dict(out="runs/design", n=200, nfe=100, reference_size=1000, relax="none")
+
+
+def add_sampler_options(parser: argparse.ArgumentParser, nfe: int) -> None:
+    """The sampling options of ``generate`` and ``design`` (``pipeline.recipes.SamplerConfig``)."""
+    parser.add_argument(
+        "--sampler", choices=SAMPLERS, default=GENERATE["sampler"], help=SAMPLER_HELP
+    )
+    parser.add_argument(
+        "--nfe", type=positive_int, default=nfe, help="network evaluations per sample"
+    )
+    parser.add_argument(
+        "--grid-power",
+        type=positive_float,
+        default=GENERATE["grid_power"],
+        help="sampler time grid t_end + (1 - t_end) u^power: > 1 spends more steps at low noise",
+    )
+    parser.add_argument(
+        "--num-atoms",
+        type=positive_int,
+        default=None,
+        help="atoms per structure; None: drawn from the training histogram",
+    )
+
+
+def sampler_config(args: argparse.Namespace):
+    """The ``pipeline.recipes.SamplerConfig`` of ``--sampler``, ``--nfe`` and ``--grid-power``."""
+    from pipeline.recipes import SamplerConfig
+
+    return SamplerConfig(kind=args.sampler, nfe=args.nfe, grid_power=args.grid_power)
+
+
+def add_design_options(parser: argparse.ArgumentParser) -> None:
+    """The design options (shared with ``ldsm serve``)."""
+    d = DESIGN
+    parser.add_argument("--out", default=d["out"], help="run directory (re-use it to resume)")
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="trained checkpoint (.pt); None: the model that ships for --dataset "
+        "(models/weights/qm9_egnn.pt for qm9)",
+    )
+    parser.add_argument("--train", action="store_true", help="train first (training options below)")
+    parser.add_argument("--n", type=positive_int, default=d["n"], help="structures to generate")
+    add_sampler_options(parser, d["nfe"])
+    parser.add_argument(
+        "--reference-size",
+        type=positive_int,
+        default=d["reference_size"],
+        help="test-split structures to compare with (novelty, coverage, report plots)",
+    )
+    parser.add_argument("--no-posebusters", action="store_true", help="skip PoseBusters")
+    parser.add_argument(
+        "--relax",
+        choices=["none", "chgnet", "xtb"],
+        default=DESIGN["relax"],
+        help="relax the samples, write them and screen them too: crystals with CHGNet, "
+        "molecules with GFN2-xTB (seconds per molecule)",
+    )
+    add_runner_options(parser)
+    add_training_options(parser)
+
+
+def add_generate(sub) -> None:
+    """The ``ldsm generate`` parser (``pipeline.generate.GenerateConfig``)."""
+    d = GENERATE
+    parser = sub.add_parser(
+        "generate",
+        help="sample molecules or crystals from a trained checkpoint",
+        description="Sample structures from a trained checkpoint, chunk by chunk.",
+        epilog="example: ldsm generate --checkpoint models/weights/qm9_egnn.pt --n 100 --out gen "
+        "--nfe 50 --sampler sde\n"
+        "         ldsm generate --dataset perov-5 --composition SrTiO3 --n 5 --out srtio3\n"
+        "         ldsm generate --checkpoint runs/csp/checkpoints/last.pt --compositions "
+        "test.csv --out csp",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default=None,
+        help="a checkpoint written by ldsm train (None: the shipped model of --dataset)",
+    )
+    parser.add_argument(
+        "--dataset",
+        choices=CRYSTAL_DATASETS,
+        default=None,
+        help="crystals: use the shipped checkpoint of this data set when --checkpoint is unset",
+    )
+    given = parser.add_mutually_exclusive_group()
+    given.add_argument(
+        "--composition", default=None, help="structure prediction for one formula, e.g. SrTiO3"
+    )
+    given.add_argument(
+        "--compositions",
+        default=None,
+        help="structure prediction: a file of formulas (one a line) or a CDVAE CSV",
+    )
+    parser.add_argument(
+        "--n",
+        type=positive_int,
+        default=None,
+        help=f"structures to generate (None: {d['n']}); with compositions: per composition (None: 1)",
+    )
+    parser.add_argument("--out", required=True, help="output folder")
+    add_sampler_options(parser, d["nfe"])
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=d["batch_size"],
+        help="structures per chunk (sampled together)",
+    )
+    parser.add_argument(
+        "--seed", type=nonnegative_int, default=d["seed"], help="chunk k is seeded by (seed, k)"
+    )
+    parser.add_argument("--threads", type=positive_int, default=1, help="torch threads per chunk")
+    add_runner_options(parser)
+
+
+def add_design(sub) -> None:
+    """The ``ldsm design`` parser (``flows.design.DesignConfig``)."""
+    parser = sub.add_parser(
+        "design",
+        help="ingest -> train or load -> generate -> screen -> report",
+        description="Ingest -> train (or load a checkpoint) -> generate -> screen -> report.",
+        epilog=(
+            "example: ldsm design                        (the shipped QM9 model, 200 molecules)\n"
+            "         ldsm design --n 1000 --nfe 200 --out runs/big --workers 2\n"
+            "         ldsm design --train --max-minutes 30 --out runs/fresh\n"
+            "         ldsm design --train --dataset perov-5 --split val --val-split test \\\n"
+            "             --hidden 128 --max-minutes 15 --out runs/perov"
+        ),
+    )
+    add_design_options(parser)
+
+
+def add_serve(sub) -> None:
+    """The ``ldsm serve`` parser: the schedule, and the design options."""
+    parser = sub.add_parser(
+        "serve",
+        help="serve the design flow on a cron schedule (a Prefect deployment)",
+        description=(
+            "Register the deployment design/NAME (or another ldsm flow with --entrypoint) with "
+            "the Prefect server that PREFECT_API_URL names, and run each scheduled or manually "
+            "triggered run in a subprocess until stopped (Ctrl-C pauses the schedule)."
+        ),
+        epilog='example: ldsm serve --cron "0 3 * * *" --name nightly --n 500 --out runs/nightly\n'
+        '         ldsm serve --cron "0 3 * * *" --config runs/first/config.json',
+    )
+    parser.add_argument("--cron", default="0 3 * * *", help="cron schedule of the runs")
+    parser.add_argument("--timezone", default="UTC", help="IANA time zone of the schedule")
+    parser.add_argument("--name", default="nightly", help="deployment name")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="the flow's config as JSON, e.g. a run's config.json (replaces the options below)",
+    )
+    parser.add_argument(
+        "--entrypoint", default=DESIGN_ENTRYPOINT, help="flow to serve, module:attribute"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=positive_int,
+        default=None,
+        help="at most this many runs at once (None: no limit)",
+    )
+    parser.add_argument(
+        "--keep-schedule",
+        action="store_true",
+        help="leave the schedule active when serving stops (for a supervised, restarting serve)",
+    )
+    add_design_options(parser)
