@@ -45,7 +45,7 @@ What is measured, for pairs ``(y_t, tau)`` of one local step (``tau = grad log q
 * **Control.** For the linear VP process (U = |x|^2/2, data N(0, P)) everything is Gaussian and the
   minimiser is ``m(y) = kappa y`` with ``kappa = c_T l / (a^2 + l^2)`` for a step ``y_t = a y_s + l eps``,
   ``tau = c_T eps`` (:func:`vp_kappa`): ``c = -(1 + kappa)`` and ``bias2 = (1 + kappa)^2``, exactly.
-  Only ``expm`` is exact there (``kappa = -1``); ``euler`` has ``bias2 = (B^2/4 / (1 + B^2/4))^2`` and
+  Only ``expm`` and ``split`` are exact there (``kappa = -1``); ``euler`` has ``bias2 = (B^2/4 / (1 + B^2/4))^2`` and
   ``taylor2`` an O(B^4) bias too. Both estimators must reproduce these values.
 
 Training (part b): pipeline.toy's TimeMLP on the 2-D mixture under EDM's polynomial schedule, each
@@ -152,7 +152,7 @@ def vp_kappa(mode: Mode, b: float) -> float:
     ``E[eps | y_t] = l y_t / (a^2 + l^2)``, so ``kappa = c_T l / (a^2 + l^2)``; the true slope is -1.
     The (a, l, c_T) are those of :mod:`pipeline.transitions` for this drift.
     """
-    if mode == "expm":
+    if mode in ("expm", "split"):  # both integrate this linear drift exactly
         a, l2 = math.exp(-b / 2), -math.expm1(-b)
         return -1 / (a**2 + l2)
     if mode == "euler":
@@ -625,7 +625,7 @@ def report(args, budgets, control, targets, simulation, training, atom_training,
         "(y_s by Euler 0.1, other settings) are not comparable row for row; the simulated-y_s table "
         "below is the like-for-like check.",
         "",
-        "**Control: the linear VP process** (analytic minimiser; only expm is exact there)",
+        "**Control: the linear VP process** (analytic minimiser; only expm and split are exact there)",
         "",
         "| system | mode | B | analytic c | measured c | analytic bias2 | quadrature bias2 | proj2 |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
