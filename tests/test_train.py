@@ -228,7 +228,7 @@ def test_crystals_train_on_a_named_split_from_the_command_line_options(tmp_path)
     """The shared Perov-5 copy has val and test only: ``--split val`` trains, a missing split says so."""
     import argparse
 
-    from flows.cli import add_training_options
+    from flows.cli_train import add_training_options
     from flows.train import config_from_args
     from pipeline.datasets import load_dataset, shared_data_dir
 
