@@ -8,13 +8,14 @@ import argparse
 
 from flows.cli_options import fraction, nonnegative_int, positive_float, positive_int
 
-MODES = ("expm", "taylor2", "euler")  # pipeline.transitions.MODES
+MODES = ("expm", "taylor2", "euler", "split")  # pipeline.transitions.MODES
 
 # Defaults of the configs (tests/test_cli.py checks each against its config).
 TRAIN = dict(
     dataset="qm9", split="train", val_split="val", steps=2000, batch_size=64, accumulate=1,
     lr=5e-4, warmup=200, ema=0.999, seed=0, checkpoint_every=100, val_every=500,
     loss="local-dsm", drift="physical", mode="expm", step="fraction", budget=0.5,
+    sim_mode="euler", sim_budget=0.25,
     hidden=64, layers=4, time_power=1.0, preconditioning="sigma", type_weight=20.0,
 )  # fmt: skip
 
@@ -51,7 +52,24 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         default=d["drift"],
         help="forward drift on positions (exact-dsm implies linear)",
     )
-    g.add_argument("--mode", choices=MODES, default=d["mode"], help="local-DSM transition moments")
+    g.add_argument(
+        "--mode",
+        choices=MODES,
+        default=d["mode"],
+        help="local-DSM transition moments (split: the harmonic part exact, the rest frozen)",
+    )
+    g.add_argument(
+        "--sim-mode",
+        choices=MODES,
+        default=d["sim_mode"],
+        help="steps that simulate y_s from the data",
+    )
+    g.add_argument(
+        "--sim-budget",
+        type=positive_float,
+        default=d["sim_budget"],
+        help="int beta per step when simulating y_s (split steps stay accurate at 1)",
+    )
     g.add_argument(
         "--step", choices=["fraction", "budget"], default=d["step"], help="local-DSM step rule D(t)"
     )

@@ -65,8 +65,14 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
         mode=args.mode,
         step=args.step,
         budget=args.budget,
+        sim_mode=args.sim_mode,
+        sim_budget=args.sim_budget,
         time_power=args.time_power,
-        weight="output" if args.preconditioning == "edm" else LossConfig().weight,
+        # The output weight (1 / c_out^2, about 1e5 at t -> 1) suits exact DSM only: the local
+        # target's noise does not vanish there, and local-DSM's loss started at 5e4 with it.
+        weight="output"
+        if args.preconditioning == "edm" and args.loss == "exact-dsm"
+        else LossConfig().weight,
     )
     drift = "linear" if args.loss == "exact-dsm" else args.drift
     if args.dataset in CRYSTAL_DATASETS:
@@ -187,7 +193,8 @@ def resumed_config(args: argparse.Namespace, defaults: argparse.Namespace) -> Tr
             + "; ".join(conflicts)
             + " (drop the option, or train into a new --out)"
         )
-    update = {k: getattr(args, k) for k in RESUMABLE_OPTIONS if getattr(args, k) is not None}
+    # Only what the user gave: a default (--checkpoint-every 100) must not replace the run's own.
+    update = {k: getattr(args, k) for k in RESUMABLE_OPTIONS if k in args.explicit}
     return saved.model_copy(update=update)
 
 

@@ -379,7 +379,7 @@ def train(
     budget = 60.0 * config.max_minutes if config.max_minutes else None
     bar = tqdm(
         total=budget or config.steps,
-        initial=round(min(run.cpu_seconds, budget), 1) if budget else run.step,
+        initial=int(min(run.cpu_seconds, budget)) if budget else run.step,
         unit="cpu-s" if budget else "it",
         disable=not (progress and main),
         desc=f"train ({config.max_minutes:g} CPU-min budget)" if budget else "train",
@@ -388,7 +388,8 @@ def train(
         while run.step < config.steps:
             result = training_step(run)
             loss_value, step = result.loss, run.step
-            bar.update(round(min(run.cpu_seconds, budget) - bar.n, 1) if budget else 1)
+            # Whole CPU seconds: a float count shows as 1961.6000000000006 / 86400.0.
+            bar.update(int(min(run.cpu_seconds, budget)) - bar.n if budget else 1)
             bar.set_postfix(
                 loss=f"{loss_value:.4f}", skipped=run.skipped, step=f"{step}/{config.steps}"
             )

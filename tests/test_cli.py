@@ -8,6 +8,7 @@ model or a run folder call :func:`flows.cli.main` under the Prefect test harness
 from __future__ import annotations
 
 import csv
+import json
 import os
 import subprocess
 import sys
@@ -94,6 +95,22 @@ def test_every_option_shows_its_default_and_serve_has_a_description(capsys):
         cli.main(["serve", "--help"])
     text = capsys.readouterr().out
     assert "Register the deployment design/NAME" in text and "(default: 0 3 * * *)" in text
+
+
+def test_training_options_build_the_loss_config():
+    """--preconditioning edm gives the output weight to exact DSM only (local-DSM keeps the VP
+    weight: its target's noise does not vanish at t -> 1); --sim-mode / --sim-budget reach it."""
+    from flows.train import recipe_from_args
+
+    parser = cli.build_parser()
+
+    def loss(*options):
+        return recipe_from_args(parser.parse_args(["train", "--out", "x", *options]))["loss"]
+
+    assert loss("--preconditioning", "edm", "--loss", "exact-dsm")["weight"] == "output"
+    assert loss("--preconditioning", "edm", "--loss", "local-dsm")["weight"] == "vp"
+    split = loss("--mode", "split", "--sim-mode", "split", "--sim-budget", "1")
+    assert (split["mode"], split["sim_mode"], split["sim_budget"]) == ("split", "split", 1.0)
 
 
 def test_parser_defaults_are_the_configs_defaults():
@@ -269,7 +286,8 @@ def width_32_run(tmp_path, monkeypatch):
     from flows.train import config_from_args
 
     run = tmp_path / "run"
-    train(config_from_args(args).model_copy(update={"threads": 1}), run, progress=False)
+    config = config_from_args(args).model_copy(update={"threads": 1, "checkpoint_every": 7})
+    train(config, run, progress=False)
     return run, folder
 
 
@@ -286,6 +304,9 @@ def test_resume_refuses_options_that_contradict_the_run(width_32_run, capsys, pr
     args.explicit = {"out", "resume", "hidden", "steps"}
     config = train._config(args)
     assert config.steps == 3 and config.recipe.model.hidden == 32
+    # A resumable option left out keeps the run's value, not the parser's default.
+    saved = json.loads((run / "config.json").read_text())["checkpoint_every"]
+    assert args.checkpoint_every != saved and config.checkpoint_every == saved
     # Without --resume, a folder that holds a run is refused, not overwritten.
     assert cli.main(["train", "--out", str(run), "--dataset", str(folder)]) == 2
     assert "holds a training run: add --resume" in capsys.readouterr().err
