@@ -17,7 +17,7 @@ from flows.cli_train import add_training_options
 
 DESIGN_ENTRYPOINT = "flows.design:design"
 GENERATE = dict(n=100, sampler="sde", nfe=100, grid_power=1.0, batch_size=250, seed=0)
-SAMPLERS = ("sde", "ode", "ancestral")  # pipeline.recipes.SamplerConfig.kind
+SAMPLERS = ("sde", "ode", "ancestral")  # pipeline.samplers.SamplerConfig.kind
 SAMPLER_HELP = (
     "reverse SDE (Euler-Maruyama), probability-flow ODE (Heun) or ancestral (EDM's posterior "
     "steps; linear-process models only)"
@@ -26,7 +26,7 @@ DESIGN = dict(out="runs/design", n=200, nfe=100, reference_size=1000, relax="non
 
 
 def add_sampler_options(parser: argparse.ArgumentParser, nfe: int) -> None:
-    """The sampling options of ``generate`` and ``design`` (``pipeline.recipes.SamplerConfig``)."""
+    """The sampling options of ``generate`` and ``design`` (``pipeline.samplers.SamplerConfig``)."""
     parser.add_argument(
         "--sampler", choices=SAMPLERS, default=GENERATE["sampler"], help=SAMPLER_HELP
     )
@@ -48,8 +48,8 @@ def add_sampler_options(parser: argparse.ArgumentParser, nfe: int) -> None:
 
 
 def sampler_config(args: argparse.Namespace):
-    """The ``pipeline.recipes.SamplerConfig`` of ``--sampler``, ``--nfe`` and ``--grid-power``."""
-    from pipeline.recipes import SamplerConfig
+    """The ``pipeline.samplers.SamplerConfig`` of ``--sampler``, ``--nfe`` and ``--grid-power``."""
+    from pipeline.samplers import SamplerConfig
 
     return SamplerConfig(kind=args.sampler, nfe=args.nfe, grid_power=args.grid_power)
 

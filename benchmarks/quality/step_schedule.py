@@ -105,7 +105,7 @@ RULES: dict[str, StepSchedule] = {
     "fraction 0.5 cap 0.5": FractionBudget(0.5, 0.5),
     "fraction 0.5 cap 2": FractionBudget(0.5, 2.0),
 }
-DEFAULT_RULE = "fraction 0.5 cap 0.5"  # the molecule recipe's default (pipeline.recipes.LossConfig)
+DEFAULT_RULE = "fraction 0.5 cap 0.5"  # the molecule recipe's default (pipeline.losses.LossConfig)
 # the costlier training tables (9 atoms; y_s simulated) take the rules the lead compared, plus cap 0.2
 ATOM_RULES = (
     "budget 0.05",
