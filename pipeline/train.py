@@ -378,7 +378,7 @@ def train(
     # A CPU-time budget shows as the bar (in CPU seconds): the step count may never be reached.
     budget = 60.0 * config.max_minutes if config.max_minutes else None
     bar = tqdm(
-        total=budget or config.steps,
+        total=int(budget) if budget else config.steps,
         initial=int(min(run.cpu_seconds, budget)) if budget else run.step,
         unit="cpu-s" if budget else "it",
         disable=not (progress and main),
