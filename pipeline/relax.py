@@ -127,6 +127,15 @@ def relax_crystals(crystals: Sequence[Data], steps: int = 100, fmax: float = 0.1
     return out
 
 
+def _write_table(path: Path, results: Sequence, columns: list[str]) -> None:
+    """One CSV row per result: its ``columns`` attributes."""
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        for r in results:
+            writer.writerow({c: getattr(r, c) for c in columns})
+
+
 def write_relaxed(results: Sequence[Relaxed], folder: str | Path) -> dict:
     """``folder/samples.cif`` (every crystal, relaxed where it could be), ``folder/relax.csv``
     (one row per crystal, :data:`COLUMNS`) and a summary dict: counts and mean energies."""
@@ -134,11 +143,7 @@ def write_relaxed(results: Sequence[Relaxed], folder: str | Path) -> dict:
 
     folder = Path(folder)
     samples = write_samples([r.structure for r in results], folder, "crystal")
-    with open(folder / "relax.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, COLUMNS)
-        writer.writeheader()
-        for r in results:
-            writer.writerow({c: getattr(r, c) for c in COLUMNS})
+    _write_table(folder / "relax.csv", results, COLUMNS)
     done = [r for r in results if r.relaxed]
     return {
         "n": len(results),
@@ -262,11 +267,7 @@ def write_relaxed_molecules(results: Sequence[RelaxedMolecule], folder: str | Pa
 
     folder = Path(folder)
     samples = write_samples([r.structure for r in results], folder, "molecule")
-    with open(folder / "relax.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, MOLECULE_COLUMNS)
-        writer.writeheader()
-        for r in results:
-            writer.writerow({c: getattr(r, c) for c in MOLECULE_COLUMNS})
+    _write_table(folder / "relax.csv", results, MOLECULE_COLUMNS)
     done = [r for r in results if r.relaxed]
 
     def mean(column: str) -> float | None:
