@@ -104,8 +104,8 @@ def generate(
 ) -> Run:
     """``ldsm generate --checkpoint CHECKPOINT --out OUT``: samples ``config.n`` structures of
     the trained model into ``out`` (``samples.sdf`` / ``.cif``) with ``threads`` torch threads.
-    Raises :class:`UsageError`
-    for a file that is not a trained checkpoint or a sampler the model cannot use."""
+    Raises :class:`UsageError` for a file that is not a trained checkpoint or a sampler the
+    model cannot use."""
     config = config or GenerateConfig(**options)
     trained = check_checkpoint(str(checkpoint))
     check_sampler(config.sampler.kind, trained)
