@@ -276,8 +276,10 @@ def _write(structures: Sequence[Data], path: Path) -> dict[str, str]:
     some degenerate records (ASE asserts on a zero cell), so after a failed write each record is
     tried alone to find the culprits, and the rest is written.
     """
+    # Generated molecules get the bonds and charges the screen perceives (pipeline.writers).
+    options = {"perceive_bonds": True} if path.suffix == ".sdf" else {}
     try:
-        write_structures(structures, path)
+        write_structures(structures, path, **options)
         return {}
     except Exception:  # noqa: BLE001 - any writer failure is handled record by record below
         pass
@@ -286,10 +288,10 @@ def _write(structures: Sequence[Data], path: Path) -> dict[str, str]:
         probe = Path(tmp) / f"probe{path.suffix}"
         for data in structures:
             try:
-                write_structures([data], probe)
+                write_structures([data], probe, **options)
             except Exception as err:  # noqa: BLE001 - the reason is recorded, not raised
                 unwritable[data[K.NAME]] = f"{type(err).__name__}: {err}".strip(": ")[:200]
-    write_structures([s for s in structures if s[K.NAME] not in unwritable], path)
+    write_structures([s for s in structures if s[K.NAME] not in unwritable], path, **options)
     return unwritable
 
 
