@@ -193,25 +193,50 @@ def write_screen_table(path: str | Path, rows: list[dict]) -> list[str]:
     return columns
 
 
+# SD tags of a passing molecule, in this order, where its row has them (``atom_stability`` is
+# the row's stable atoms over its atoms; the rest are the screen's columns, metrics.py).
+PASSING_TAGS = (
+    "rank", "passed", "smiles", "n_atoms", "atom_stability", "stable", "valid", "connected",
+    "unique", "novel", "posebusters", "coords_3d", "bond_source", "edm_valid", "xtb_energy_ev",
+    "xtb_relaxation_ev",
+)  # fmt: skip
+
+
+def passing_tags(row: dict) -> dict[str, str]:
+    """The SD tags of a molecule row: name, rank, ``passed``, SMILES and the verdicts it has."""
+    values = dict(row)
+    if row.get("n_atoms"):
+        values["atom_stability"] = row["n_stable_atoms"] / row["n_atoms"]
+    tags = {"name": str(row["name"])}
+    tags.update({k: str(values[k]) for k in PASSING_TAGS if values.get(k) is not None})
+    return tags
+
+
 def write_passing(folder: str | Path, rows: list[dict]) -> None:
-    """The screen's passing candidates (``rows`` of :mod:`pipeline.metrics`, ranked): molecules
-    into ``folder/molecules.sdf`` (the sanitised RDKit molecule of the row, EDM bonds, 3-D),
-    crystals one CIF each, ``folder/<rank>_<name>.cif`` (the row's pymatgen structure)."""
+    """The screen's passing candidates (``rows`` of :mod:`pipeline.metrics`, ranked), best rank
+    first: molecules into ``folder/molecules.sdf`` (the sanitised RDKit molecule of the row, its
+    bonds, 3-D; SD tags :func:`passing_tags`), crystals one CIF each,
+    ``folder/<rank, 6 digits>_<name>.cif`` (the row's pymatgen structure), so that a listing is in
+    rank order."""
     from pymatgen.io.cif import CifWriter
     from rdkit import Chem
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    passing = [r for r in rows if r.get("passed")]
+    passing = sorted((r for r in rows if r.get("passed")), key=lambda r: r["rank"])
     writer = Chem.SDWriter(str(folder / "molecules.sdf"))
     for row in passing:
         if row["kind"] == "molecule":
             mol = Chem.Mol(row["mol"])
+            for prop in list(mol.GetPropNames()):
+                mol.ClearProp(prop)
             mol.SetProp("_Name", row["name"])
+            for key, value in passing_tags(row).items():
+                mol.SetProp(key, value)
             writer.write(mol)
         else:
             CifWriter(row["structure"]).write_file(
-                folder / f"{row['rank']}_{_safe(row['name'])}.cif"
+                folder / f"{row['rank']:06d}_{_safe(row['name'])}.cif"
             )
     writer.close()
 

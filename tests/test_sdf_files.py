@@ -12,7 +12,7 @@ from pipeline import metrics as pm
 from pipeline.generate import write_samples
 from pipeline.io import read_structures
 from pipeline.structures import make_molecule
-from pipeline.writers import BONDS_TAG, PERCEIVED, write_sdf
+from pipeline.writers import BONDS_TAG, PASSING_TAGS, PERCEIVED, write_passing, write_sdf
 
 SMILES = ["c1ccccc1", "CC(=O)O", "C[N+](=O)[O-]", "c1ccncc1", "OCC#N", "C1CC1O", "O=C1C=CC(=O)N1"]
 # Columns that say where the bonds came from, not what they are worth.
@@ -111,3 +111,35 @@ def test_write_samples_writes_bonded_molecules(tmp_path):
     write_samples([embedded("CC=O", "sample_000000")], tmp_path, "molecule")
     (mol,) = sd_records(tmp_path / "samples.sdf")
     assert mol.GetNumBonds() == 6 and mol.GetProp("smiles") == "CC=O"
+
+
+def test_passing_molecules_are_in_rank_order_with_their_verdicts_as_tags(tmp_path):
+    # Ideal benzene is EDM-unstable (one check fewer), so it ranks after methanol though it
+    # comes first; the water dimer is two fragments and does not pass.
+    water = embedded("O", "water")
+    pos = torch.cat([water.pos, water.pos + torch.tensor([3.0, 0.0, 0.0])])
+    dimer = make_molecule(water.z.repeat(2), pos, name="dimer")
+    records = [embedded("c1ccccc1", "benzene"), dimer, embedded("CO", "methanol")]
+    write_sdf(records, tmp_path / "in.sdf", perceive_bonds=True)
+    read = read_structures(tmp_path / "in.sdf").records
+    rows = pm.check_molecule_records(read, posebusters=False)
+    pm.molecule_set_metrics(rows, None)
+    ranked = pm.rank(rows)
+    write_passing(tmp_path / "passing", ranked)
+    mols = sd_records(tmp_path / "passing" / "molecules.sdf")
+    assert [m.GetProp("_Name") for m in mols] == ["methanol", "benzene"]
+    methanol, benzene = (m.GetPropsAsDict() for m in mols)
+    assert methanol["rank"] == 1 and benzene["rank"] == 2
+    assert methanol["passed"] == benzene["passed"] == "True"
+    assert methanol["stable"] == "True" and benzene["stable"] == "False"
+    assert benzene["smiles"] == "c1ccccc1" and benzene["valid"] == "True"
+    row = next(r for r in ranked if r["name"] == "benzene")
+    assert benzene["atom_stability"] == pytest.approx(row["n_stable_atoms"] / 12)
+    assert row["n_stable_atoms"] < 12
+    assert set(PASSING_TAGS) - set(methanol) == {
+        "novel",
+        "posebusters",
+        "xtb_energy_ev",
+        "xtb_relaxation_ev",
+    }
+    assert next(r for r in ranked if r["name"] == "dimer")["rank"] == 3
