@@ -52,6 +52,23 @@ def fraction(text: str) -> float:
     return value
 
 
+def atom_count(text: str) -> int | tuple[int, int]:
+    """``--num-atoms``: one size ``N`` (>= 1), or an inclusive range ``LOW-HIGH`` (1 <= LOW <=
+    HIGH) as ``(low, high)``."""
+    low_text, dash, high_text = text.strip().partition("-")
+    if not dash:
+        return positive_int(text)
+    try:
+        low, high = int(low_text), int(high_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected N or a range LOW-HIGH such as 12-18, got {text!r}"
+        ) from None
+    if not 1 <= low <= high:
+        raise argparse.ArgumentTypeError(f"range {text} must have 1 <= LOW <= HIGH")
+    return low, high
+
+
 def add_runner_options(parser: argparse.ArgumentParser) -> None:
     """``--workers`` and ``--dask-address`` (``flows.runners``) for a command that fans out."""
     parser.add_argument(

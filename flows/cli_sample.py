@@ -9,6 +9,7 @@ import argparse
 from flows.cli_options import (
     CRYSTAL_DATASETS,
     add_runner_options,
+    atom_count,
     nonnegative_int,
     positive_float,
     positive_int,
@@ -41,9 +42,11 @@ def add_sampler_options(parser: argparse.ArgumentParser, nfe: int) -> None:
     )
     parser.add_argument(
         "--num-atoms",
-        type=positive_int,
+        type=atom_count,
         default=None,
-        help="atoms per structure; None: drawn from the training histogram",
+        metavar="N|LOW-HIGH",
+        help="atoms per structure, or a range such as 12-18 (sizes drawn from the training "
+        "histogram within it); None: drawn from the whole training histogram",
     )
 
 

@@ -39,7 +39,13 @@ from flows.cli_options import CRYSTAL_DATASETS, runner_options
 from flows.cli_sample import sampler_config
 from flows.cli_train import add_training_options
 from flows.console import UsageError
-from flows.generate import WEIGHTS, check_checkpoint, check_sampler, run_generate
+from flows.generate import (
+    WEIGHTS,
+    check_checkpoint,
+    check_num_atoms,
+    check_sampler,
+    run_generate,
+)
 from flows.persist import chunk_count
 from flows.screen import ScreenConfig, run_screen
 from flows.train import config_from_args as train_config_from_args
@@ -47,7 +53,7 @@ from flows.train import train_flow
 from pipeline import report
 from pipeline.crystal_checks import COV_CUTOFFS
 from pipeline.datasets import load_dataset
-from pipeline.generate import GenerateConfig, load_cached
+from pipeline.generate import GenerateConfig, NumAtoms, load_cached
 from pipeline.io import read_structures, write_structures
 from pipeline.metrics import CRYSTAL_KEYS
 from pipeline.samplers import SamplerConfig
@@ -67,7 +73,7 @@ class DesignConfig(BaseModel):
     train: TrainConfig | None = None
     n: PositiveInt = 200
     sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(nfe=100))
-    num_atoms: PositiveInt | None = None
+    num_atoms: NumAtoms | None = None  # a size, or a range (low, high) of the histogram's
     seed: int = 0
     dataset_path: str | None = None  # source of the reference data set (as --path of ingest)
     reference_size: PositiveInt = 1000  # reference structures (test split) for plots / coverage
@@ -297,6 +303,7 @@ def check_design(config: DesignConfig, args: argparse.Namespace) -> None:
             f"{trained.recipe.config.kind} model"
         )
     check_sampler(config.sampler.kind, trained)
+    check_num_atoms(config.num_atoms, trained)
     trained_on = trained.info.get("dataset", "?")
     if "dataset" in getattr(args, "explicit", set()) and trained_on != args.dataset:
         raise UsageError(

@@ -41,6 +41,7 @@ from pipeline.generate import (
     Trained,
     checkpoint_key,
     collect,
+    histogram_sizes,
     load_cached,
     plan,
     sample_chunk,
@@ -179,11 +180,22 @@ def check_sampler(kind: str, trained: Trained) -> None:
         )
 
 
+def check_num_atoms(num_atoms, trained: Trained) -> None:
+    """Refuse a ``--num-atoms`` range in which the model saw no training structure (it would
+    draw from nothing)."""
+    if isinstance(num_atoms, tuple):
+        try:
+            histogram_sizes(trained.num_atoms, num_atoms)
+        except ValueError as err:
+            raise UsageError(f"--num-atoms {num_atoms[0]}-{num_atoms[1]}: {err}") from err
+
+
 def check(args: argparse.Namespace) -> None:
     """``ldsm generate``'s checks before the flow: the compositions parse, the checkpoint loads,
-    the sampler suits it."""
+    the sampler suits it, a ``--num-atoms`` range holds training sizes."""
     trained = check_checkpoint(checkpoint_of(args, compositions_of(args) is not None))
     check_sampler(args.sampler, trained)
+    check_num_atoms(args.num_atoms, trained)
 
 
 def shipped_checkpoint(dataset: str, csp: bool) -> Path:

@@ -3,7 +3,7 @@
 A run is a pure function of ``(checkpoint, GenerateConfig)``:
 
 1. **Sizes.** ``n`` atom counts, fixed by the caller (``num_atoms``) or drawn from the
-   checkpoint's training histogram with a NumPy generator seeded by ``(seed, 0)``. Structure ``i``
+   checkpoint's training histogram (restricted to a ``num_atoms`` range ``(low, high)``) with a NumPy generator seeded by ``(seed, 0)``. Structure ``i``
    of the output is the ``i``-th draw, whatever the chunking.
 2. **Chunks.** The structures are sorted by atom count (stable) and dealt into chunks of
    ``batch_size`` structures (``batch_size`` counts structures, not atoms), each sampled as one
@@ -56,13 +56,16 @@ SAMPLE_FILES: dict[str, tuple[str, str]] = {
     "crystal": ("samples.cif", "samples.extxyz"),
 }
 SUMMARY_FILE = "generation.json"
+# Atoms per structure: one size, or an inclusive range (low, high) drawn from the histogram.
+NumAtoms = PositiveInt | tuple[PositiveInt, PositiveInt]
 
 
 class GenerateConfig(BaseModel):
     """What to generate: ``n`` structures with ``sampler``.
 
-    ``num_atoms`` fixes every structure's size; None draws sizes from the checkpoint's training
-    histogram. ``compositions`` (structure prediction, a checkpoint trained with its types given)
+    ``num_atoms`` fixes every structure's size; a range ``(low, high)`` draws sizes from the
+    checkpoint's training histogram restricted to ``low..high`` (both included); None draws them
+    from the whole histogram. ``compositions`` (structure prediction, a checkpoint trained with its types given)
     asks for ``n`` structures of each record instead, in record order, sized by the record.
     ``batch_size`` is the number of structures sampled together as one batched graph (one chunk,
     one Prefect task in the flow).
@@ -72,7 +75,7 @@ class GenerateConfig(BaseModel):
 
     n: PositiveInt = 100
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
-    num_atoms: PositiveInt | None = None
+    num_atoms: NumAtoms | None = None
     compositions: list[CompositionRecord] | None = None
     batch_size: PositiveInt = 250
     seed: NonNegativeInt = 0
@@ -81,6 +84,9 @@ class GenerateConfig(BaseModel):
     def _one_size_rule(self) -> GenerateConfig:
         if self.compositions is not None and self.num_atoms is not None:
             raise ValueError("compositions fix the sizes: leave num_atoms unset")
+        if isinstance(self.num_atoms, tuple) and self.num_atoms[0] > self.num_atoms[1]:
+            low, high = self.num_atoms
+            raise ValueError(f"num_atoms range {low}-{high}: the low end is above the high end")
         return self
 
     def records(self) -> list[CompositionRecord] | None:
@@ -136,11 +142,33 @@ class GenerationResult:
         return self.seconds / max(len(self.structures), 1)
 
 
-def draw_num_atoms(histogram: dict[int, int], n: int, seed: int) -> Tensor:
-    """``(n,)`` int64 atom counts drawn with the frequencies of ``histogram`` ({size: count})."""
-    sizes = np.array(sorted(s for s, c in histogram.items() if c > 0))
+def histogram_sizes(histogram: dict[int, int], within: tuple[int, int] | None = None) -> np.ndarray:
+    """The sizes of ``histogram`` ({size: count}) with a count, ascending, restricted to
+    ``within`` = (low, high), both included, when given.
+
+    Raises ``ValueError`` when no size is left (an empty histogram, or none in the range).
+    """
+    sizes = np.array(sorted(int(s) for s, c in histogram.items() if c > 0))
     if len(sizes) == 0:
         raise ValueError("the checkpoint has an empty atom-count histogram; pass num_atoms")
+    if within is None:
+        return sizes
+    low, high = within
+    kept = sizes[(sizes >= low) & (sizes <= high)]
+    if len(kept) == 0:
+        raise ValueError(
+            f"no training structure has {low}-{high} atoms "
+            f"(the training sizes are {sizes.min()}-{sizes.max()})"
+        )
+    return kept
+
+
+def draw_num_atoms(
+    histogram: dict[int, int], n: int, seed: int, within: tuple[int, int] | None = None
+) -> Tensor:
+    """``(n,)`` int64 atom counts drawn with the frequencies of ``histogram`` ({size: count})
+    among :func:`histogram_sizes` (``within`` a range (low, high), both included, or all)."""
+    sizes = histogram_sizes(histogram, within)
     freq = np.array([histogram[s] for s in sizes], dtype=float)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0]))
     return torch.as_tensor(rng.choice(sizes, size=n, p=freq / freq.sum()), dtype=torch.int64)
@@ -152,10 +180,10 @@ def plan(config: GenerateConfig, histogram: dict[int, int]) -> list[Chunk]:
     records = config.records()
     if records is not None:
         counts = torch.tensor([len(r.z) for r in records], dtype=torch.int64)
-    elif config.num_atoms is not None:
+    elif isinstance(config.num_atoms, int):
         counts = torch.full((config.n,), config.num_atoms, dtype=torch.int64)
     else:
-        counts = draw_num_atoms(histogram, config.n, config.seed)
+        counts = draw_num_atoms(histogram, config.n, config.seed, config.num_atoms)
     order = torch.argsort(counts, stable=True)
     size = config.batch_size
     chunks = []
@@ -276,8 +304,10 @@ def _write(structures: Sequence[Data], path: Path) -> dict[str, str]:
     some degenerate records (ASE asserts on a zero cell), so after a failed write each record is
     tried alone to find the culprits, and the rest is written.
     """
+    # Generated molecules get the bonds and charges the screen perceives (pipeline.writers).
+    options = {"perceive_bonds": True} if path.suffix == ".sdf" else {}
     try:
-        write_structures(structures, path)
+        write_structures(structures, path, **options)
         return {}
     except Exception:  # noqa: BLE001 - any writer failure is handled record by record below
         pass
@@ -286,10 +316,10 @@ def _write(structures: Sequence[Data], path: Path) -> dict[str, str]:
         probe = Path(tmp) / f"probe{path.suffix}"
         for data in structures:
             try:
-                write_structures([data], probe)
+                write_structures([data], probe, **options)
             except Exception as err:  # noqa: BLE001 - the reason is recorded, not raised
                 unwritable[data[K.NAME]] = f"{type(err).__name__}: {err}".strip(": ")[:200]
-    write_structures([s for s in structures if s[K.NAME] not in unwritable], path)
+    write_structures([s for s in structures if s[K.NAME] not in unwritable], path, **options)
     return unwritable
 
 
@@ -359,10 +389,12 @@ def summary_info(checkpoint: str | Path, config: GenerateConfig, result: Generat
 
 __all__ = [
     "GenerateConfig",
+    "NumAtoms",
     "GenerationResult",
     "Chunk",
     "ChunkResult",
     "draw_num_atoms",
+    "histogram_sizes",
     "plan",
     "chunk_generator",
     "checkpoint_key",

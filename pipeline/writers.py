@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import torch
 from torch_geometric.data import Data
 
 from pipeline import converters as C
@@ -18,9 +19,17 @@ from pipeline import keys as K
 from pipeline import structures as S
 from pipeline.records import SUFFIXES
 
+# SD tag of a molecule whose bonds were perceived (or not) at writing: how, or why there are none.
+BONDS_TAG = "bonds"
+PERCEIVED = "perceived from the coordinates (RDKit rdDetermineBonds, total charge 0)"
 
-def write_sdf(records: Iterable[Data], path: str | Path) -> None:
-    """Molecules to SDF: bonds (aromatic as type 4, not kekulised), charges, name, ``y``, SMILES."""
+
+def write_sdf(records: Iterable[Data], path: str | Path, perceive_bonds: bool = False) -> None:
+    """Molecules to SDF: bonds (aromatic as type 4, not kekulised), charges, name, ``y``, SMILES.
+
+    ``perceive_bonds``: a record without bonds (a generated sample) gets the bonds and formal
+    charges :func:`perceived_sdf_mol` finds, else its loose atoms and a ``bonds`` tag saying why.
+    """
     from rdkit import Chem
 
     writer = Chem.SDWriter(str(path))
@@ -29,13 +38,80 @@ def write_sdf(records: Iterable[Data], path: str | Path) -> None:
         for data in records:
             if S.is_crystal(data):
                 raise ValueError(f"{data.name}: a crystal cannot be written as SDF (use CIF)")
-            mol = C.to_rdkit(data)
+            has_bonds = getattr(data, K.EDGE_INDEX, None) is not None
+            mol = perceived_sdf_mol(data) if perceive_bonds and not has_bonds else C.to_rdkit(data)
             y = getattr(data, K.Y, None)
             if y is not None:
                 mol.SetProp("y", " ".join(repr(float(v)) for v in y.reshape(-1).tolist()))
             writer.write(mol)
     finally:
         writer.close()
+
+
+def _read_back(block: str):
+    """A MOL block as the screen reads it: ``sdf_reader``'s parse, then ``Data`` and back."""
+    from rdkit import Chem
+
+    parsed = Chem.MolFromMolBlock(block, sanitize=False, removeHs=False, strictParsing=True)
+    if parsed is None:
+        raise ValueError("RDKit cannot parse the written MOL block")
+    return C.from_rdkit(parsed, name="")
+
+
+def perceived_sdf_mol(data: Data):
+    """The molecule of a bond-less record, to write as SDF with the bonds the screen perceives.
+
+    Perception is the screen's own (:func:`pipeline.molecule_checks.perceived_mol`, total charge
+    0) on the coordinates as the screen reads them back from the SDF (4 decimals), so a file's
+    bonds give the verdicts and SMILES its loose atoms gave. The bonds are written kekulised
+    (PyMOL and Avogadro read no aromatic type 4) and kept only when the record read back through
+    the screen's path (``from_rdkit``, ``to_rdkit``, ``file_mol``) is the perceived molecule with
+    the same coordinates and the same validity verdict (RDKit's ``RemoveHs`` keeps the H of a
+    perceived ``[CH-]`` but not of the same atom read from a file, which changes the screen's
+    SMILES); otherwise the loose atoms are written. Tags: ``name``, ``bonds``
+    (:data:`PERCEIVED`, or ``none: <reason>``) and ``smiles`` (canonical, heavy atoms, where the
+    perceived molecule is valid).
+    """
+    from rdkit import Chem
+
+    from pipeline import molecule_checks as mc
+
+    loose = C.to_rdkit(data)
+    name = str(getattr(data, K.NAME, ""))
+    try:
+        seen = _read_back(Chem.MolToMolBlock(loose, kekulize=False))
+        mol, reason = mc.perceived_mol(seen.z.numpy(), seen.pos.numpy(), charge=0)
+        if mol is not None:
+            out = Chem.Mol(mol)
+            Chem.Kekulize(out, clearAromaticFlags=True)
+            back = _read_back(Chem.MolToMolBlock(out, kekulize=False))
+            again, _ = mc.file_mol(C.to_rdkit(back))
+            if Chem.GetFormalCharge(mol) != 0:
+                mol, reason = None, "perceived formal charges do not sum to 0"
+            elif not (torch.equal(back.pos, seen.pos) and torch.equal(back.z, seen.z)):
+                mol, reason = None, "written coordinates differ from the perceived ones"
+            elif again is None or _full_smiles(again) != _full_smiles(mol):
+                mol, reason = None, "the written bonds read back as another molecule"
+            elif mc.validity_of(again, "ok") != mc.validity_of(mol, "ok"):
+                mol, reason = None, "the written bonds read back with another screen SMILES"
+    except Exception as err:  # noqa: BLE001 - any failure keeps the loose atoms, with its reason
+        mol, reason = None, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    if mol is None:
+        loose.SetProp(BONDS_TAG, f"none: {' '.join(reason.split())}")
+        loose.SetProp("name", name)
+        return loose
+    out.SetProp("_Name", name)
+    out.SetProp("name", name)
+    out.SetProp(BONDS_TAG, PERCEIVED)
+    out.SetProp("smiles", mc.canonical_smiles(mol))
+    return out
+
+
+def _full_smiles(mol) -> str:
+    """Canonical SMILES with every hydrogen and charge, no stereo: the molecule's whole graph."""
+    from rdkit import Chem
+
+    return Chem.MolToSmiles(mol, isomericSmiles=False, allHsExplicit=True)
 
 
 def write_xyz(records: Iterable[Data], path: str | Path) -> None:
@@ -87,7 +163,7 @@ def write_structures(records: Sequence[Data], path: str | Path, **options) -> Pa
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     if suffix in (".sdf", ".mol"):
-        write_sdf(records, path)
+        write_sdf(records, path, **options)
     elif suffix in (".xyz", ".extxyz"):
         write_xyz(records, path)
     elif suffix == ".cif":
@@ -117,25 +193,50 @@ def write_screen_table(path: str | Path, rows: list[dict]) -> list[str]:
     return columns
 
 
+# SD tags of a passing molecule, in this order, where its row has them (``atom_stability`` is
+# the row's stable atoms over its atoms; the rest are the screen's columns, metrics.py).
+PASSING_TAGS = (
+    "rank", "passed", "smiles", "n_atoms", "atom_stability", "stable", "valid", "connected",
+    "unique", "novel", "posebusters", "coords_3d", "bond_source", "edm_valid", "xtb_energy_ev",
+    "xtb_relaxation_ev",
+)  # fmt: skip
+
+
+def passing_tags(row: dict) -> dict[str, str]:
+    """The SD tags of a molecule row: name, rank, ``passed``, SMILES and the verdicts it has."""
+    values = dict(row)
+    if row.get("n_atoms"):
+        values["atom_stability"] = row["n_stable_atoms"] / row["n_atoms"]
+    tags = {"name": str(row["name"])}
+    tags.update({k: str(values[k]) for k in PASSING_TAGS if values.get(k) is not None})
+    return tags
+
+
 def write_passing(folder: str | Path, rows: list[dict]) -> None:
-    """The screen's passing candidates (``rows`` of :mod:`pipeline.metrics`, ranked): molecules
-    into ``folder/molecules.sdf`` (the sanitised RDKit molecule of the row, EDM bonds, 3-D),
-    crystals one CIF each, ``folder/<rank>_<name>.cif`` (the row's pymatgen structure)."""
+    """The screen's passing candidates (``rows`` of :mod:`pipeline.metrics`, ranked), best rank
+    first: molecules into ``folder/molecules.sdf`` (the sanitised RDKit molecule of the row, its
+    bonds, 3-D; SD tags :func:`passing_tags`), crystals one CIF each,
+    ``folder/<rank, 6 digits>_<name>.cif`` (the row's pymatgen structure), so that a listing is in
+    rank order."""
     from pymatgen.io.cif import CifWriter
     from rdkit import Chem
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    passing = [r for r in rows if r.get("passed")]
+    passing = sorted((r for r in rows if r.get("passed")), key=lambda r: r["rank"])
     writer = Chem.SDWriter(str(folder / "molecules.sdf"))
     for row in passing:
         if row["kind"] == "molecule":
             mol = Chem.Mol(row["mol"])
+            for prop in list(mol.GetPropNames()):
+                mol.ClearProp(prop)
             mol.SetProp("_Name", row["name"])
+            for key, value in passing_tags(row).items():
+                mol.SetProp(key, value)
             writer.write(mol)
         else:
             CifWriter(row["structure"]).write_file(
-                folder / f"{row['rank']}_{_safe(row['name'])}.cif"
+                folder / f"{row['rank']:06d}_{_safe(row['name'])}.cif"
             )
     writer.close()
 

@@ -59,6 +59,9 @@ def ldsm(*argv: str, env: dict | None = None, timeout: float = 300) -> subproces
         (["screen", "x", "--out", "o", "--workers", "-1"], "--workers", "must be >= 0"),
         (["generate", "--out", "o"], "--checkpoint", "required"),
         (["design", "--hid", "48"], "--hid", "unrecognized"),  # no abbreviations
+        (["generate", "--out", "o", "--num-atoms", "18-12"], "--num-atoms", "1 <= LOW <= HIGH"),
+        (["design", "--num-atoms", "12-x"], "--num-atoms", "a range LOW-HIGH such as 12-18"),
+        (["design", "--num-atoms", "0"], "--num-atoms", "must be >= 1"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(argv, option, problem):
@@ -208,6 +211,17 @@ def test_checkpoint_problems_name_the_file(tmp_path, capsys, prefect_harness):
         assert cli.main(["generate", "--checkpoint", str(path), "--out", str(tmp_path / "o")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and str(path) in err[0] and problem in err[0], err
+
+
+def test_a_num_atoms_range_without_training_sizes_is_one_line(tmp_path, capsys, prefect_harness):
+    model = _molecule_checkpoint(tmp_path / "m.pt")  # trained sizes: {3: 1}
+    for command in ("generate", "design"):
+        out = tmp_path / command
+        argv = [command, "--checkpoint", str(model), "--num-atoms", "12-18", "--out", str(out)]
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--num-atoms 12-18: no training structure has 12-18" in err[0]
+        assert "training sizes are 3-3" in err[0] and not (out / "config.json").exists()
 
 
 def test_design_refuses_a_model_of_another_data_set(tmp_path, capsys, prefect_harness):

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from flows.cli import main
 from models.config import EGNNConfig
@@ -78,6 +79,27 @@ def test_sizes_follow_the_histogram_and_chunks_are_sorted_and_fixed_up_front():
     assert [c.rows.tolist() for c in fixed] == [[0, 1], [2, 3], [4]]
     with pytest.raises(ValueError, match="histogram"):
         plan(GenerateConfig(n=2), {5: 0})
+
+
+def test_a_num_atoms_range_draws_the_histogram_sizes_within_it():
+    histogram = {3: 5, 5: 3, 7: 2, 9: 1}
+    config = GenerateConfig(n=3000, num_atoms=(4, 8), seed=1)
+    freq = Counter(torch.cat([c.counts for c in plan(config, histogram)]).tolist())
+    assert set(freq) == {5, 7}
+    assert abs(freq[7] / 3000 - 0.4) < 0.03  # 2 of 3 + 2; binomial sd 0.009
+    single = plan(GenerateConfig(n=5, num_atoms=(9, 9)), histogram)
+    assert torch.cat([c.counts for c in single]).tolist() == [9] * 5
+    # A range holding every size is the plain histogram draw, seed for seed.
+    whole = plan(GenerateConfig(n=50, num_atoms=(1, 100), seed=2), histogram)
+    plain = plan(GenerateConfig(n=50, seed=2), histogram)
+    assert all(torch.equal(a.counts, b.counts) for a, b in zip(whole, plain, strict=True))
+    with pytest.raises(ValueError, match="no training structure has 10-12 atoms.*3-9"):
+        plan(GenerateConfig(n=2, num_atoms=(10, 12)), histogram)
+    with pytest.raises(ValidationError, match="low end is above"):
+        GenerateConfig(num_atoms=(8, 4))
+    # Typed in the config: a range survives the JSON a run directory keeps.
+    assert GenerateConfig.model_validate_json(config.model_dump_json()) == config
+    assert GenerateConfig.model_validate_json('{"num_atoms": 7}').num_atoms == 7
 
 
 def test_chunk_generators_are_distinct_streams():
@@ -195,3 +217,13 @@ def test_cli_generate_writes_sdf_with_the_histogram_sizes(tmp_path, prefect_harn
     dask_out = tmp_path / "dask"
     assert main([*argv[:6], str(dask_out), *argv[7:], "--workers", "2"]) == 0
     assert (dask_out / "samples.xyz").read_text() == first
+
+
+def test_cli_generate_draws_sizes_within_a_num_atoms_range(tmp_path, prefect_harness):
+    checkpoint = tiny_checkpoint(tmp_path / "m.pt")
+    out = tmp_path / "gen"
+    argv = ["generate", "--checkpoint", str(checkpoint), "--n", "4", "--out", str(out)]
+    assert main([*argv, "--nfe", "2", "--num-atoms", "6-9"]) == 0
+    records = read_structures(out / "samples.sdf", min_distance=0.0).records
+    assert [len(m.z) for m in records] == [9] * 4  # HISTOGRAM: 5 and 9 atoms
+    assert json.loads((out / "generation.json").read_text())["num_atoms"] == [6, 9]
