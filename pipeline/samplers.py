@@ -4,9 +4,13 @@ Reverse SDE (Anderson 1982; Song et al. 2021, eq. 6): ``dx = [f - g^2 P s] dt + 
 backwards by Euler-Maruyama. Probability-flow ODE (Song et al. 2021, eq. 13):
 ``dx/dt = f - 1/2 g^2 P s``, integrated by Heun's method (EDM, Karras et al. 2022, Algorithm 1, the
 last step plain Euler). Here ``f = beta(t) F`` and ``g^2 = beta(t) G^2`` (:mod:`pipeline.processes`).
-The prior at t = 1 comes from :func:`prior_sample`, with no network involved. :class:`SamplerConfig`
-names a sampler for a recipe and :func:`run_sampler` dispatches it on a single-tensor state; the
-step count of a given NFE is :meth:`SamplerConfig.steps`.
+Both, and EDM's ancestral steps, move a state of per-node named parts
+(:class:`pipeline.node_parts.NodeParts`, a bare node tensor being a state of one part) part by
+part, the noise drawn once for the whole state. Processes with their own reverse step (crystals:
+DDIM / ancestral posterior steps per part, :func:`posterior_step`) go through
+:func:`reverse_first_order`. The prior at t = 1 comes from :func:`prior_sample`, with no network
+involved. :class:`SamplerConfig` names a sampler for a recipe and :func:`run_sampler` is the one
+dispatch for both recipes; the step count of a given NFE is :meth:`SamplerConfig.steps`.
 """
 
 from __future__ import annotations
