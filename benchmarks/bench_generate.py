@@ -83,7 +83,8 @@ def cpu_seconds(fn) -> float:
 def sample_seconds(rec: MoleculeRecipe, net: nn.Module, mols: int, nfe: int) -> float:
     """CPU seconds per molecule of the reverse SDE from a fixed prior draw."""
     batch = torch.repeat_interleave(torch.arange(mols), ATOMS)
-    x1 = rec.prior(batch, torch.Generator().manual_seed(0)).float()
+    x1 = rec.prior(batch, torch.Generator().manual_seed(0))
+    x1 = type(x1)(*(v.float() for v in x1))
     sampler = SamplerConfig(kind="sde", nfe=nfe)
     score = rec.score(net)
 
@@ -106,7 +107,7 @@ def rows(mols: int, mols_long: int) -> list[str]:
         model = rec.build_model().eval()
         with torch.no_grad():  # the layouts compute the same function: checked once
             batch = torch.repeat_interleave(torch.arange(2), ATOMS)
-            x = rec.prior(batch, torch.Generator().manual_seed(2)).float()
+            x = rec.process.join(rec.prior(batch, torch.Generator().manual_seed(2))).float()
             t = torch.tensor([0.3, 0.7])
             diff = (model(x, t, batch) - Padded(model, EDM_PAD)(x, t, batch)).abs().max().item()
         sparse = sample_seconds(rec, model, m, nfe)

@@ -3,8 +3,8 @@
 One QM9 batch (``--batch`` molecules of the train split), the molecule recipe's EGNN (4 x 64), one
 thread, the same weights for every row. A training step is the recipe's loss, its backward pass and
 an Adam step; the breakdown times the parts of the local-DSM loss on their own: simulating ``y_s``
-from the data (``simulate_forward`` with the recipe's ``sim_mode`` / ``sim_budget``), the local
-step (``local_step``) and the network's forward and backward pass. Times are CPU seconds of this
+from the data (``recipe.process.simulate`` with the recipe's ``sim_mode`` / ``sim_budget``), the local
+step (``recipe.process.local_step``) and the network's forward and backward pass. Times are CPU seconds of this
 process (``time.process_time``), the median of ``--repeats`` runs, each over the same ``--draws``
 time draws; ratios are taken within this one run.
 
@@ -24,7 +24,6 @@ from benchmarks._report import write_section
 from pipeline.datasets import load_dataset
 from pipeline.losses import FractionBudget, LossConfig, StratifiedTimes
 from pipeline.molecule_recipe import MoleculeRecipe, MoleculeRecipeConfig, ProcessConfig
-from pipeline.transitions import local_step, simulate_forward
 
 ROWS = [
     ("exact DSM, linear", "linear", LossConfig(kind="exact-dsm")),
@@ -90,24 +89,23 @@ def measure_row(
             s = FractionBudget(loss.fraction, loss.budget)(t, process.schedule)
             if common:  # every graph takes the batch's largest step count, as before issue 14
                 s = s.max().expand_as(s)
-            simulate_forward(process, x0, s, b, loss.sim_mode, loss.sim_budget, None, gen)
+            process.simulate(x0, b, s, gen, loss.sim_mode, loss.sim_budget)
 
     def local():
         gen = torch.Generator().manual_seed(0)
         t = times(batch.num_graphs, gen)
         s = FractionBudget(loss.fraction, loss.budget)(t, process.schedule)
-        y = simulate_forward(process, x0, s, b, loss.sim_mode, loss.sim_budget, None, gen)
+        y = process.simulate(x0, b, s, gen, loss.sim_mode, loss.sim_budget)
         budget = process.schedule.integral(s, t)
-        eps = torch.randn(x0.shape, generator=gen)
         start = time.process_time()
         for _ in range(draws):
-            local_step(process, y, budget, b, eps, loss.mode)
+            process.local_step(y, budget, b, gen, loss.mode)
         return time.process_time() - start
 
     def network():
         t = times(batch.num_graphs, torch.Generator().manual_seed(0)).float()
         for _ in range(draws):
-            recipe.score(model)(x0, t, b).pow(2).sum().backward()
+            recipe.score(model)(process.join(x0), t, b).pow(2).sum().backward()
 
     row = {"name": name, "step": cpu_ms(step, repeats) / draws}
     row["network"] = cpu_ms(network, repeats) / draws

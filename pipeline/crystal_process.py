@@ -167,6 +167,12 @@ class CrystalProcess:
         h_t, target_h = self._types_step(x0.h, total[batch, None], generator)
         return CrystalState(u_t, lat_t, h_t), CrystalState(target_u, target_l, target_h)
 
+    def rademacher(
+        self, x: CrystalState, batch: Tensor, generator: torch.Generator | None
+    ) -> CrystalState:
+        """Hutchinson's probe for ISM: signs +-1 shaped like ``x``, drawn part by part."""
+        return CrystalState(*(torch.randint(0, 2, v.shape, generator=generator) * 2 - 1 for v in x))
+
     def wrap(self, state: CrystalState) -> CrystalState:
         """``u`` wrapped into ``[0, 1/c)^3`` (everything is periodic in it)."""
         return state._replace(u=torch.remainder(state.u, 1.0 / self.scale))

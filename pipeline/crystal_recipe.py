@@ -4,7 +4,8 @@ Implements the recipe protocol of :mod:`pipeline.recipes` for CSPNet (:mod:`mode
 state's parts and their joint process are :mod:`pipeline.crystal_process`, its periodic maths
 :mod:`pipeline.torus`, the lattice's cell map :mod:`pipeline.lattice`; the losses are the generic
 part losses of :mod:`pipeline.losses` (:func:`~pipeline.losses.parts_errors`,
-:func:`~pipeline.losses.parts_error`) and the sampler :func:`pipeline.samplers.reverse_first_order`.
+:func:`~pipeline.losses.parts_error`) and the sampler :func:`pipeline.samplers.run_sampler` (its
+first-order branch, :func:`~pipeline.samplers.reverse_first_order`).
 This module keeps the configs, encode / decode, the preconditioned score, the prior and the part
 weights.
 
@@ -95,7 +96,7 @@ from pipeline.encoding import ElementIndex, graph_batch
 from pipeline.energies import PairTerm, SoftSphere
 from pipeline.lattice import LatticePrior, fit_lattice_prior
 from pipeline.losses import LossConfig, PartError, parts_error, parts_errors, time_sampler
-from pipeline.samplers import SamplerConfig, reverse_first_order
+from pipeline.samplers import SamplerConfig, run_sampler
 from pipeline.schedules import ConstantSchedule, PolynomialSchedule, Schedule
 from pipeline.structures import make_crystal
 from pipeline.transitions import simulate_forward
@@ -386,16 +387,12 @@ class CrystalRecipe:
     ) -> tuple[CrystalState, int]:
         """Integrate the reverse dynamics from ``x1`` at t = 1 to ``sampler.t_end``; the NFE.
 
-        :meth:`CrystalProcess.reverse_step` by :func:`pipeline.samplers.reverse_first_order`: one network
+        :meth:`CrystalProcess.reverse_step` by :func:`pipeline.samplers.run_sampler` (first order): one network
         evaluation a step, ``sde`` / ``ancestral`` with ``eta = 1``, ``ode`` with ``eta = 0``
         (DDIM). Unlike the molecules' Heun sampler, the crystal ODE is first order: NFE = ``nfe``.
         """
-        score = self.score(model)
-
-        def step(x: CrystalState, t: Tensor, s: Tensor, eta: float) -> CrystalState:
-            return self.process.reverse_step(score, x, t, s, batch, generator, eta)
-
-        return reverse_first_order(step, x1, sampler)
+        result = run_sampler(sampler, self.score(model), self.process, x1, batch, generator)
+        return result.x, result.nfe
 
 
 __all__ = [

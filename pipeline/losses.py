@@ -1,19 +1,28 @@
-"""Score-matching losses sharing one skeleton: draw times, draw states, regress, weight.
+"""Score-matching losses on a state of named parts, sharing one skeleton: draw states, regress.
 
-* :func:`local_dsm_loss` (Singhal, Goldstein & Ranganath 2024): ``y_s`` by simulating the forward SDE
-  from the data point, then one linearised step ``s -> t`` (:func:`pipeline.transitions.local_step`)
-  gives ``y_t`` and the target ``grad log q(y_t | y_s)``; by their Theorem 1 the regression on it has
-  the same minimiser as regressing on ``grad log q_t(y_t)``.
-* :func:`exact_dsm_loss`: the closed-form transition ``q(x_t | x_0)`` (linear drifts only).
-* :func:`ism_loss`: implicit score matching (Hyvarinen 2005) with Hutchinson's divergence estimator;
-  ``|s|^2 + 2 div s`` equals the DSM loss up to a constant, so all three share one scale.
+A state is a NamedTuple of tensors, each part with its own batch index and its own process (a
+:class:`PartsProcess`: :class:`pipeline.node_parts.NodeParts` for per-node parts such as a
+molecule's positions and types, :class:`pipeline.crystal_process.CrystalProcess` for crystals).
+The error functions return a state of per-entry errors at given times:
 
-The model is any callable ``model(x (num_nodes, d), t (num_graphs,), batch) -> (num_nodes, d)``.
-Every loss returns per-graph values ``(num_graphs,)``: the weighted squared error summed over the
-graph's entries and divided by their number. The time sampler, the local step schedule D(t) and the
-loss weight are explicit arguments; :class:`LossConfig` names them for a recipe, and
-:func:`time_sampler` / :func:`step_rule` are the one place that turns a config into them
-(:func:`score_loss` dispatches a single-tensor state, the crystal recipe its own parts).
+* :func:`local_dsm_errors` (Singhal, Goldstein & Ranganath 2024): ``y_s`` by simulating the forward
+  SDE from the data point, then one linearised step ``s -> t`` (the process's ``local_step``,
+  :func:`pipeline.transitions.local_step` per part) gives ``y_t`` and the target ``grad log q(y_t |
+  y_s)``; by their Theorem 1 the regression on it has the same minimiser as regressing on
+  ``grad log q_t(y_t)``.
+* :func:`exact_dsm_errors`: the closed-form transition ``q(x_t | x_0)`` (linear drifts only).
+* :func:`ism_errors`: implicit score matching (Hyvarinen 2005) with Hutchinson's divergence
+  estimator; ``|s|^2 + 2 div s`` equals the DSM loss up to a constant, so all three share one scale.
+
+:func:`parts_errors` picks one by a :class:`LossConfig`. Two reductions turn errors into per-graph
+losses ``(num_graphs,)``: :func:`joint_error` (every entry of every part weighed alike, times
+``lambda(t)``; molecules) and :func:`parts_error` (a weight per part; crystals).
+:func:`score_loss` is a recipe's loss for per-node parts; :func:`local_dsm_loss`,
+:func:`exact_dsm_loss` and :func:`ism_loss` the same with explicit knobs, for a node tensor under
+one :class:`~pipeline.processes.ForwardProcess` too (a one-part state,
+:func:`pipeline.node_parts.as_parts`). The time sampler, the local step schedule D(t) and the loss
+weight are explicit arguments there; :func:`time_sampler` / :func:`step_rule` /
+:func:`loss_weight` are the one place that turns a config into them.
 """
 
 from __future__ import annotations
@@ -27,9 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
 from torch import Tensor
 
 from pipeline.batching import counts, num_graphs, scatter_sum
+from pipeline.node_parts import NodeParts, as_parts
 from pipeline.processes import ForwardProcess
 from pipeline.schedules import Schedule, vp_signal_variance
-from pipeline.transitions import Mode, local_step, simulate_forward
+from pipeline.transitions import Mode
 
 ScoreModel = Callable[[Tensor, Tensor, Tensor], Tensor]
 TimeSampler = Callable[[int, torch.Generator | None], Tensor]
@@ -166,39 +176,97 @@ def parts_error(parts: Sequence[PartError], num_graphs: int) -> Tensor:
 
 
 def hutchinson_terms(
-    pred: Sequence[Tensor], x: Sequence[Tensor], generator: torch.Generator | None
+    pred: Sequence[Tensor],
+    x: Sequence[Tensor],
+    generator: torch.Generator | None,
+    signs: Sequence[Tensor] | None = None,
 ) -> list[Tensor]:
     """The ISM integrand ``s^2 + 2 v (ds/dx v)`` per entry of every part (Hyvarinen 2005;
     Hutchinson's trace estimator with one Rademacher ``v`` per part, drawn in part order).
 
     ``pred`` the scores of the parts at ``x`` (each ``x`` requires grad); one vector-Jacobian
     product of the summed ``v . s`` gives every part's ``ds/dx v`` (its divergence in expectation,
-    cross-part terms included). Returns tensors shaped like ``pred``.
+    cross-part terms included). ``signs`` a given probe (e.g. projected, drawn jointly) instead.
+    Returns tensors shaped like ``pred``.
     """
-    signs = [torch.randint(0, 2, p.shape, generator=generator).to(p) * 2 - 1 for p in pred]
+    if signs is None:
+        signs = [torch.randint(0, 2, p.shape, generator=generator).to(p) * 2 - 1 for p in pred]
+    signs = [v.to(p) for p, v in zip(pred, signs, strict=True)]
     total = sum((p * v).sum() for p, v in zip(pred, signs, strict=True))
     jv = torch.autograd.grad(total, list(x), create_graph=True)
     return [p**2 + 2 * j.to(p) * v for p, j, v in zip(pred, jv, signs, strict=True)]
 
 
-def regression_loss(
-    model: ScoreModel,
-    x_t: Tensor,
-    t: Tensor,
+def joint_error(errors, t: Tensor, batch: Tensor, weight: Weight, schedule: Schedule) -> Tensor:
+    """The loss of a state of per-node parts (:mod:`pipeline.node_parts`): ``weight(t) * mean of
+    the graph's entries of all parts``, every entry weighed alike: ``(num_graphs,)``. ``errors`` a
+    state of per-entry errors (:func:`parts_errors`); a per-column weight ``(num_graphs, d)`` runs
+    over the parts' columns in order."""
+    return _weighted_error(torch.cat(list(errors), dim=1), t, batch, weight, schedule)
+
+
+def local_dsm_errors(
+    score: Callable,
+    process: PartsProcess,
+    x0,
     batch: Tensor,
-    target: Tensor,
-    weight: Weight,
-    schedule: Schedule,
-) -> Tensor:
-    """Per-graph ``weight(t) |s_theta(x_t, t) - target|^2`` (the shared last step of every DSM)."""
-    pred = model(x_t, t.to(x_t.dtype), batch)
-    return _weighted_error((pred - target) ** 2, t, batch, weight, schedule)
+    t: Tensor,
+    generator: torch.Generator | None,
+    *,
+    step: StepSchedule = ConstantBudget(),
+    mode: Mode = "expm",
+    sim_mode: Mode = "expm",
+    sim_budget: float = 0.25,
+):
+    """Local-DSM's squared errors: ``y_s`` simulated from the data at ``s = step(t)``, then one
+    linearised step ``s -> t`` gives ``y_t`` and the target ``grad log q(y_t | y_s)``."""
+    s = step(t, process.schedule)
+    x_s = process.simulate(x0, batch, s, generator, sim_mode, sim_budget)
+    x_t, target = process.local_step(x_s, process.schedule.integral(s, t), batch, generator, mode)
+    return _squared_errors(score(x_t, t, batch), target)
+
+
+def exact_dsm_errors(score: Callable, process: PartsProcess, x0, batch, t, generator):
+    """Exact DSM's squared errors on the closed-form ``q(x_t | x_0)`` (Vincent 2011; EDM's
+    setting; linear drifts only)."""
+    x_t, target = process.exact_step(x0, batch, t, generator)
+    return _squared_errors(score(x_t, t, batch), target)
+
+
+def ism_errors(
+    score: Callable,
+    process: PartsProcess,
+    x0,
+    batch: Tensor,
+    t: Tensor,
+    generator: torch.Generator | None,
+    *,
+    sim_mode: Mode = "expm",
+    sim_budget: float = 0.25,
+):
+    """ISM's integrand ``|s|^2 + 2 v^T (ds/dx) v`` (:func:`hutchinson_terms`) at a simulated
+    ``x_t``, the probe ``v`` from the process's :meth:`~PartsProcess.rademacher`."""
+    x_t = process.simulate(x0, batch, t, generator, sim_mode, sim_budget)
+    x_t = type(x0)(*(x.detach().requires_grad_(True) for x in x_t))
+    signs = process.rademacher(x_t, batch, generator)
+    return type(x0)(*hutchinson_terms(score(x_t, t, batch), x_t, generator, signs))
+
+
+def _squared_errors(pred, target):
+    return type(pred)(*((p - y.to(p)) ** 2 for p, y in zip(pred, target, strict=True)))
+
+
+def _tensor_loss(errors_fn, model, process, x0, batch, times, weight, types, generator, **kw):
+    parts, x, _ = as_parts(process, x0, types)
+    t = times(num_graphs(batch), generator)
+    errors = errors_fn(parts.score(model), parts, x, batch, t, generator, **kw)
+    return joint_error(errors, t, batch, weight, process.schedule)
 
 
 def local_dsm_loss(
     model: ScoreModel,
-    process: ForwardProcess,
-    x0: Tensor,
+    process: ForwardProcess | NodeParts,
+    x0,
     batch: Tensor,
     *,
     times: TimeSampler = UniformTimes(),
@@ -210,39 +278,34 @@ def local_dsm_loss(
     types: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Local-DSM: regress on ``grad log q(y_t | y_s)`` of the linearised step ``s = D-schedule(t)``."""
-    t = times(num_graphs(batch), generator)
-    s = step(t, process.schedule)
-    y_s = simulate_forward(process, x0, s, batch, sim_mode, sim_budget, types, generator)
-    eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
-    y_t, target = local_step(process, y_s, process.schedule.integral(s, t), batch, eps, mode, types)
-    return regression_loss(model, y_t, t, batch, target, weight, process.schedule)
+    """Local-DSM (:func:`local_dsm_errors`) reduced by :func:`joint_error`: ``(num_graphs,)``.
+
+    ``x0`` a node tensor under a :class:`ForwardProcess` or a state under :class:`NodeParts`;
+    ``model`` a network on joined states (:meth:`NodeParts.score`)."""
+    kw = dict(step=step, mode=mode, sim_mode=sim_mode, sim_budget=sim_budget)
+    return _tensor_loss(
+        local_dsm_errors, model, process, x0, batch, times, weight, types, generator, **kw
+    )
 
 
 def exact_dsm_loss(
     model: ScoreModel,
-    process: ForwardProcess,
-    x0: Tensor,
+    process: ForwardProcess | NodeParts,
+    x0,
     batch: Tensor,
     *,
     times: TimeSampler = UniformTimes(),
     weight: Weight = vp_weight,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Denoising score matching on the closed-form ``q(x_t | x_0)`` (Vincent 2011; EDM's setting)."""
-    t = times(num_graphs(batch), generator)
-    tr = process.transition(x0.double(), t, batch)
-    eps = process.project(torch.randn(x0.shape, generator=generator, dtype=torch.float64), batch)
-    std = tr.std[batch, None]
-    x_t = (tr.mean + std * eps).to(x0.dtype)
-    target = (-eps / std).to(x0.dtype)
-    return regression_loss(model, x_t, t, batch, target, weight, process.schedule)
+    """Exact DSM (:func:`exact_dsm_errors`) reduced by :func:`joint_error`: ``(num_graphs,)``."""
+    return _tensor_loss(exact_dsm_errors, model, process, x0, batch, times, weight, None, generator)
 
 
 def ism_loss(
     model: ScoreModel,
-    process: ForwardProcess,
-    x0: Tensor,
+    process: ForwardProcess | NodeParts,
+    x0,
     batch: Tensor,
     *,
     times: TimeSampler = UniformTimes(),
@@ -252,15 +315,11 @@ def ism_loss(
     types: Tensor | None = None,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Implicit score matching: ``|s|^2 + 2 v^T (ds/dx) v`` with Rademacher ``v`` (projected by P)."""
-    t = times(num_graphs(batch), generator)
-    x_t = simulate_forward(process, x0, t, batch, sim_mode, sim_budget, types, generator)
-    x_t = x_t.detach().requires_grad_(True)
-    signs = torch.randint(0, 2, x0.shape, generator=generator).to(x0.dtype) * 2 - 1
-    v = process.project(signs, batch)
-    pred = model(x_t, t.to(x0.dtype), batch)
-    (jv,) = torch.autograd.grad((pred * v).sum(), x_t, create_graph=True)
-    return _weighted_error(pred**2 + 2 * jv * v, t, batch, weight, process.schedule)
+    """Implicit score matching (:func:`ism_errors`) reduced by :func:`joint_error`: ``(num_graphs,)``."""
+    kw = dict(sim_mode=sim_mode, sim_budget=sim_budget)
+    return _tensor_loss(
+        ism_errors, model, process, x0, batch, times, weight, types, generator, **kw
+    )
 
 
 class LossConfig(BaseModel):
@@ -303,50 +362,40 @@ def step_rule(cfg: LossConfig) -> StepSchedule:
     return FractionBudget(cfg.fraction, cfg.budget)
 
 
-def score_loss(
-    cfg: LossConfig,
-    model,
-    process: ForwardProcess,
-    x0: Tensor,
-    batch: Tensor,
-    generator: torch.Generator | None,
-    types: Tensor | None = None,
-) -> Tensor:
-    """The loss of ``cfg`` for ``model`` under ``process`` at data ``x0 (num_nodes, d)``: ``(num_graphs,)``.
-
-    ``weight="output"`` needs a preconditioned score model (one with ``output_weight``, e.g.
-    :class:`pipeline.molecule_recipe.EDMPreconditioned`); otherwise :class:`ValueError`.
-    """
-    times = time_sampler(cfg)
+def loss_weight(cfg: LossConfig, model) -> Weight:
+    """``lambda(t)`` of ``cfg``; ``weight="output"`` needs a preconditioned score model (one with
+    ``output_weight``, e.g. :class:`pipeline.molecule_recipe.EDMPreconditioned`), otherwise
+    :class:`ValueError`."""
     if cfg.weight == "output":
         if not hasattr(model, "output_weight"):
             raise ValueError(
                 "weight='output' needs a preconditioned score model (preconditioning='edm')"
             )
-        weight = model.output_weight
-    else:
-        weight = vp_weight if cfg.weight == "vp" else unit_weight
-    if cfg.kind == "exact-dsm":
-        return exact_dsm_loss(
-            model, process, x0, batch, times=times, weight=weight, generator=generator
-        )
-    common = dict(
-        times=times,
-        weight=weight,
-        sim_budget=cfg.sim_budget,
-        sim_mode=cfg.sim_mode,
-        types=types,
-        generator=generator,
-    )
-    if cfg.kind == "ism":
-        return ism_loss(model, process, x0, batch, **common)
-    return local_dsm_loss(model, process, x0, batch, step=step_rule(cfg), mode=cfg.mode, **common)
+        return model.output_weight
+    return vp_weight if cfg.weight == "vp" else unit_weight
+
+
+def score_loss(
+    cfg: LossConfig,
+    model,
+    process: ForwardProcess | NodeParts,
+    x0,
+    batch: Tensor,
+    generator: torch.Generator | None,
+    types: Tensor | None = None,
+) -> Tensor:
+    """The loss of ``cfg`` for the network ``model`` at data ``x0`` (a node tensor, or a state
+    of per-node parts under :class:`NodeParts`), reduced by :func:`joint_error`: ``(num_graphs,)``."""
+    weight = loss_weight(cfg, model)
+    parts, x, _ = as_parts(process, x0, types)
+    t = time_sampler(cfg)(num_graphs(batch), generator)
+    errors = parts_errors(cfg, parts.score(model), parts, x, batch, t, generator)
+    return joint_error(errors, t, batch, weight, process.schedule)
 
 
 class PartsProcess(Protocol):
-    """A forward process on a state of named parts (a NamedTuple of tensors, each part with its
-    own batch index), e.g. :class:`pipeline.crystal_process.CrystalProcess`. Each method draws
-    its noise part by part; a part whose drift reads another reads the state at the step's start."""
+    """A forward process on a state of named parts (module docstring); a part whose drift reads
+    another reads the state at the step's start."""
 
     schedule: Schedule
 
@@ -358,6 +407,9 @@ class PartsProcess(Protocol):
 
     def exact_step(self, x0, batch: Tensor, t: Tensor, generator):
         """``(x_t, grad log q(x_t | x_0))`` in closed form."""
+
+    def rademacher(self, x, batch: Tensor, generator):
+        """Hutchinson's probe: a state of signs +-1 shaped like ``x`` (projected if need be)."""
 
 
 def parts_errors(
@@ -372,25 +424,19 @@ def parts_errors(
     """The per-entry errors of ``cfg.kind`` at times ``t (num_graphs,)`` for a state of named parts.
 
     ``score(x, t, batch)`` returns a state shaped like ``x0``; the result is a state of the same
-    type whose parts are squared errors against the target (``local-dsm``: the target of one
-    linearised step from ``s = step_rule(cfg)(t)``, the state at s simulated from the data;
-    ``exact-dsm``: the closed form) or the ISM integrand (:func:`hutchinson_terms` at a simulated
-    ``x_t``). Weight and reduce them with :func:`parts_error`. The single-tensor twins are
-    :func:`local_dsm_loss`, :func:`exact_dsm_loss` and :func:`ism_loss`.
+    type whose parts are squared errors against the target (:func:`local_dsm_errors` with
+    ``step_rule(cfg)``, :func:`exact_dsm_errors`) or the ISM integrand (:func:`ism_errors`).
+    Reduce them with :func:`joint_error` or, weighing each part, :func:`parts_error`.
     """
+    sim = dict(sim_mode=cfg.sim_mode, sim_budget=cfg.sim_budget)
     if cfg.kind == "ism":
-        x_t = process.simulate(x0, batch, t, generator, cfg.sim_mode, cfg.sim_budget)
-        x_t = type(x0)(*(x.detach().requires_grad_(True) for x in x_t))
-        return type(x0)(*hutchinson_terms(score(x_t, t, batch), x_t, generator))
+        return ism_errors(score, process, x0, batch, t, generator, **sim)
     if cfg.kind == "exact-dsm":
-        x_t, target = process.exact_step(x0, batch, t, generator)
-    else:
-        s = step_rule(cfg)(t, process.schedule)
-        x_s = process.simulate(x0, batch, s, generator, cfg.sim_mode, cfg.sim_budget)
-        budget = process.schedule.integral(s, t)
-        x_t, target = process.local_step(x_s, budget, batch, generator, cfg.mode)
-    pred = score(x_t, t, batch)
-    return type(x0)(*((p - y.to(p)) ** 2 for p, y in zip(pred, target, strict=True)))
+        return exact_dsm_errors(score, process, x0, batch, t, generator)
+    step = step_rule(cfg)
+    return local_dsm_errors(
+        score, process, x0, batch, t, generator, step=step, mode=cfg.mode, **sim
+    )
 
 
 def relative_score_error(pred: Tensor, true: Tensor) -> float:

@@ -1,17 +1,18 @@
 """The molecule recipe: QM9-like molecules as a diffusion state, forward process, loss and sampler.
 
-Implements :class:`pipeline.recipes.Recipe` for the EGNN (:mod:`models.egnn`). State
-``x = [pos (3), s * onehot(z) (K)]`` per atom (EDM's layout, ``s = type_scale``; Hoogeboom et al.
-2022): positions follow the physical process of :class:`ProcessConfig` (CoM-free), the type features
-EDM's VP process, both on EDM's polynomial schedule, as one :class:`pipeline.processes.ProductProcess`
-of column blocks. The loss is :func:`pipeline.losses.score_loss` of the config's
-:class:`~pipeline.losses.LossConfig`, the sampler :func:`pipeline.samplers.run_sampler`; the network
-is wrapped in a preconditioning (:class:`SigmaScaled` or :class:`EDMPreconditioned`).
+Implements :class:`pipeline.recipes.Recipe` for the EGNN (:mod:`models.egnn`). The state is a
+:class:`MoleculeState` of two named per-atom parts (EDM's layout; Hoogeboom et al. 2022):
+``pos (N, 3)``, CoM-free, under the physical process of :class:`ProcessConfig`, and ``types (N, K)
+= s * onehot(z)`` (``s = type_scale``) under EDM's VP process, both on EDM's polynomial schedule,
+as one :class:`pipeline.node_parts.NodeParts` (noise drawn jointly over ``[pos, types]``). The
+loss is :func:`pipeline.losses.score_loss` of the config's :class:`~pipeline.losses.LossConfig`,
+the sampler :func:`pipeline.samplers.run_sampler`; the network reads the joined state ``[pos,
+types]`` and is wrapped in a preconditioning (:class:`SigmaScaled` or :class:`EDMPreconditioned`).
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, PositiveFloat
@@ -25,12 +26,20 @@ from pipeline.batching import counts
 from pipeline.encoding import ElementIndex, graph_batch
 from pipeline.energies import CappedLennardJones, Energy, HarmonicConfinement, Morse, SoftSphere
 from pipeline.losses import LossConfig, score_loss
-from pipeline.processes import GradientProcess, ProductProcess, vp_process
+from pipeline.node_parts import NodeParts
+from pipeline.processes import GradientProcess, vp_process
 from pipeline.samplers import SamplerConfig, prior_sample, run_sampler
 from pipeline.schedules import PolynomialSchedule, Schedule, vp_signal_variance
 from pipeline.structures import make_molecule
 
 QM9_ELEMENTS = (1, 6, 7, 8, 9)  # H, C, N, O, F
+
+
+class MoleculeState(NamedTuple):
+    """A batch of molecule states (or their processes, scores or errors, part by part)."""
+
+    pos: Tensor  # (num_nodes, 3) positions, zero centre of mass per molecule
+    types: Tensor  # (num_nodes, K) type features type_scale * onehot(z)
 
 
 class SigmaScaled(nn.Module):
@@ -135,7 +144,7 @@ class MoleculeRecipeConfig(BaseModel):
 
 
 class MoleculeRecipe:
-    """Molecules as ``x = [pos (3), type_scale * onehot (K)]`` (see the module docstring).
+    """Molecules as :class:`MoleculeState` ``(pos, type_scale * onehot)`` (module docstring).
 
     ``ValueError`` if the network's type width is not the number of elements.
     """
@@ -148,8 +157,8 @@ class MoleculeRecipe:
                 "elements"
             )
         self.positions = self.config.process.build()
-        self.process = ProductProcess(
-            [(3, self.positions), (len(self.config.elements), vp_process(self.positions.schedule))]
+        self.process = NodeParts(
+            MoleculeState(pos=self.positions, types=vp_process(self.positions.schedule))
         )
         self.elements = ElementIndex(self.config.elements)
 
@@ -165,8 +174,8 @@ class MoleculeRecipe:
         sigma_data = torch.tensor([pos] * 3 + [types] * k, dtype=torch.float64)
         return EDMPreconditioned(model, self.process.schedule, sigma_data)
 
-    def encode(self, batch: Batch) -> Tensor:
-        """``x (num_nodes, 3 + K)`` float32 of a Batch, positions centred per molecule."""
+    def encode(self, batch: Batch) -> MoleculeState:
+        """The float32 state of a Batch, positions centred per molecule."""
         z = batch[K.Z]
         if self.elements.unknown(z):
             raise ValueError(f"elements outside {self.config.elements} in the batch")
@@ -174,16 +183,16 @@ class MoleculeRecipe:
         centre = torch.zeros(batch.num_graphs, 3, dtype=pos.dtype).index_add_(0, batch.batch, pos)
         pos = pos - (centre / counts(batch.batch, batch.num_graphs)[:, None])[batch.batch]
         onehot = self.elements.onehot(z)
-        return torch.cat([pos.float(), self.config.type_scale * onehot.float()], dim=1)
+        return MoleculeState(pos.float(), self.config.type_scale * onehot.float())
 
-    def decode(self, x: Tensor, batch: Tensor, prefix: str = "sample") -> list[Data]:
+    def decode(self, x: MoleculeState, batch: Tensor, prefix: str = "sample") -> list[Data]:
         """Molecules from states: positions as they are, each atom the element of its largest type
         feature. Non-finite states are kept (the screen rejects them with a reason)."""
-        z = self.elements.decode(x[:, 3:])
+        z = self.elements.decode(x.types)
         out = []
         for g in range(int(batch.max()) + 1 if batch.numel() else 0):
             rows = batch == g
-            out.append(make_molecule(z[rows], x[rows, :3].float(), name=f"{prefix}_{g:06d}"))
+            out.append(make_molecule(z[rows], x.pos[rows].float(), name=f"{prefix}_{g:06d}"))
         return out
 
     def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator | None) -> Tensor:
@@ -194,14 +203,13 @@ class MoleculeRecipe:
 
     def prior(
         self, batch: Tensor, generator: torch.Generator | None, budget: float = 0.1
-    ) -> Tensor:
-        """A draw of the stationary law at t = 1 (Langevin steps of rate ``budget``):
-        ``(num_nodes, 3 + K)`` float64."""
+    ) -> MoleculeState:
+        """A draw of the stationary law at t = 1 (Langevin steps of rate ``budget``): float64."""
         pos = prior_sample(self.positions, batch, 3, max_budget=budget, generator=generator)
         types = torch.randn(
             (batch.numel(), len(self.config.elements)), generator=generator, dtype=torch.float64
         )
-        return torch.cat([pos, types], dim=1)
+        return MoleculeState(pos, types)
 
     @torch.no_grad()
     def sample(
@@ -214,7 +222,7 @@ class MoleculeRecipe:
     ) -> tuple[list[Data], int]:
         """``len(num_atoms)`` molecules with the given atom counts, and the NFE spent."""
         batch = graph_batch(num_atoms)
-        x1 = self.prior(batch, generator, sampler.prior_budget).float()
+        x1 = MoleculeState(*(x.float() for x in self.prior(batch, generator, sampler.prior_budget)))
         result = run_sampler(sampler, self.score(model), self.process, x1, batch, generator)
         return self.decode(result.x, batch, prefix), result.nfe
 
@@ -224,6 +232,7 @@ __all__ = [
     "EDMPreconditioned",
     "MoleculeRecipe",
     "MoleculeRecipeConfig",
+    "MoleculeState",
     "ProcessConfig",
     "SigmaScaled",
 ]

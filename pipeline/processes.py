@@ -11,6 +11,8 @@ rate schedule beta(t) (:mod:`pipeline.schedules`). This covers
 States are ``x: (num_nodes, d)`` with ``batch: (num_nodes,)``; times are per graph, ``(num_graphs,)``.
 Centre-of-mass-free processes (molecule positions) project noise with P = I - 11^T/N per graph. Drift
 Jacobians come from autograd per graph (vmapped over a padded view), never from hand derivations.
+A state of several per-node parts, each under its own process here (molecules: positions and
+types), is :class:`pipeline.node_parts.NodeParts`.
 """
 
 from __future__ import annotations
@@ -195,61 +197,11 @@ class ActiveOUProcess(ForwardProcess):
         return torch.cat([pos, act]).to(like)
 
 
-@dataclass
-class ProductProcess(ForwardProcess):
-    """Independent processes on consecutive column blocks of the node state, on one clock.
-
-    For molecules ``x = [pos (3), h (K)]``: a CoM-free physical process on positions and the VP
-    process on the one-hot atom types (``ProductProcess([(3, physical), (K, vp_process())])``).
-    The drift Jacobian is block diagonal; the transition is closed-form when every part's is and the
-    parts agree on the noise level.
-    """
-
-    parts: list[tuple[int, GradientProcess]]
-
-    def __post_init__(self):
-        if not self.parts or len({repr(p.schedule) for _, p in self.parts}) != 1:
-            raise ValueError("the parts of a product process must share one schedule")
-        self.schedule = self.parts[0][1].schedule
-        self.symmetric = all(p.symmetric for _, p in self.parts)
-        self.com_free = False  # projection is per part, see project()
-
-    def _slices(self):
-        start = 0
-        for width, process in self.parts:
-            yield slice(start, start + width), process
-            start += width
-
-    def drift_field(self, x: Tensor, batch: Tensor, types: Tensor | None = None) -> Tensor:
-        return torch.cat([p.drift_field(x[:, s], batch, types) for s, p in self._slices()], dim=1)
-
-    def drift_jacobian(self, x: Tensor, batch: Tensor, types: Tensor | None = None):
-        """Block diagonal in the column blocks, laid out node-major like the padded state."""
-        blocks = [p.drift_jacobian(x[:, s], batch, types) for s, p in self._slices()]
-        b, n = blocks[0][1].shape
-        dim = x.shape[1]
-        full = x.new_zeros(b, n, dim, n, dim)
-        for (s, _), (jac, _) in zip(self._slices(), blocks, strict=True):
-            w = s.stop - s.start
-            full[:, :, s, :, s] = jac.reshape(b, n, w, n, w)
-        return full.reshape(b, n * dim, n * dim), blocks[0][1]
-
-    def project(self, x: Tensor, batch: Tensor) -> Tensor:
-        return torch.cat([p.project(x[:, s], batch) for s, p in self._slices()], dim=1)
-
-    def transition(self, x0: Tensor, t: Tensor, batch: Tensor) -> Transition:
-        parts = [p.transition(x0[:, s], t, batch) for s, p in self._slices()]
-        if any(not torch.allclose(q.std, parts[0].std) for q in parts[1:]):
-            raise NoClosedFormTransition("the parts' transitions have different noise levels")
-        return Transition(mean=torch.cat([q.mean for q in parts], dim=1), std=parts[0].std)
-
-
 __all__ = [
     "ActiveOUProcess",
     "ForwardProcess",
     "GradientProcess",
     "NoClosedFormTransition",
-    "ProductProcess",
     "Transition",
     "vp_process",
 ]

@@ -4,22 +4,27 @@ Reverse SDE (Anderson 1982; Song et al. 2021, eq. 6): ``dx = [f - g^2 P s] dt + 
 backwards by Euler-Maruyama. Probability-flow ODE (Song et al. 2021, eq. 13):
 ``dx/dt = f - 1/2 g^2 P s``, integrated by Heun's method (EDM, Karras et al. 2022, Algorithm 1, the
 last step plain Euler). Here ``f = beta(t) F`` and ``g^2 = beta(t) G^2`` (:mod:`pipeline.processes`).
-The prior at t = 1 comes from :func:`prior_sample`, with no network involved. :class:`SamplerConfig`
-names a sampler for a recipe and :func:`run_sampler` dispatches it on a single-tensor state; the
-step count of a given NFE is :meth:`SamplerConfig.steps`.
+Both, and EDM's ancestral steps, move a state of per-node named parts
+(:class:`pipeline.node_parts.NodeParts`, a bare node tensor being a state of one part) part by
+part, the noise drawn once for the whole state. Processes with their own reverse step (crystals:
+DDIM / ancestral posterior steps per part, :func:`posterior_step`) go through
+:func:`reverse_first_order`. The prior at t = 1 comes from :func:`prior_sample`, with no network
+involved. :class:`SamplerConfig` names a sampler for a recipe and :func:`run_sampler` is the one
+dispatch for both recipes; the step count of a given NFE is :meth:`SamplerConfig.steps`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
 from torch import Tensor
 
 from pipeline.losses import ScoreModel
+from pipeline.node_parts import NodeParts, as_parts, map_parts
 from pipeline.processes import ForwardProcess, GradientProcess, NoClosedFormTransition
 from pipeline.schedules import ConstantSchedule
 from pipeline.transitions import Mode, simulate_forward
@@ -27,9 +32,10 @@ from pipeline.transitions import Mode, simulate_forward
 
 @dataclass(frozen=True)
 class SampleResult:
-    """``x (num_nodes, d)`` at t = t_end and the number of network evaluations."""
+    """The state at t = t_end (a node tensor, or a state of parts) and the number of network
+    evaluations."""
 
-    x: Tensor
+    x: Any
     nfe: int
 
 
@@ -46,19 +52,23 @@ def time_grid(n_steps: int, t_end: float, dtype, power: float = 1.0) -> Tensor:
     return (t_end + (1 - t_end) * u**power).to(dtype)
 
 
-def _velocity(process, model, x, t, batch, types, ode: bool) -> Tensor:
-    """``f - c g^2 P s`` with c = 1/2 (ODE) or 1 (SDE); ``t`` a scalar tensor."""
-    tt = t.expand(int(batch.max()) + 1).to(x.dtype)
-    g2 = process.noise_scale(x.shape[1], x) ** 2 * process.schedule.beta(tt)[batch, None]
-    score = process.project(model(x, tt, batch), batch)
-    return process.drift(x, tt, batch, types) - (0.5 if ode else 1.0) * g2 * score
+def _velocity(parts: NodeParts, score, x, t, batch, ode: bool):
+    """``f - c g^2 P s`` per part with c = 1/2 (ODE) or 1 (SDE); ``t`` a scalar tensor."""
+    tt = t.expand(int(batch.max()) + 1).to(x[0].dtype)
+    s = parts.project(score(x, tt, batch), batch)
+
+    def part(process, v: Tensor, sv: Tensor) -> Tensor:
+        g2 = process.noise_scale(v.shape[1], v) ** 2 * process.schedule.beta(tt)[batch, None]
+        return process.drift(v, tt, batch, parts.types) - (0.5 if ode else 1.0) * g2 * sv
+
+    return map_parts(part, parts.parts, x, s)
 
 
 @torch.no_grad()
 def reverse_sde_euler(
     model: ScoreModel,
-    process: ForwardProcess,
-    x1: Tensor,
+    process: ForwardProcess | NodeParts,
+    x1,
     batch: Tensor,
     n_steps: int,
     t_end: float = 1e-3,
@@ -67,52 +77,64 @@ def reverse_sde_euler(
     grid_power: float = 1.0,
 ) -> SampleResult:
     """Euler-Maruyama on the reverse SDE from ``x1`` at t = 1 to ``t_end`` (NFE = n_steps) on
-    :func:`time_grid` of ``grid_power``."""
-    grid = time_grid(n_steps, t_end, x1.dtype, grid_power)
-    g = process.noise_scale(x1.shape[1], x1)
-    x = x1
+    :func:`time_grid` of ``grid_power``. ``x1`` a node tensor under a :class:`ForwardProcess` or
+    a state of per-node parts under :class:`NodeParts` (noise drawn jointly); ``model`` a
+    network on joined states."""
+    parts, x, unwrap = as_parts(process, x1, types)
+    score = parts.score(model)
+    grid = time_grid(n_steps, t_end, x[0].dtype, grid_power)
     for t, t_next in zip(grid[:-1], grid[1:], strict=True):
         dt = t - t_next
-        v = _velocity(process, model, x, t, batch, types, ode=False)
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
-        beta = process.schedule.beta(t)
-        x = x - v * dt + process.project(torch.sqrt(beta * dt) * g * z, batch)
-    return SampleResult(x=x, nfe=n_steps)
+        v = _velocity(parts, score, x, t, batch, ode=False)
+        z = parts.noise(x, generator)
+        beta = parts.schedule.beta(t)
+        x = type(x)(
+            *(
+                xp
+                - vp * dt
+                + p.project(torch.sqrt(beta * dt) * p.noise_scale(xp.shape[1], xp) * zp, batch)
+                for p, xp, vp, zp in zip(parts.parts, x, v, z, strict=True)
+            )
+        )
+    return SampleResult(x=unwrap(x), nfe=n_steps)
 
 
 @torch.no_grad()
 def probability_flow_heun(
     model: ScoreModel,
-    process: ForwardProcess,
-    x1: Tensor,
+    process: ForwardProcess | NodeParts,
+    x1,
     batch: Tensor,
     n_steps: int,
     t_end: float = 1e-3,
     types: Tensor | None = None,
     grid_power: float = 1.0,
 ) -> SampleResult:
-    """Heun's method on the probability-flow ODE (NFE = 2 n_steps - 1) on :func:`time_grid`."""
-    grid = time_grid(n_steps, t_end, x1.dtype, grid_power)
-    x, nfe = x1, 0
+    """Heun's method on the probability-flow ODE (NFE = 2 n_steps - 1) on :func:`time_grid`;
+    states as in :func:`reverse_sde_euler`."""
+    parts, x, unwrap = as_parts(process, x1, types)
+    score = parts.score(model)
+    grid = time_grid(n_steps, t_end, x[0].dtype, grid_power)
+    nfe = 0
     for i, (t, t_next) in enumerate(zip(grid[:-1], grid[1:], strict=True)):
         dt = t_next - t
-        v = _velocity(process, model, x, t, batch, types, ode=True)
-        x_euler = x + v * dt
+        v = _velocity(parts, score, x, t, batch, ode=True)
+        x_euler = type(x)(*(xp + vp * dt for xp, vp in zip(x, v, strict=True)))
         nfe += 1
         if i == n_steps - 1:
             x = x_euler
             break
-        v_next = _velocity(process, model, x_euler, t_next, batch, types, ode=True)
+        v_next = _velocity(parts, score, x_euler, t_next, batch, ode=True)
         nfe += 1
-        x = x + 0.5 * (v + v_next) * dt
-    return SampleResult(x=x, nfe=nfe)
+        x = type(x)(*(xp + 0.5 * (a + b) * dt for xp, a, b in zip(x, v, v_next, strict=True)))
+    return SampleResult(x=unwrap(x), nfe=nfe)
 
 
 @torch.no_grad()
 def reverse_ancestral(
     model: ScoreModel,
-    process: ForwardProcess,
-    x1: Tensor,
+    process: ForwardProcess | NodeParts,
+    x1,
     batch: Tensor,
     n_steps: int,
     t_end: float = 1e-3,
@@ -127,32 +149,34 @@ def reverse_ancestral(
     ``x_s = x_t / alpha_ts + (sigma_ts^2 / alpha_ts) s + sigma_ts sigma_s / sigma_t P z``, with
     ``alpha_ts^2 = e^{-B(s, t)}`` and ``sigma_ts^2 = 1 - alpha_ts^2``. The linear part is integrated
     exactly, so a step is stable at any ``beta dt`` (Euler-Maruyama overshoots once ``beta dt > 2``,
-    near t = 1 on EDM's schedule). Needs the closed-form (linear VP) transition: other processes
-    raise :class:`ValueError`.
+    near t = 1 on EDM's schedule). Needs the closed-form (linear VP) transition of every part:
+    other processes raise :class:`ValueError`. States as in :func:`reverse_sde_euler`.
     """
+    parts, x, unwrap = as_parts(process, x1)
+    score = parts.score(model)
     t1 = torch.ones(int(batch.max()) + 1, dtype=torch.float64)
     try:
-        process.transition(x1[:0].double(), t1[:0], batch[:0])
+        parts.transition(map_parts(lambda v: v[:0].double(), x), t1[:0], batch[:0])
     except NoClosedFormTransition as err:
         raise ValueError(f"ancestral sampling needs the linear (VP) process: {err}") from err
     grid = time_grid(n_steps, t_end, torch.float64, grid_power)
     zero = torch.zeros((), dtype=torch.float64)
-    x = x1
     for t, s in zip(grid[:-1], grid[1:], strict=True):
-        sigma_t2 = -torch.expm1(-process.schedule.integral(zero, t))
-        sigma_s2 = -torch.expm1(-process.schedule.integral(zero, s))
-        step = process.schedule.integral(s, t)
+        sigma_t2 = -torch.expm1(-parts.schedule.integral(zero, t))
+        sigma_s2 = -torch.expm1(-parts.schedule.integral(zero, s))
+        step = parts.schedule.integral(s, t)
         alpha_ts, sigma_ts2 = torch.exp(-step / 2), -torch.expm1(-step)
-        tt = t.expand(t1.shape[0]).to(x.dtype)
-        score = process.project(model(x, tt, batch), batch)
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        tt = t.expand(t1.shape[0]).to(x[0].dtype)
+        sc = parts.project(score(x, tt, batch), batch)
+        z = parts.project(parts.noise(x, generator), batch)
         std = (sigma_ts2 * sigma_s2 / sigma_t2).sqrt()
-        x = (
-            x / alpha_ts.to(x.dtype)
-            + (sigma_ts2 / alpha_ts).to(x.dtype) * score
-            + std.to(x.dtype) * process.project(z, batch)
+        a, b, c = (
+            alpha_ts.to(x[0].dtype),
+            (sigma_ts2 / alpha_ts).to(x[0].dtype),
+            std.to(x[0].dtype),
         )
-    return SampleResult(x=x, nfe=n_steps)
+        x = type(x)(*(xp / a + b * sp + c * zp for xp, sp, zp in zip(x, sc, z, strict=True)))
+    return SampleResult(x=unwrap(x), nfe=n_steps)
 
 
 def posterior_step(
@@ -261,13 +285,28 @@ class SamplerConfig(BaseModel):
 def run_sampler(
     cfg: SamplerConfig,
     model,
-    process: ForwardProcess,
-    x1: Tensor,
+    process,
+    x1,
     batch: Tensor,
     generator: torch.Generator | None,
 ) -> SampleResult:
-    """Integrate the reverse dynamics of ``cfg`` from ``x1 (num_nodes, d)`` at t = 1, spending at most
-    ``cfg.nfe``; ``ancestral`` on a process without a closed-form transition: :class:`ValueError`."""
+    """Integrate the reverse dynamics of ``cfg`` from ``x1`` at t = 1, spending at most ``cfg.nfe``.
+
+    A process with its own reverse step (``process.reverse_step(score, x, t, s, batch, generator,
+    eta)``, e.g. :class:`pipeline.crystal_process.CrystalProcess`) is integrated by
+    :func:`reverse_first_order`, ``model`` a score on its states. Otherwise ``x1`` is a node tensor
+    under a :class:`ForwardProcess` or a state of per-node parts under :class:`NodeParts`,
+    ``model`` a network on joined states, and ``cfg.kind`` picks :func:`reverse_sde_euler`,
+    :func:`probability_flow_heun` or :func:`reverse_ancestral` (on a process without a
+    closed-form transition: :class:`ValueError`).
+    """
+    if hasattr(process, "reverse_step"):
+
+        def step(x, t: Tensor, s: Tensor, eta: float):
+            return process.reverse_step(model, x, t, s, batch, generator, eta)
+
+        x, nfe = reverse_first_order(step, x1, cfg)
+        return SampleResult(x=x, nfe=nfe)
     if cfg.kind == "sde":
         return reverse_sde_euler(
             model,

@@ -236,26 +236,48 @@ def simulate_forward(
     lattices) are only ever simulated with equal ``t`` for every graph, which never sub-batches.
     """
     start = torch.zeros_like(t) if start is None else start
-    total = process.schedule.integral(start, t)
+
+    def advance(x: Tensor, budget: Tensor, sub_batch: Tensor, sub_types: Tensor | None) -> Tensor:
+        eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        return local_step(process, x, budget, sub_batch, eps, mode, sub_types)[0]
+
+    return advance_in_steps(
+        advance, x0, process.schedule.integral(start, t), batch, max_budget, types
+    )
+
+
+def advance_in_steps(advance, x0, total: Tensor, batch: Tensor, max_budget: float, types=None):
+    """Move every graph through its rate budget ``total (num_graphs,)`` in equal steps of at most
+    ``max_budget`` (:func:`simulate_forward`'s loop): ``advance(x, budget, batch, types)`` takes one
+    step of a sub-batch (graphs renumbered in order). ``x0`` is a node tensor or a NamedTuple of
+    node tensors (a state of per-node parts, :mod:`pipeline.node_parts`); graphs with no budget
+    are returned unchanged."""
     if not total.numel():
         return x0
     steps = torch.ceil(total / max_budget).clamp(min=0).long()
     per_step = total / steps.clamp(min=1)
+    parts = not isinstance(x0, Tensor)
     x = x0
     for k in range(int(steps.max())):
         active = steps > k  # (num_graphs,)
         if bool(active.all()):
-            eps = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-            x, _ = local_step(process, x, per_step, batch, eps, mode, types)
+            x = advance(x, per_step, batch, types)
             continue
         nodes = active[batch]
         renumber = torch.cumsum(active, 0) - 1
         sub_batch = renumber[batch[nodes]]
-        eps = torch.randn(
-            (int(nodes.sum()), x.shape[1]), generator=generator, dtype=x.dtype, device=x.device
-        )
         sub_types = None if types is None else types[nodes]
-        moved, _ = local_step(process, x[nodes], per_step[active], sub_batch, eps, mode, sub_types)
-        x = x.clone()
-        x[nodes] = moved
+        sub = type(x)(*(v[nodes] for v in x)) if parts else x[nodes]
+        moved = advance(sub, per_step[active], sub_batch, sub_types)
+        x = (
+            type(x)(*(_put(v, nodes, m) for v, m in zip(x, moved, strict=True)))
+            if parts
+            else _put(x, nodes, moved)
+        )
+    return x
+
+
+def _put(x: Tensor, nodes: Tensor, moved: Tensor) -> Tensor:
+    x = x.clone()
+    x[nodes] = moved
     return x

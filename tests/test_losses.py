@@ -1,5 +1,8 @@
 """Losses against analytic values, and a local-DSM training run against a known score."""
 
+from functools import partial
+from typing import NamedTuple
+
 import pytest
 import torch
 
@@ -23,6 +26,7 @@ from pipeline.losses import (
     time_sampler,
     unit_weight,
 )
+from pipeline.node_parts import NodeParts
 from pipeline.processes import GradientProcess, NoClosedFormTransition, vp_process
 from pipeline.schedules import ConstantSchedule, LinearSchedule, PolynomialSchedule
 
@@ -227,3 +231,37 @@ def test_configs_build_their_time_sampler_and_step_rule():
     cfg = LossConfig(fraction=0.25, budget=0.7)
     assert time_sampler(cfg) == StratifiedTimes(1e-3, 1.0)
     assert step_rule(cfg) == FractionBudget(0.25, 0.7)
+
+
+class _TwoParts(NamedTuple):
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+@pytest.mark.parametrize("kind", ["exact-dsm", "local-dsm", "ism"])
+def test_a_state_of_parts_gives_the_loss_of_its_joined_tensor(kind):
+    """Noise is one joint draw split into the parts (:class:`NodeParts`), so two per-node parts
+    under their own (here equal, elementwise) processes give bit for bit the loss of the joined
+    tensor under one process: splitting a state keeps fixed-seed losses."""
+    loss = {
+        "exact-dsm": exact_dsm_loss,
+        "local-dsm": partial(local_dsm_loss, mode="euler", sim_mode="euler"),
+        "ism": partial(ism_loss, sim_mode="euler"),
+    }[kind]
+    process = vp_process()
+    x = torch.randn(7, 5, dtype=F64, generator=torch.Generator().manual_seed(2))
+    batch = torch.tensor([0, 0, 0, 1, 1, 2, 2])
+
+    def model(y, t, b):
+        return -y * (1 + t[b, None]) + 0.1 * y**2
+
+    joined = loss(model, process, x, batch, generator=torch.Generator().manual_seed(4))
+    parts = NodeParts(_TwoParts(process, vp_process()))
+    split = loss(
+        model,
+        parts,
+        _TwoParts(x[:, :2], x[:, 2:]),
+        batch,
+        generator=torch.Generator().manual_seed(4),
+    )
+    assert torch.isfinite(joined).all() and torch.equal(joined, split)

@@ -1,4 +1,4 @@
-"""Molecule states x = [pos, one-hot types]: the product process and the EGNN under every loss."""
+"""Molecule states (pos, one-hot types): their process of named parts and the EGNN under every loss."""
 
 import pytest
 import torch
@@ -9,15 +9,16 @@ from models.egnn import EGNN
 from pipeline.batching import remove_mean
 from pipeline.energies import Energy, HarmonicConfinement, SoftSphere
 from pipeline.losses import ConstantBudget, ism_loss, local_dsm_loss
-from pipeline.processes import GradientProcess, ProductProcess, vp_process
-from pipeline.transitions import local_step
+from pipeline.molecule_recipe import MoleculeState
+from pipeline.node_parts import NodeParts
+from pipeline.processes import GradientProcess, vp_process
 
 F64 = torch.float64
 ELEMENTS = [1, 6, 7, 8, 9]  # QM9's H, C, N, O, F
 
 
 def molecule_states(names=("CH3OH", "C2H6", "CH3CHO", "HCN")):
-    """Real molecules from ase's g2 set as ``x (num_nodes, 3 + 5)`` and ``batch``."""
+    """Real molecules from ase's g2 set as a :class:`MoleculeState` and ``batch``."""
     rows, batch = [], []
     for i, name in enumerate(names):
         atoms = g2[name]
@@ -27,43 +28,48 @@ def molecule_states(names=("CH3OH", "C2H6", "CH3CHO", "HCN")):
         ).float()
         rows.append(torch.cat([pos - pos.mean(0), onehot], dim=1))
         batch += [i] * len(atoms)
-    return torch.cat(rows), torch.tensor(batch)
+    x = torch.cat(rows)
+    return MoleculeState(x[:, :3], x[:, 3:]), torch.tensor(batch)
 
 
 def molecule_process():
     physical = GradientProcess(
         Energy([HarmonicConfinement(1.0), SoftSphere(1.0, 1.0)]), com_free=True
     )
-    return ProductProcess([(3, physical), (len(ELEMENTS), vp_process())])
+    return NodeParts(MoleculeState(pos=physical, types=vp_process()))
 
 
-def test_product_of_linear_parts_has_the_closed_form_transition():
-    process = ProductProcess([(3, vp_process(com_free=True)), (5, vp_process())])
+@pytest.mark.parametrize("mode", ["expm", "split"])
+def test_linear_parts_have_the_closed_form_transition(mode):
+    """Every part steps under its own process: the expm and the split (exponential Euler) steps of
+    the linear parts are the closed-form transition, the noise one joint draw."""
+    process = NodeParts(MoleculeState(pos=vp_process(com_free=True), types=vp_process()))
     x0, batch = molecule_states()
-    x0 = x0.double()
+    x0 = MoleculeState(*(v.double() for v in x0))
     t = torch.tensor([0.2, 0.4, 0.6, 0.8], dtype=F64)
-    eps = torch.randn(x0.shape, dtype=F64)
-    y_t, target = local_step(process, x0, process.schedule.integral(0 * t, t), batch, eps, "expm")
-    tr = process.transition(x0, t, batch)
-    std = tr.std[batch, None]
-    expected_noise = torch.cat([remove_mean(eps[:, :3], batch), eps[:, 3:]], dim=1)
-    torch.testing.assert_close(y_t, tr.mean + std * expected_noise)
-    torch.testing.assert_close(target, -expected_noise / std)
+    budget = process.schedule.integral(0 * t, t)
+    y_t, target = process.local_step(x0, budget, batch, torch.Generator().manual_seed(3), mode)
+    eps = torch.randn((batch.numel(), 8), generator=torch.Generator().manual_seed(3), dtype=F64)
+    expected_noise = (remove_mean(eps[:, :3], batch), eps[:, 3:])
+    closed = process.transition(x0, t, batch)
+    for tr, y, score, e in zip(closed, y_t, target, expected_noise, strict=True):
+        std = tr.std[batch, None]
+        torch.testing.assert_close(y, tr.mean + std * e)
+        torch.testing.assert_close(score, -e / std)
 
 
-def test_product_jacobian_is_block_diagonal_and_positions_stay_centred():
+def test_noise_is_one_joint_draw_and_positions_stay_centred():
+    """The parts' noise is the columns of one ``(N, 3 + K)`` draw (the random stream of the
+    concatenated layout), and a physical step keeps positions and their target CoM-free."""
     process = molecule_process()
     x, batch = molecule_states()
-    jac, mask = process.drift_jacobian(x.double(), batch)
-    b, n = mask.shape
-    full = jac.reshape(b, n, 8, n, 8)
-    assert float(full[:, :, :3, :, 3:].abs().max()) == 0.0
-    assert float(full[:, :, :3, :, :3].abs().max()) > 0.0
-    y_t, target = local_step(
-        process, x, torch.full((4,), 0.05), batch, torch.randn(x.shape), "expm"
-    )
-    torch.testing.assert_close(remove_mean(y_t[:, :3], batch), y_t[:, :3], atol=1e-5, rtol=0)
-    torch.testing.assert_close(remove_mean(target[:, :3], batch), target[:, :3], atol=1e-4, rtol=0)
+    noise = process.noise(x, torch.Generator().manual_seed(5))
+    joint = torch.randn((batch.numel(), 8), generator=torch.Generator().manual_seed(5))
+    assert torch.equal(noise.pos, joint[:, :3]) and torch.equal(noise.types, joint[:, 3:])
+    y_t, target = process.local_step(x, torch.full((4,), 0.05), batch, None, "expm")
+    assert y_t.pos.shape == (batch.numel(), 3) and y_t.types.shape == (batch.numel(), 5)
+    torch.testing.assert_close(remove_mean(y_t.pos, batch), y_t.pos, atol=1e-5, rtol=0)
+    torch.testing.assert_close(remove_mean(target.pos, batch), target.pos, atol=1e-4, rtol=0)
 
 
 @pytest.mark.parametrize("loss", ["local-dsm-expm", "local-dsm-taylor2", "ism"])

@@ -1,10 +1,13 @@
 """Samplers given exact scores recover known laws."""
 
+from typing import NamedTuple
+
 import numpy as np
 import pytest
 import torch
 
 from pipeline.energies import Energy, GaussianMixturePotential
+from pipeline.node_parts import NodeParts
 from pipeline.processes import GradientProcess, vp_process
 from pipeline.samplers import (
     SamplerConfig,
@@ -14,6 +17,7 @@ from pipeline.samplers import (
     reverse_ancestral,
     reverse_first_order,
     reverse_sde_euler,
+    run_sampler,
     time_grid,
 )
 from pipeline.schedules import LinearSchedule, PolynomialSchedule
@@ -187,3 +191,25 @@ def test_sampler_config_steps_and_the_first_order_loop(kind, nfe, steps):
     assert (x, used) == (nfe, nfe) and len(seen) == nfe
     assert float(seen[0][0]) == 1.0 and abs(float(seen[-1][1]) - 0.01) < 1e-15
     assert {eta for *_, eta in seen} == {0.0 if kind == "ode" else 1.0}
+
+
+class _TwoParts(NamedTuple):
+    a: torch.Tensor
+    b: torch.Tensor
+
+
+@pytest.mark.parametrize("kind", ["sde", "ode", "ancestral"])
+def test_a_state_of_parts_samples_as_its_joined_tensor(kind):
+    """The samplers move every part under its own process and draw the noise once for the whole
+    state (:class:`NodeParts`): two parts give bit for bit the samples of the joined tensor."""
+    process = vp_process(com_free=True)
+    batch = torch.tensor([0, 0, 0, 1, 1])
+    x1 = torch.randn(5, 4, dtype=F64, generator=torch.Generator().manual_seed(0))
+    cfg = SamplerConfig(kind=kind, nfe=9)
+    score = gaussian_data_score(process)
+    joined = run_sampler(cfg, score, process, x1, batch, torch.Generator().manual_seed(1))
+    parts = NodeParts(_TwoParts(process, vp_process(com_free=True)))
+    x1p = _TwoParts(x1[:, :3], x1[:, 3:])
+    split = run_sampler(cfg, score, parts, x1p, batch, torch.Generator().manual_seed(1))
+    assert joined.nfe == split.nfe
+    assert torch.equal(joined.x, torch.cat(list(split.x), dim=1))

@@ -141,17 +141,18 @@ def denoising_error(trained, seed: int = 0, size: int = 512) -> dict[str, float]
         return {}
     data = load_dataset("qm9")
     batch = Batch.from_data_list(data.structures.subset(data.splits["val"][:size]).to_data_list())
-    x0 = recipe.encode(batch).double()
+    process = recipe.process
+    x0 = type(recipe.encode(batch))(*(v.double() for v in recipe.encode(batch)))
     score = recipe.score(trained.model)
     out = {}
     for t_value in DENOISING_T:
         gen = torch.Generator().manual_seed(seed)
         t = torch.full((batch.num_graphs,), t_value, dtype=torch.float64)
-        tr = recipe.process.transition(x0, t, batch.batch)
-        eps = recipe.process.project(
-            torch.randn(x0.shape, generator=gen, dtype=torch.float64), batch.batch
-        )
-        x_t = tr.mean + tr.std[batch.batch, None] * eps
+        trs = process.transition(x0, t, batch.batch)
+        parts = process.project(process.noise(x0, gen), batch.batch)
+        x_t = [tr.mean + tr.std[batch.batch, None] * e for tr, e in zip(trs, parts, strict=True)]
+        x_t = torch.cat(x_t, dim=1)
+        eps = process.join(parts)
         pred = score(x_t.float(), t.float(), batch.batch).double()
         sigma = vp_signal_variance(recipe.process.schedule, t).sqrt()[batch.batch, None]
         out[f"t={t_value}"] = float(((sigma * pred + eps)[:, :3] ** 2).mean())

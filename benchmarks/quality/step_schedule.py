@@ -81,8 +81,8 @@ from pipeline.losses import (
     FractionBudget,
     StepSchedule,
     StratifiedTimes,
+    joint_error,
     local_dsm_loss,
-    regression_loss,
     vp_weight,
 )
 from pipeline.processes import GradientProcess, vp_process
@@ -428,7 +428,8 @@ def exact_start_loss(model, process, x0, batch, *, times, step, weight, mode, ge
     s = step(t, process.schedule)
     eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype)
     y_t, target = local_step(process, x0, process.schedule.integral(s, t), batch, eps, mode)
-    return regression_loss(model, y_t, t, batch, target, weight, process.schedule)
+    pred = model(y_t, t.to(y_t.dtype), batch)
+    return joint_error([(pred - target) ** 2], t, batch, weight, process.schedule)
 
 
 def train_run(rule: str, mode: Mode, steps: int, seed: int, sim_budget: float | None) -> dict:
