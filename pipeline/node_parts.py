@@ -53,10 +53,6 @@ class NodeParts:
             raise ValueError("the parts of a state must share one schedule")
         self.parts, self.types, self.schedule = parts, types, parts[0].schedule
 
-    def state(self, *values: Tensor):
-        """A state of this process's type from its parts in order."""
-        return type(self.parts)(*values)
-
     def split(self, joint: Tensor, like):
         """The columns of ``joint (rows, sum d_part)`` as a state shaped like ``like``."""
         return type(like)(*torch.split(joint, [v.shape[1] for v in like], dim=1))
