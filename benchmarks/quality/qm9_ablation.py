@@ -82,8 +82,25 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
         ),
         {},
     ),
-    # the same with issue 14's split steps: the exponential Euler local step (cap 0.2) and y_s by
-    # split steps of budget 1 (the harmonic part exact), about 1.2x an exact-DSM step
+    # What ran on 2026-11-30 as "split": the molecule recipe's product process did not pass its
+    # harmonic rate on, so the split steps were Euler steps there (local cap 0.2, y_s by Euler
+    # steps of budget 1). Kept under the name of what it was.
+    "local-dsm-physical-euler-sim1-edm-precond": (
+        _recipe(
+            preconditioning="edm",
+            **{
+                "loss.kind": "local-dsm",
+                "loss.mode": "euler",
+                "loss.budget": 0.2,
+                "loss.sim_mode": "euler",
+                "loss.sim_budget": 1.0,
+                "process.drift": "physical",
+            },
+        ),
+        {},
+    ),
+    # issue 14's split steps: the exponential Euler local step (cap 0.2) and y_s by split steps of
+    # budget 1 (the harmonic part exact), about 1.2x an exact-DSM step
     "local-dsm-physical-split-edm-precond": (
         _recipe(
             preconditioning="edm",
