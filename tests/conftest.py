@@ -21,3 +21,15 @@ def prefect_harness():
     # A loaded 2-core machine can take more than the default 30 s to start the server.
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: on small tensors a second thread on this shared 2-core
+    machine costs ~10x (measured)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -26,14 +26,7 @@ from pipeline.losses import LossConfig
 from pipeline.samplers import SamplerConfig
 from pipeline.torus import wrapped_normal_score
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: a second thread on this shared 2-core machine costs ~10x (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -34,13 +34,7 @@ SMALL = CSPNetConfig(hidden=32, layers=2, num_freqs=4, time_dim=16)
 PEROV = shared_data_dir() / "crystals" / "perov_5" / "val.csv"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: a second thread on this shared 2-core machine costs ~10x (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

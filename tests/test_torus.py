@@ -23,14 +23,7 @@ from pipeline.torus import (
 )
 from pipeline.transitions import local_step
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: a second thread on this shared 2-core machine costs ~10x (measured)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------------------------------------
