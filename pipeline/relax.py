@@ -127,33 +127,41 @@ def relax_crystals(crystals: Sequence[Data], steps: int = 100, fmax: float = 0.1
     return out
 
 
-def _write_table(path: Path, results: Sequence, columns: list[str]) -> None:
-    """One CSV row per result: its ``columns`` attributes."""
-    with open(path, "w", newline="") as f:
+def _mean(values) -> float | None:
+    """The mean of ``values`` as a float, None when there are none."""
+    values = list(values)
+    return float(np.mean(values)) if values else None
+
+
+def _write_results(results: Sequence, folder: str | Path, kind: str, columns: list[str]) -> dict:
+    """``folder``'s sample files (every structure, relaxed where it could be) and
+    ``folder/relax.csv`` (one row per result: its ``columns``); the summary both kinds share."""
+    from pipeline.generate import write_samples
+
+    folder = Path(folder)
+    samples = write_samples([r.structure for r in results], folder, kind)
+    table = folder / "relax.csv"
+    with open(table, "w", newline="") as f:
         writer = csv.DictWriter(f, columns)
         writer.writeheader()
         for r in results:
             writer.writerow({c: getattr(r, c) for c in columns})
+    return {
+        "n": len(results),
+        "relaxed": sum(r.relaxed for r in results),
+        "files": samples["files"],
+        "table": str(table),
+    }
 
 
 def write_relaxed(results: Sequence[Relaxed], folder: str | Path) -> dict:
     """``folder/samples.cif`` (every crystal, relaxed where it could be), ``folder/relax.csv``
     (one row per crystal, :data:`COLUMNS`) and a summary dict: counts and mean energies."""
-    from pipeline.generate import write_samples
-
-    folder = Path(folder)
-    samples = write_samples([r.structure for r in results], folder, "crystal")
-    _write_table(folder / "relax.csv", results, COLUMNS)
     done = [r for r in results if r.relaxed]
     return {
-        "n": len(results),
-        "relaxed": len(done),
-        "mean_energy_per_atom": float(np.mean([r.energy_per_atom for r in done])) if done else None,
-        "mean_relaxed_energy_per_atom": (
-            float(np.mean([r.relaxed_energy_per_atom for r in done])) if done else None
-        ),
-        "files": samples["files"],
-        "table": str(folder / "relax.csv"),
+        **_write_results(results, folder, "crystal", COLUMNS),
+        "mean_energy_per_atom": _mean(r.energy_per_atom for r in done),
+        "mean_relaxed_energy_per_atom": _mean(r.relaxed_energy_per_atom for r in done),
     }
 
 
@@ -263,27 +271,13 @@ def relax_molecules(
 def write_relaxed_molecules(results: Sequence[RelaxedMolecule], folder: str | Path) -> dict:
     """``folder/samples.sdf`` + ``samples.xyz`` (every molecule, relaxed where it could be),
     ``folder/relax.csv`` (one row per molecule, :data:`MOLECULE_COLUMNS`) and a summary dict."""
-    from pipeline.generate import write_samples
-
-    folder = Path(folder)
-    samples = write_samples([r.structure for r in results], folder, "molecule")
-    _write_table(folder / "relax.csv", results, MOLECULE_COLUMNS)
     done = [r for r in results if r.relaxed]
-
-    def mean(column: str) -> float | None:
-        return float(np.mean([getattr(r, column) for r in done])) if done else None
-
     return {
-        "n": len(results),
-        "relaxed": len(done),
+        **_write_results(results, folder, "molecule", MOLECULE_COLUMNS),
         "converged": sum(r.reason == "ok" for r in done),
-        "mean_relaxation_energy": (
-            float(np.mean([r.xtb_energy - r.xtb_relaxed_energy for r in done])) if done else None
-        ),
-        "mean_rmsd": mean("rmsd"),
-        "mean_gap": mean("xtb_gap"),
-        "files": samples["files"],
-        "table": str(folder / "relax.csv"),
+        "mean_relaxation_energy": _mean(r.xtb_energy - r.xtb_relaxed_energy for r in done),
+        "mean_rmsd": _mean(r.rmsd for r in done),
+        "mean_gap": _mean(r.xtb_gap for r in done),
     }
 
 
