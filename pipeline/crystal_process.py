@@ -233,5 +233,29 @@ class CrystalProcess:
         u = u - step[batch, None] * self.torus(x.lattice, batch).drift_field(x.u, batch)
         return self.wrap(CrystalState(u, lattice, h))
 
+    def langevin_correct(
+        self,
+        score: Callable[[CrystalState, Tensor, Tensor], CrystalState],
+        x: CrystalState,
+        t: Tensor,
+        batch: Tensor,
+        generator: torch.Generator | None,
+        size: float,
+    ) -> CrystalState:
+        """One Langevin corrector move of the coordinates at fixed ``t`` (a scalar tensor).
+
+        ``u <- u + e s_u + sqrt(2 e) z`` with ``e = size sigma_u^2(t)`` (``sigma_u^2 = int_0^t
+        beta``), ``s_u`` the model's score: unadjusted Langevin dynamics that leave the marginal at
+        ``t`` invariant as ``e -> 0``. Lattice and types stay, as in DiffCSP's corrector (Jiao et
+        al. 2023, Algorithm 2, whose ``step_lr (sigma_t / sigma_1)^2`` in fractional units is this
+        step with ``size = step_lr / sigma_1^2``: the step is scale-free). ``u`` is re-wrapped;
+        ``z`` is drawn in float64.
+        """
+        tt = t.expand(x.lattice.shape[0]).double()
+        e = (size * self.schedule.integral(torch.zeros_like(tt), tt))[batch, None]
+        pred = score(x, tt, batch)
+        u = x.u + e * pred.u.double() + (2 * e).sqrt() * _noise(x.u, generator)
+        return self.wrap(x._replace(u=u))
+
 
 __all__ = ["CrystalProcess", "CrystalState", "noise_scales"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
-from pydantic import BaseModel, ConfigDict, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, NonNegativeFloat, PositiveFloat, PositiveInt
 from torch import Tensor
 
 from pipeline.losses import ScoreModel
@@ -219,21 +219,29 @@ def posterior_step(
 
 
 def reverse_first_order(
-    step: Callable[[object, Tensor, Tensor, float], object], x1, cfg: SamplerConfig
+    step: Callable[[object, Tensor, Tensor, float], object],
+    x1,
+    cfg: SamplerConfig,
+    correct: Callable[[object, Tensor], object] | None = None,
 ) -> tuple[object, int]:
     """Integrate a first-order reverse step from t = 1 to ``cfg.t_end``: the state and its NFE.
 
     ``step(x, t, s, eta)`` moves a state (any type, e.g. a state of named parts) from ``t`` to
     ``s < t`` with one network evaluation; ``eta = 0`` for ``ode`` (DDIM), 1 otherwise (ancestral,
-    the reverse SDE), on :func:`time_grid` of ``cfg.steps(second_order=False)`` steps.
+    the reverse SDE), on :func:`time_grid` of ``cfg.steps(...)`` steps. With ``correct(x, t)``
+    (one network evaluation, a Langevin move at fixed ``t``), every step is preceded by it: the
+    predictor-corrector sampler (Song et al. 2021, Algorithm 1; DiffCSP samples so, Jiao et al.
+    2023, Algorithm 2), two evaluations a step.
     """
     eta = 0.0 if cfg.kind == "ode" else 1.0
-    n_steps = cfg.steps(second_order=False)
+    n_steps = cfg.steps(second_order=False, corrected=correct is not None)
     grid = time_grid(n_steps, cfg.t_end, torch.float64, cfg.grid_power)
     x = x1
     for t, s in zip(grid[:-1], grid[1:], strict=True):
+        if correct is not None:
+            x = correct(x, t)
         x = step(x, t, s, eta)
-    return x, n_steps
+    return x, n_steps * (2 if correct is not None else 1)
 
 
 def prior_sample(
@@ -266,7 +274,15 @@ def prior_sample(
 
 class SamplerConfig(BaseModel):
     """How to draw samples: ``sde`` (Euler-Maruyama, NFE = steps), ``ode`` (Heun, NFE = 2 steps - 1)
-    or ``ancestral`` (EDM's posterior steps, linear process only, NFE = steps)."""
+    or ``ancestral`` (EDM's posterior steps, linear process only, NFE = steps).
+
+    ``corrector > 0`` adds a Langevin corrector before every step of a process that has one
+    (crystals: :meth:`pipeline.crystal_process.CrystalProcess.langevin_correct`), of step size
+    ``corrector x sigma_t^2`` on the coordinates, so NFE = 2 steps. In DiffCSP's terms ``corrector =
+    step_lr / sigma_begin^2`` (Jiao et al. 2023, Algorithm 2; ``step_lr = 1e-5`` and
+    ``sigma_begin = 0.005`` give 0.4). ``ValueError`` from :func:`run_sampler` where the process has
+    no corrector.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -275,10 +291,14 @@ class SamplerConfig(BaseModel):
     t_end: PositiveFloat = 1e-3
     prior_budget: PositiveFloat = 0.1  # Langevin step of the prior (physical drifts)
     grid_power: PositiveFloat = 1.0  # time grid t_end + (1 - t_end) u^power (time_grid)
+    corrector: NonNegativeFloat = 0.0  # Langevin corrector step / sigma_t^2 (0: none)
 
-    def steps(self, second_order: bool) -> int:
+    def steps(self, second_order: bool, corrected: bool = False) -> int:
         """Steps that spend at most ``nfe`` evaluations: ``nfe`` for a first-order integrator (one
-        evaluation a step), ``ceil(nfe / 2)`` for Heun (two a step, one on the last)."""
+        evaluation a step), ``ceil(nfe / 2)`` for Heun (two a step, one on the last),
+        ``floor(nfe / 2)`` for a first-order step with a corrector (two every step); at least 1."""
+        if corrected:
+            return max(1, self.nfe // 2)
         return max(1, (self.nfe + 1) // 2) if second_order else self.nfe
 
 
@@ -300,12 +320,17 @@ def run_sampler(
     :func:`probability_flow_heun` or :func:`reverse_ancestral` (on a process without a
     closed-form transition: :class:`ValueError`).
     """
+    if cfg.corrector > 0 and not hasattr(process, "langevin_correct"):
+        raise ValueError(f"corrector={cfg.corrector}: this process has no Langevin corrector")
     if hasattr(process, "reverse_step"):
 
         def step(x, t: Tensor, s: Tensor, eta: float):
             return process.reverse_step(model, x, t, s, batch, generator, eta)
 
-        x, nfe = reverse_first_order(step, x1, cfg)
+        def correct(x, t: Tensor):
+            return process.langevin_correct(model, x, t, batch, generator, cfg.corrector)
+
+        x, nfe = reverse_first_order(step, x1, cfg, correct if cfg.corrector > 0 else None)
         return SampleResult(x=x, nfe=nfe)
     if cfg.kind == "sde":
         return reverse_sde_euler(

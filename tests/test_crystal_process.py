@@ -129,6 +129,44 @@ def test_sampler_with_the_exact_score_returns_the_data_point(kind, nfe, tol, fit
     torch.testing.assert_close(x.lattice, x0.lattice, rtol=0, atol=tol)
 
 
+def test_langevin_corrector_keeps_a_gaussian_at_ulas_analytic_variance():
+    """Unadjusted Langevin ``u + e s + sqrt(2e) z`` with the exact score of N(u0, sigma^2) and
+    ``e = size sigma^2`` has the stationary variance ``sigma^2 / (1 - size / 2)`` (its linear
+    recursion's fixed point); started there, 20 corrector moves keep it (5 sigma of the error),
+    and the lattice and types stay as they are."""
+    recipe, x0, batch, _ = _point_mass("exact-dsm", 4000)
+    t, size = torch.tensor(0.05, dtype=torch.float64), 0.4
+    var = float(recipe.schedule.integral(t * 0, t))
+    u0 = x0.u.mean(0) * 0 + 0.5 / recipe.scale  # mid-cell: no wrap at this sigma (c sigma << 1)
+    want = var / (1 - size / 2)
+    gen = torch.Generator().manual_seed(3)
+    x = x0._replace(u=u0 + math.sqrt(want) * torch.randn(x0.u.shape, generator=gen, dtype=torch.float64))
+
+    def score(state, tt, b):
+        return state._replace(u=-(state.u - u0) / var)
+
+    for _ in range(20):
+        x = recipe.process.langevin_correct(score, x, t, batch, gen, size)
+    d = x.u - u0
+    n = d.numel()
+    assert abs(float(d.mean())) < 5 * math.sqrt(want / n)
+    assert abs(float(d.var()) / want - 1) < 5 * math.sqrt(2 / n)
+    assert torch.equal(x.lattice, x0.lattice) and torch.equal(x.h, x0.h)
+
+
+def test_predictor_corrector_with_the_exact_score_returns_the_data_point():
+    """With a corrector, 100 NFE are 50 predictor and 50 corrector evaluations, and the exact
+    score still leads every crystal to the data point."""
+    recipe, x0, batch, exact = _point_mass("exact-dsm", 8)
+    x1 = recipe.prior(batch, torch.Generator().manual_seed(8))
+    cfg = SamplerConfig(nfe=100, corrector=0.4)
+    x, used = recipe.reverse(exact, x1, batch, cfg, torch.Generator().manual_seed(9))
+    assert used == 100
+    d = torch.remainder(recipe.scale * x.u, 1.0) - _cells()[0].frac.double().repeat(8, 1)
+    assert (d - torch.round(d)).abs().max() < 5e-2
+    torch.testing.assert_close(x.lattice, x0.lattice, rtol=0, atol=5e-2)
+
+
 def test_forward_lattice_law_is_mattergens():
     """``L_t = alpha L_0 + (1 - alpha) a_n I + spread a_n sigma eps`` under the fitted prior:
     mean and std of 4,000 forward draws at t = 0.6 (5 sigma of the sampling error)."""

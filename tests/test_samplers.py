@@ -193,6 +193,27 @@ def test_sampler_config_steps_and_the_first_order_loop(kind, nfe, steps):
     assert {eta for *_, eta in seen} == {0.0 if kind == "ode" else 1.0}
 
 
+def test_a_corrected_loop_spends_two_evaluations_a_step_and_corrects_before_each():
+    """``floor(nfe / 2)`` steps, each a corrector move at t and then the step t -> s."""
+    cfg = SamplerConfig(nfe=7, t_end=0.01, corrector=0.4)
+    seen = []
+    x, used = reverse_first_order(
+        lambda x, t, s, eta: seen.append(("step", float(t))) or x + 1,
+        0,
+        cfg,
+        lambda x, t: seen.append(("correct", float(t))) or x,
+    )
+    assert (x, used) == (3, 6) and [k for k, _ in seen] == ["correct", "step"] * 3
+    assert all(seen[i][1] == seen[i + 1][1] for i in range(0, 6, 2))
+
+
+def test_a_corrector_on_a_process_without_one_is_refused():
+    process = vp_process(LinearSchedule())
+    x1, batch = torch.zeros(4, 3), torch.zeros(4, dtype=torch.long)
+    with pytest.raises(ValueError, match="no Langevin corrector"):
+        run_sampler(SamplerConfig(corrector=0.4), lambda *a: None, process, x1, batch, None)
+
+
 class _TwoParts(NamedTuple):
     a: torch.Tensor
     b: torch.Tensor
