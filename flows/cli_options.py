@@ -42,6 +42,7 @@ def _number(kind, low, strict: bool):
 positive_int = _number(int, 1, strict=False)
 nonnegative_int = _number(int, 0, strict=False)
 positive_float = _number(float, 0.0, strict=True)
+nonnegative_float = _number(float, 0.0, strict=False)
 
 
 def fraction(text: str) -> float:

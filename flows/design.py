@@ -45,6 +45,7 @@ from flows.generate import (
     check_num_atoms,
     check_sampler,
     run_generate,
+    shipped_checkpoint,
 )
 from flows.persist import chunk_count
 from flows.screen import ScreenConfig, run_screen
@@ -212,26 +213,6 @@ def _design(config: DesignConfig, run: Path) -> dict:
         f"{time.perf_counter() - started:.0f} s"
     )
     return metrics
-
-
-def shipped_checkpoint(dataset: str) -> Path:
-    """The model that ships for ``dataset``: ``models/weights/<name>_*.pt`` with the name
-    without dashes (``qm9_egnn.pt``; a ``perov5_*.pt`` would serve ``perov-5``). Raises
-    :class:`UsageError` when none or several ship."""
-    slug = dataset.replace("-", "").replace("_", "").lower()
-    found = sorted(WEIGHTS.glob(f"{slug}_*.pt"))
-    if len(found) == 1:
-        return found[0]
-    if found:
-        names = ", ".join(str(p) for p in found)
-        raise UsageError(
-            f"--dataset {dataset}: several models ship ({names}); choose one with --checkpoint"
-        )
-    kind = "crystal model" if dataset in CRYSTAL_DATASETS else "model"
-    raise UsageError(
-        f"--dataset {dataset}: no {kind} ships for it yet; pass --checkpoint with a model "
-        f"trained on it (ldsm train --dataset {dataset} ...), or add --train"
-    )
 
 
 def _training_only(args: argparse.Namespace) -> list[str]:

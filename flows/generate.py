@@ -14,7 +14,7 @@ or ``--compositions FILE`` (one formula per line, or a CDVAE CSV whose cells' co
 taken) asks for ``--n`` structures of each (default 1), written also as one CIF per structure,
 ``DIR/cifs/000000_SrTiO3.cif``, ..., named by the input record and numbered in input order.
 ``--dataset perov-5`` without ``--checkpoint`` takes the shipped model of that data set
-(``models/weights/perov-5_csp.pt`` for compositions, ``perov-5.pt`` de novo).
+(``models/weights/perov-5_csp.pt`` for compositions, ``perov-5_cspnet.pt`` de novo).
 """
 
 from __future__ import annotations
@@ -198,18 +198,30 @@ def check(args: argparse.Namespace) -> None:
     check_num_atoms(args.num_atoms, trained)
 
 
-def shipped_checkpoint(dataset: str, csp: bool) -> Path:
-    """The shipped model of a crystal data set: ``models/weights/<dataset>[_csp].pt``;
-    :class:`UsageError` saying how to train one when none ships."""
-    path = WEIGHTS / f"{dataset}{'_csp' if csp else ''}.pt"
-    if not path.exists():
-        kind = "structure-prediction" if csp else "de novo"
+def shipped_checkpoint(dataset: str, csp: bool = False) -> Path:
+    """The model that ships for ``dataset``: ``models/weights/<dataset>_csp.pt`` for structure
+    prediction, else the one ``models/weights/<dataset>_<network>.pt`` that is not it
+    (``qm9_egnn.pt``, ``perov-5_cspnet.pt``). :class:`UsageError` when none or several ship,
+    saying how to train one or choose one."""
+    if csp:
+        found = [WEIGHTS / f"{dataset}_csp.pt"]
+    else:
+        found = [p for p in sorted(WEIGHTS.glob(f"{dataset}_*.pt")) if p.stem != f"{dataset}_csp"]
+    found = [p for p in found if p.exists()]
+    if len(found) == 1:
+        return found[0]
+    if found:
+        names = ", ".join(str(p) for p in found)
         raise UsageError(
-            f"no shipped {kind} model for {dataset} ({path}); train one with `ldsm train "
-            f"--dataset {dataset} --split val --val-split test{' --csp' if csp else ''} --out RUN` "
-            "and pass --checkpoint RUN/checkpoints/last.pt"
+            f"--dataset {dataset}: several models ship ({names}); choose one with --checkpoint"
         )
-    return path
+    kind = "structure-prediction" if csp else "de novo"
+    split = " --split val --val-split test" if dataset != "qm9" else ""
+    raise UsageError(
+        f"--dataset {dataset}: no {kind} model ships for it yet; train one with `ldsm train "
+        f"--dataset {dataset}{split}{' --csp' if csp else ''} --out RUN` and pass --checkpoint "
+        "RUN/checkpoints/last.pt"
+    )
 
 
 def compositions_of(args: argparse.Namespace) -> list[CompositionRecord] | None:

@@ -139,7 +139,10 @@ def test_parser_defaults_are_the_configs_defaults():
         GenerateConfig(
             n=generate.n or cli_sample.GENERATE["n"],
             sampler=SamplerConfig(
-                kind=generate.sampler, nfe=generate.nfe, grid_power=generate.grid_power
+                kind=generate.sampler,
+                nfe=generate.nfe,
+                grid_power=generate.grid_power,
+                corrector=generate.corrector,
             ),
             batch_size=generate.batch_size,
             seed=generate.seed,
@@ -250,7 +253,7 @@ def test_design_refuses_a_relaxation_for_the_other_kind(tmp_path, capsys, prefec
 def test_design_for_a_crystal_set_needs_a_crystal_model(tmp_path, capsys, prefect_harness):
     from flows import design
 
-    shipped = sorted(design.WEIGHTS.glob("perov5_*.pt"))
+    shipped = sorted(design.WEIGHTS.glob("perov-5_cspnet.pt"))
     if shipped:  # a shipped model is picked up: the check then passes
         args = cli.build_parser().parse_args(["design", "--dataset", "perov-5"])
         args.explicit = {"dataset"}
@@ -258,20 +261,26 @@ def test_design_for_a_crystal_set_needs_a_crystal_model(tmp_path, capsys, prefec
         return
     assert cli.main(["design", "--dataset", "perov-5", "--out", str(tmp_path / "d")]) == 2
     err = capsys.readouterr().err
-    assert "no crystal model ships for it yet" in err and "--checkpoint" in err
+    assert "no de novo model ships for it yet" in err and "--checkpoint" in err
     # Training options without --train would be ignored: refused instead.
     assert cli.main(["design", "--hidden", "48", "--out", str(tmp_path / "d")]) == 2
     assert "--hidden: training options, only used with --train" in capsys.readouterr().err
 
 
 def test_design_picks_up_a_shipped_model_by_data_set_name(tmp_path, monkeypatch):
-    from flows import design
+    """De novo: the one ``<dataset>_<network>.pt`` that is not the structure-prediction model."""
+    from flows import generate
 
-    monkeypatch.setattr(design, "WEIGHTS", tmp_path)
-    model = _crystal_checkpoint(tmp_path / "perov5_cspnet.pt")
-    assert design.shipped_checkpoint("perov-5") == model
-    with pytest.raises(cli_usage_error(), match="no model ships for it yet"):
-        design.shipped_checkpoint("qm9")
+    monkeypatch.setattr(generate, "WEIGHTS", tmp_path)
+    csp = _crystal_checkpoint(tmp_path / "perov-5_csp.pt")
+    with pytest.raises(cli_usage_error(), match="no de novo model ships for it yet"):
+        generate.shipped_checkpoint("perov-5")
+    model = _crystal_checkpoint(tmp_path / "perov-5_cspnet.pt")
+    assert generate.shipped_checkpoint("perov-5") == model
+    assert generate.shipped_checkpoint("perov-5", csp=True) == csp
+    _crystal_checkpoint(tmp_path / "perov-5_other.pt")
+    with pytest.raises(cli_usage_error(), match="several models ship"):
+        generate.shipped_checkpoint("perov-5")
 
 
 def cli_usage_error():

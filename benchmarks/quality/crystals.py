@@ -39,6 +39,7 @@ from pipeline import metrics as pm
 from pipeline.cache import ldsm_home
 from pipeline.datasets import load_dataset
 from pipeline.recipes import load_trained
+from pipeline.crystal_process import CrystalProcess
 from pipeline.samplers import SamplerConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "crystals"
@@ -83,7 +84,7 @@ def reference(dataset: str, split: str, coverage: bool = True) -> tuple[list, tu
 
 def evaluate(
     run: Path,
-    nfe: int,
+    sampler: SamplerConfig,
     n: int,
     batch: int,
     seed: int,
@@ -101,7 +102,7 @@ def evaluate(
     for start in range(0, n, batch):
         started = time.perf_counter()
         chunk, used = trained.recipe.sample(
-            trained.model, counts[start : start + batch], SamplerConfig(nfe=nfe), gen, f"s{start}"
+            trained.model, counts[start : start + batch], sampler, gen, f"s{start}"
         )
         seconds += time.perf_counter() - started
         crystals += chunk
@@ -113,11 +114,13 @@ def evaluate(
         fingerprints=ref_fps is not None,
     )
     metrics = pm.crystal_set_metrics(rows, ref, ref_fps, cutoffs, matching=matching)
-    metrics.update(nfe=used, seconds_per_crystal=seconds / n, n=n)
+    metrics.update(nfe=used, corrector=sampler.corrector, seconds_per_crystal=seconds / n, n=n)
     return metrics
 
 
-def csp_evaluate(run: Path, nfe: int, n: int, batch: int, seed: int, split: str) -> dict:
+def csp_evaluate(
+    run: Path, sampler: SamplerConfig, n: int, batch: int, seed: int, split: str
+) -> dict:
     """Match rate and RMSE of one prediction per composition of the first ``n`` cells of
     ``split`` (module docstring), and the seconds per structure."""
     from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -133,7 +136,7 @@ def csp_evaluate(run: Path, nfe: int, n: int, batch: int, seed: int, split: str)
         chunk, used = trained.recipe.sample(
             trained.model,
             torch.tensor([len(d.z) for d in cells]),
-            SamplerConfig(nfe=nfe),
+            sampler,
             gen,
             f"s{start}",
             types=torch.cat([d.z for d in cells]),
@@ -153,6 +156,7 @@ def csp_evaluate(run: Path, nfe: int, n: int, batch: int, seed: int, split: str)
             rms.append(float(found[0]))
     return {
         "nfe": used,
+        "corrector": sampler.corrector,
         "n": len(truth),
         "match_rate": len(rms) / len(truth),
         "rmse": float(np.mean(rms)) if rms else None,
@@ -163,19 +167,25 @@ def csp_evaluate(run: Path, nfe: int, n: int, batch: int, seed: int, split: str)
 def csp_table(runs: list[Path], results: Path, dataset: str) -> str:
     """The training table and the CSP table with the published anchors."""
     lines = [
-        "| method | NFE | n | match rate % | RMSE | s / crystal |",
-        "|---|---|---|---|---|---|",
+        "| method | NFE | corrector | n | match rate % | RMSE | s / crystal |",
+        "|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         found = [json.loads(p.read_text()) for p in results.glob(f"{run.name}-csp-nfe*.json")]
-        for m in sorted(found, key=lambda m: m["nfe"]):
+        for m in sorted(found, key=lambda m: (m["nfe"], m.get("corrector", 0.0))):
             lines.append(
-                f"| {run.name} | {m['nfe']} | {m['n']} | {_pct(m['match_rate'])} | "
+                f"| {run.name} | {m['nfe']} | {m.get('corrector', 0.0):g} | {m['n']} | "
+                f"{_pct(m['match_rate'])} | "
                 f"{_num(m['rmse'])} | {m['seconds_per_crystal']:.4f} |"
             )
     for name, (rate, rmse) in CSP_ANCHORS.get(dataset, {}).items():
-        lines.append(f"| {name} (published) | 1000 | all | {rate} | {_num(rmse)} | |")
+        lines.append(f"| {name} (published) | 1000 | | all | {rate} | {_num(rmse)} | |")
     return training_table(runs, "CSPNet") + "\n\n" + "\n".join(lines)
+
+
+def _suffix(corrector: float) -> str:
+    """Result files of corrected samples carry the step (those without one predate it)."""
+    return f"-pc{corrector:g}" if corrector else ""
 
 
 def _pct(value) -> str:
@@ -189,15 +199,16 @@ def _num(value) -> str:
 def table(runs: list[Path], results: Path, dataset: str) -> str:
     """The training table and the sample-quality table (every result present, by run and NFE)."""
     lines = [
-        "| method | NFE | n | struct. valid | comp. valid | COV-R | COV-P | W density | W #elements "
-        "| unique | novel | s / crystal |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| method | NFE | corrector | n | struct. valid | comp. valid | COV-R | COV-P | W density "
+        "| W #elements | unique | novel | s / crystal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         found = [json.loads(p.read_text()) for p in results.glob(f"{run.name}-nfe*.json")]
-        for m in sorted(found, key=lambda m: m["nfe"]):
+        for m in sorted(found, key=lambda m: (m["nfe"], m.get("corrector", 0.0))):
             lines.append(
-                f"| {run.name} | {m['nfe']} | {m['n']} | {_pct(m['structural_validity'])} | "
+                f"| {run.name} | {m['nfe']} | {m.get('corrector', 0.0):g} | {m['n']} | "
+                f"{_pct(m['structural_validity'])} | "
                 f"{_pct(m['compositional_validity'])} | {_pct(m['coverage_recall'])} | "
                 f"{_pct(m['coverage_precision'])} | {_num(m['wdist_density'])} | "
                 f"{_num(m['wdist_num_elements'])} | {_pct(m['uniqueness'])} | "
@@ -205,7 +216,8 @@ def table(runs: list[Path], results: Path, dataset: str) -> str:
             )
     for name, (sv, cv, cr, cp, wd, we) in ANCHORS.get(dataset, {}).items():
         lines.append(
-            f"| {name} (published) | 1000 | 10000 | {sv} | {cv} | {cr} | {cp} | {wd} | {we} | | | |"
+            f"| {name} (published) | 1000 | | 10000 | {sv} | {cv} | {cr} | {cp} | {wd} | {we} "
+            "| | | |"
         )
     return training_table(runs, "CSPNet") + "\n\n" + "\n".join(lines)
 
@@ -221,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--csp", action="store_true", help="structure-prediction runs (module doc)")
+    parser.add_argument(
+        "--corrector",
+        type=float,
+        default=CrystalProcess.default_corrector,
+        help="Langevin corrector step / sigma_t^2 (pipeline.samplers.SamplerConfig; 0: none)",
+    )
     parser.add_argument(
         "--no-coverage", action="store_true", help="skip CrystalNN fingerprints and coverage"
     )
@@ -243,13 +261,14 @@ def main(argv: list[str] | None = None) -> int:
     ref = None
     for run in args.runs:
         for nfe in args.nfe:
-            path = args.results / f"{run.name}-nfe{nfe}.json"
+            path = args.results / f"{run.name}-nfe{nfe}{_suffix(args.corrector)}.json"
             if path.exists():
                 continue
             ref = ref or reference(dataset, args.split, not args.no_coverage)
             print(f"{run.name}: sampling {args.n} crystals at {nfe} NFE", flush=True)
+            sampler = SamplerConfig(nfe=nfe, corrector=args.corrector)
             metrics = evaluate(
-                run, nfe, args.n, args.batch, args.seed, *ref, cutoffs, not args.no_matching
+                run, sampler, args.n, args.batch, args.seed, *ref, cutoffs, not args.no_matching
             )
             path.write_text(json.dumps(metrics, indent=2) + "\n")
             print(json.dumps(metrics), flush=True)
@@ -261,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     command = (
         "python -m benchmarks.quality.crystals --runs "
         + " ".join(str(r) for r in args.runs)
-        + f" --nfe {' '.join(map(str, args.nfe))} --n {args.n}"
+        + f" --nfe {' '.join(map(str, args.nfe))} --n {args.n} --corrector {args.corrector:g}"
         + (" --no-matching" if args.no_matching else "")
         + (" --no-coverage" if args.no_coverage else "")
     )
@@ -278,11 +297,12 @@ def csp_main(args: argparse.Namespace, dataset: str) -> int:
     """The ``--csp`` branch of :func:`main`: evaluate, tabulate, write section csp-<dataset>."""
     for run in args.runs:
         for nfe in args.nfe:
-            path = args.results / f"{run.name}-csp-nfe{nfe}.json"
+            path = args.results / f"{run.name}-csp-nfe{nfe}{_suffix(args.corrector)}.json"
             if path.exists():
                 continue
             print(f"{run.name}: predicting {args.n} {dataset} structures at {nfe} NFE", flush=True)
-            metrics = csp_evaluate(run, nfe, args.n, args.batch, args.seed, args.split)
+            sampler = SamplerConfig(nfe=nfe, corrector=args.corrector)
+            metrics = csp_evaluate(run, sampler, args.n, args.batch, args.seed, args.split)
             path.write_text(json.dumps(metrics, indent=2) + "\n")
             print(json.dumps(metrics), flush=True)
     body = csp_table(args.runs, args.results, dataset)
@@ -293,7 +313,7 @@ def csp_main(args: argparse.Namespace, dataset: str) -> int:
     command = (
         "python -m benchmarks.quality.crystals --csp --runs "
         + " ".join(str(r) for r in args.runs)
-        + f" --nfe {' '.join(map(str, args.nfe))} --n {args.n}"
+        + f" --nfe {' '.join(map(str, args.nfe))} --n {args.n} --corrector {args.corrector:g}"
     )
     write_section(
         f"csp-{dataset}",
