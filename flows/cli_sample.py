@@ -18,7 +18,7 @@ from flows.cli_options import (
 from flows.cli_train import add_training_options
 
 DESIGN_ENTRYPOINT = "flows.design:design"
-GENERATE = dict(n=100, sampler="sde", nfe=100, grid_power=1.0, batch_size=250, seed=0)
+GENERATE = dict(n=100, sampler="sde", nfe=100, grid_power=2.0, batch_size=250, seed=0)
 SAMPLERS = ("sde", "ode", "ancestral")  # pipeline.samplers.SamplerConfig.kind
 SAMPLER_HELP = (
     "reverse SDE (Euler-Maruyama), probability-flow ODE (Heun) or ancestral (EDM's posterior "

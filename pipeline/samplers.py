@@ -291,7 +291,7 @@ class SamplerConfig(BaseModel):
     nfe: PositiveInt = 100
     t_end: PositiveFloat = 1e-3
     prior_budget: PositiveFloat = 0.1  # Langevin step of the prior (physical drifts)
-    grid_power: PositiveFloat = 1.0  # time grid t_end + (1 - t_end) u^power (time_grid)
+    grid_power: PositiveFloat = 2.0  # time grid t_end + (1 - t_end) u^power (time_grid)
     corrector: NonNegativeFloat | None = None  # Langevin step / sigma_t^2; None: the process's
 
     def steps(self, second_order: bool, corrected: bool = False) -> int:

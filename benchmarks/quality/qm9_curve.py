@@ -6,10 +6,12 @@ the molecules seen so far (epochs are these over the training set, the sum of ``
 snapshot not yet scored is then sampled and scored exactly as the ablation harness scores a
 configuration (:func:`benchmarks.quality.qm9_ablation.evaluate`: ``--n`` molecules at ``--nfe``,
 EDM's stability and validity, uniqueness, novelty, the denoising error at small t), one JSON per
-snapshot under ``--results``. The table (step, epochs, CPU-hours, metrics) goes to BENCHMARKS.md
+(snapshot, sampler, NFE, grid power) under ``--results``; ``--sampler``, ``--nfe`` and
+``--grid-power`` take several values (every combination is scored). The table (step, epochs, CPU-hours, metrics) goes to BENCHMARKS.md
 (``quality-curve``).
 
     python -m benchmarks.quality.qm9_curve --snapshot models/resume/qm9-flagship
+    python -m benchmarks.quality.qm9_curve --sampler sde ancestral --grid-power 1 2 4
     python -m benchmarks.quality.qm9_curve --table-only
 """
 
@@ -48,11 +50,19 @@ def snapshot(run: Path, folder: Path) -> Path:
             return dest
 
 
-def row(path: Path) -> str:
-    m = json.loads(path.read_text())
+def result_name(checkpoint: Path, sampler: SamplerConfig) -> str:
+    """``step-N-nfeK.json`` for the reverse SDE on the uniform grid (the first rows), else with
+    the sampler and its grid power."""
+    plain = sampler.kind == "sde" and sampler.grid_power == 1.0
+    extra = "" if plain else f"-{sampler.kind}-grid{sampler.grid_power:g}"
+    return f"{checkpoint.stem}-nfe{sampler.nfe}{extra}.json"
+
+
+def row(m: dict) -> str:
     den = " / ".join(f"{v:.3f}" for v in m["denoising"].values()) or "n/a"
     return (
-        f"| {m['step']} | {m['epochs']:.1f} | {m['cpu_hours']:.2f} | {m['nfe']} | {m['n']} | "
+        f"| {m['step']} | {m['epochs']:.1f} | {m['cpu_hours']:.2f} | "
+        f"{m.get('sampler', 'sde')} | {m.get('grid_power', 1.0):g} | {m['nfe']} | {m['n']} | "
         f"{pct(m['atom_stability'])} | {pct(m['molecule_stability'])} | "
         f"{pct(edm_validity(m))} | {pct(m['validity_x_uniqueness'])} | {pct(m['novelty'])} | "
         f"{den} |"
@@ -63,7 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--snapshot", type=Path, help="a training run folder to snapshot now")
     parser.add_argument("--snapshots", type=Path, default=Path("runs/qm9-curve"))
-    parser.add_argument("--nfe", type=int, default=100)
+    parser.add_argument("--nfe", nargs="+", type=int, default=[100])
+    parser.add_argument(
+        "--sampler", nargs="+", default=["sde"], choices=["sde", "ode", "ancestral"]
+    )
+    parser.add_argument(
+        "--grid-power", nargs="+", type=float, default=[SamplerConfig().grid_power]
+    )
     parser.add_argument("--n", type=int, default=500, help="molecules per snapshot")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -76,14 +92,20 @@ def main(argv: list[str] | None = None) -> int:
         print(f"snapshot {snapshot(args.snapshot, args.snapshots)}", flush=True)
     pending = [] if args.table_only else sorted(args.snapshots.glob("step-*.pt"))
     known = None
-    for checkpoint in pending:
-        path = args.results / f"{checkpoint.stem}-nfe{args.nfe}.json"
+    samplers = [
+        SamplerConfig(kind=kind, nfe=nfe, grid_power=power)
+        for kind in args.sampler
+        for nfe in args.nfe
+        for power in args.grid_power
+    ]
+    for checkpoint, sampler in ((c, s) for c in pending for s in samplers):
+        path = args.results / result_name(checkpoint, sampler)
         if path.exists():
             continue
         run = json.loads(checkpoint.with_suffix(".json").read_text())["run"]
         known = known if known is not None else train_smiles()
-        print(f"{checkpoint}: sampling {args.n} molecules at {args.nfe} NFE", flush=True)
-        metrics = evaluate(checkpoint, SamplerConfig(nfe=args.nfe), args.n, args.seed, known)
+        print(f"{checkpoint}: sampling {args.n} molecules, {sampler}", flush=True)
+        metrics = evaluate(checkpoint, sampler, args.n, args.seed, known)
         metrics.update(
             step=run["step"],
             cpu_hours=run["cpu_seconds"] / 3600,
@@ -91,17 +113,24 @@ def main(argv: list[str] | None = None) -> int:
         )
         path.write_text(json.dumps(metrics, indent=2) + "\n")
         print(json.dumps(metrics), flush=True)
+    found = [json.loads(p.read_text()) for p in args.results.glob("step-*.json")]
+    order = {"sde": 0, "ancestral": 1, "ode": 2}
+    found.sort(
+        key=lambda m: (m["step"], -m["nfe"], order[m["sampler"]], m.get("grid_power", 1.0))
+    )
     lines = [
-        "| step | epochs | CPU-h | NFE | n | atom stab. | mol. stab. | valid (EDM) | V x U | novel |"
-        " denoising error at t = 0.01 / 0.03 / 0.1 / 0.3 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ] + [row(p) for p in sorted(args.results.glob("step-*.json"))]
+        "| step | epochs | CPU-h | sampler | grid | NFE | n | atom stab. | mol. stab. | valid (EDM) |"
+        " V x U | novel | denoising error at t = 0.01 / 0.03 / 0.1 / 0.3 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ] + [row(m) for m in found]
     body = "\n".join(lines) + (
         "\n\nThe flagship recipe (`edm-precond` of `quality-ablation`: EGNN 4 x 64, exact DSM on "
         "EDM's linear VP process, EDM preconditioning, output weight, batch 64, lr 5e-4, EMA 0.999,"
         " seed 0), trained by `ldsm train --threads 1` and resumed across sessions; each row is "
-        "the EMA model at that step, sampled by the reverse SDE. Issue 13's bar: atom stability "
-        ">= 95, molecule stability >= 50, validity >= 85."
+        "the EMA model at that step, sampled by `sampler` (`sde`: the reverse SDE, Euler-Maruyama;"
+        " `ancestral`: EDM's posterior steps; `ode`: Heun on the probability flow) on the time "
+        "grid `t_end + (1 - t_end) u^grid`. Issue 13's bar: atom stability >= 95, molecule "
+        "stability >= 50, validity >= 85."
     )
     if args.notes:
         body += "\n\n" + args.notes
