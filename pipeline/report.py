@@ -264,6 +264,8 @@ def screen_report(out: Path, rows: list[dict], metrics: dict, cutoff_name: str |
     lines += [f"- {r['name']}: {r['read_reason']}" for r in unread[:20]] or ["- none"]
     if len(unread) > 20:
         lines.append(f"- ... and {len(unread) - 20} more (screen.csv, kind 'unread')")
+    lines += [""] + top_candidates_section(plot_dir, rows, metrics.get("ranking") or {})
+    lines += relaxed_structures_section(metrics)
     notes = Counter(r["read_note"] for r in rows if r.get("read_note"))
     if notes:
         lines += ["", "## Read notes", "", "Records read with a remark from the reader:", ""]
@@ -271,4 +273,88 @@ def screen_report(out: Path, rows: list[dict], metrics: dict, cutoff_name: str |
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["design_report", "relaxation_section", "screen_report"]
+def top_candidates_section(
+    plot_dir: Path, rows: list[dict], ranking: dict, top: int = 6
+) -> list[str]:
+    """Markdown lines of the first ``top`` passing candidates of each kind by rank (``rows``
+    ranked by :func:`pipeline.ranking.rank`): the rank expression and the filters' counts
+    (``ranking``: the screen's ``{"rank_by": text or None, "filtered": {filter: removed}}``), a
+    table of their properties (:data:`pipeline.ranking.PROPERTIES` that they have) and, for
+    molecules, their 2-D drawing in ``plot_dir/top_molecules.png`` (RDKit, hydrogens hidden)."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    from pipeline.ranking import PROPERTIES
+
+    rank_by = ranking.get("rank_by")
+    lines = ["## Top candidates", ""]
+    if rank_by:
+        lines.append(
+            f"Ranked by the score `{rank_by}`, highest first, among the passing candidates "
+            "(then the others); candidates without a property it needs come after those with it."
+        )
+    else:
+        lines.append(
+            "Ranked in the default order: passing candidates first, then more checks passed, "
+            "then the lowest xTB relaxation energy or CHGNet relaxed energy per atom."
+        )
+    filtered = ranking.get("filtered") or {}
+    if filtered:
+        lines += ["", "Filters, applied in this order to the passing candidates:", ""]
+        lines += [f"- `{text}` removed {n}" for text, n in filtered.items()]
+    for kind in ("molecule", "crystal"):
+        best = [r for r in rows if r["kind"] == kind and r.get("passed")][:top]
+        if not any(r["kind"] == kind for r in rows):
+            continue
+        lines += ["", f"### {kind.capitalize()}s", ""]
+        if not best:
+            lines.append(f"No {kind} passed.")
+            continue
+        label = ["smiles"] if kind == "molecule" else ["formula"]
+        columns = (["score"] if rank_by else []) + [
+            p for p, (k, _, _) in PROPERTIES.items() if k == kind and any(p in r for r in best)
+        ]
+        lines += [
+            "| rank | name | " + " | ".join(label + columns) + " |",
+            "| --- " * (2 + len(label) + len(columns)) + "|",
+        ]
+        lines += [
+            "| " + " | ".join(_fmt(r.get(c)) for c in ["rank", "name", *label, *columns]) + " |"
+            for r in best
+        ]
+        if kind == "molecule":
+            mols = [Chem.RemoveHs(r["mol"]) for r in best]
+            for mol in mols:
+                AllChem.Compute2DCoords(mol)
+            names = [f"{r['rank']}. {r['name']}" for r in best]
+            plots.molecule_grid(mols, names, plot_dir / "top_molecules.png", per_row=3)
+            lines += ["", "![top molecules](plots/top_molecules.png)"]
+    return lines + [""]
+
+
+def relaxed_structures_section(metrics: dict) -> list[str]:
+    """Markdown lines naming the files of the structures ``--xtb`` / ``--chgnet`` relaxed
+    (the screen's ``metrics["xtb"]`` / ``metrics["chgnet"]``: the relaxation writers' summaries)."""
+    lines = []
+    for key, what, kind in (("xtb", "GFN2-xTB", "molecules"), ("chgnet", "CHGNet", "crystals")):
+        summary = metrics.get(key)
+        if summary:
+            files = ", ".join(f"`{Path(f).name}`" for f in summary["files"])
+            lines += [
+                f"## Relaxed {kind} ({what})",
+                "",
+                f"{summary['relaxed']} of {summary['n']} {kind} relaxed; all {summary['n']} "
+                f"(relaxed where it could be) in `relaxed/{kind}/` ({files}), energies before and "
+                "after in `relax.csv`.",
+                "",
+            ]
+    return lines
+
+
+__all__ = [
+    "design_report",
+    "relaxation_section",
+    "relaxed_structures_section",
+    "screen_report",
+    "top_candidates_section",
+]

@@ -20,6 +20,7 @@ from pipeline import crystal_checks as cc
 from pipeline import crystal_fingerprints as cfp
 from pipeline import metrics as pm
 from pipeline import molecule_checks as mc
+from pipeline.ranking import rank
 
 SHARED = Path(
     os.environ.get("LDSM_SHARED_DATA", Path(__file__).resolve().parents[1] / "../shared/datasets")
@@ -54,7 +55,7 @@ def test_molecule_rows_and_metrics():
     assert rows[3]["stable_reason"] == rows[3]["valid_reason"] == "non-finite coordinates"
     assert "merged" in rows[4]["stable_reason"]
     assert rows[2]["unique_reason"] == "duplicate SMILES"
-    ranked = pm.rank(rows)
+    ranked = rank(rows)
     assert ranked[0]["name"] == "CH3OH" and ranked[0]["rank"] == 1
     empty = pm.molecule_set_metrics([], None)
     assert empty["n"] == 0 and all(v is None for k, v in empty.items() if k != "n")
