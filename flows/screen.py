@@ -7,10 +7,18 @@ folder of SDF / XYZ / extxyz / CIF / CDVAE CSV / POSCAR, compressed or not) with
 and writes into DIR:
 
 - ``screen.csv``: one row per candidate with every verdict and its reason, the reader's note
-  (``read_note``), then one row of kind ``unread`` per file or record that could not be read;
-- ``passing/``: the passing molecules (``molecules.sdf``) and crystals (one CIF each);
-- ``metrics.json``: ``{"molecules": {...}, "crystals": {...}, "n_read_rejects": k}`` with the keys
-  of ``pipeline.metrics`` (None where a metric does not apply); read rejects are in neither kind;
+  (``read_note``), the properties (``pipeline.ranking.PROPERTIES``: RDKit's QED, logP and SA score
+  of valid molecules; xTB and CHGNet energies where they ran), ``score`` with ``--rank-by``, then
+  one row of kind ``unread`` per file or record that could not be read;
+- ``passing/``: the passing molecules (``molecules.sdf``) and crystals (one CIF each), in rank
+  order (``--rank-by``, a score highest first, and ``--filter`` thresholds: ``pipeline.ranking``);
+- ``relaxed/molecules/`` (``--xtb``) and ``relaxed/crystals/`` (``--chgnet``): the structures the
+  relaxations computed, in rank order, with ``relax.csv`` (``pipeline.relax``'s writers, as
+  ``ldsm design --relax`` writes them);
+- ``metrics.json``: ``{"molecules": {...}, "crystals": {...}, "n_read_rejects": k, "ranking":
+  {"rank_by": text, "filtered": {filter: removed}}}`` with the keys of ``pipeline.metrics`` (None
+  where a metric does not apply), and ``"xtb"`` / ``"chgnet"``: the relaxation writers'
+  summaries; read rejects are in neither kind;
 - ``report.md`` with ``plots/*.png`` (read rejects and reader notes listed); the same tables are
   published as Prefect artifacts;
 - ``config.json``: the ``ScreenConfig`` of the run;

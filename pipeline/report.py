@@ -311,7 +311,8 @@ def top_candidates_section(
             lines.append(f"No {kind} passed.")
             continue
         label = ["smiles"] if kind == "molecule" else ["formula"]
-        columns = (["score"] if rank_by else []) + [
+        scored = any(r.get("score") is not None for r in best)
+        columns = (["score"] if scored else []) + [
             p for p, (k, _, _) in PROPERTIES.items() if k == kind and any(p in r for r in best)
         ]
         lines += [
@@ -326,7 +327,10 @@ def top_candidates_section(
             mols = [Chem.RemoveHs(r["mol"]) for r in best]
             for mol in mols:
                 AllChem.Compute2DCoords(mol)
-            names = [f"{r['rank']}. {r['name']}" for r in best]
+            names = [
+                f"{r['rank']}. {r['name']}" + (f" (score {_fmt(r['score'])})" if scored else "")
+                for r in best
+            ]
             plots.molecule_grid(mols, names, plot_dir / "top_molecules.png", per_row=3)
             lines += ["", "![top molecules](plots/top_molecules.png)"]
     return lines + [""]
@@ -343,9 +347,10 @@ def relaxed_structures_section(metrics: dict) -> list[str]:
             lines += [
                 f"## Relaxed {kind} ({what})",
                 "",
-                f"{summary['relaxed']} of {summary['n']} {kind} relaxed; all {summary['n']} "
-                f"(relaxed where it could be) in `relaxed/{kind}/` ({files}), energies before and "
-                "after in `relax.csv`.",
+                f"{what} ran on {summary['n']} {kind} (the valid ones) and relaxed "
+                f"{summary['relaxed']}; all {summary['n']} are in `relaxed/{kind}/` ({files}) in "
+                "rank order, relaxed where they could be, with the energies before and after "
+                "in `relax.csv`.",
                 "",
             ]
     return lines
