@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ast
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -110,7 +111,9 @@ class Filter:
 
 
 def _finite(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    """A real number (NumPy's too) that is finite; None, booleans and text are not."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    return real and math.isfinite(value)
 
 
 def _evaluate(node: ast.expr, values: dict[str, float]) -> float:
@@ -196,15 +199,16 @@ def applies(kind: str | None, row: dict) -> bool:
 
 
 def apply_filters(rows: list[dict], filters: Sequence[Filter]) -> dict[str, int]:
-    """Apply ``filters`` in order to the passing rows of their kind (in place): a row a filter
-    removes gets ``passed`` False, ``filter`` False and ``filter_reason`` naming the filter; every
-    other checked row gets ``filter`` True when filters are given. Returns ``{filter text: number
-    of rows it removed}`` (counted on the rows still passing when it applied)."""
+    """Apply ``filters`` in order to the passing rows of their kind (in place): each row that
+    passed its checks gets ``filter`` and ``filter_reason`` (``"ok"``, or the first filter that
+    removed it, which also sets ``passed`` False); rows that did not pass get neither. Returns
+    ``{filter text: number of rows it removed}`` (counted on the rows still passing when it
+    applied)."""
     removed = {f.text: 0 for f in filters}
     if not filters:
         return removed
     for row in rows:
-        if row.get("kind") in (MOLECULE, CRYSTAL):
+        if row.get("passed"):
             row["filter"], row["filter_reason"] = True, "ok"
     for f in filters:
         for row in rows:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 from rdkit import Chem
 from rdkit.Chem import RDConfig
@@ -25,6 +26,8 @@ def test_expressions_give_their_analytic_values():
     assert parse_expression("xtb_dipole").value(row) is None
     assert parse_expression("qed").value({**row, "qed": None}) is None
     assert parse_expression("qed / (sa - 3)").value(row) is None
+    assert parse_expression("n_atoms * qed").value({"n_atoms": np.int64(3), "qed": 0.5}) == 1.5
+    assert parse_expression("qed").value({"qed": True}) is None
     assert parse_expression("qed - 0.1*sa").names == {"qed", "sa"}
     assert parse_expression("qed").kind == "molecule"
     assert parse_expression("-chgnet_energy_per_atom").kind == "crystal"
@@ -88,6 +91,7 @@ def test_filters_count_what_each_removed_in_order_and_keep_other_kinds():
         by["b"]["filter_reason"] == "fails qed>=0.5" and by["c"]["filter_reason"] == "fails sa<=4"
     )
     assert by["a"]["filter"] and by["a"]["filter_reason"] == "ok"
+    assert "filter" not in by["e"]  # not passing its checks: no filter applied to it
     rows = _rows()
     assert apply_filters(rows, [parse_filter("xtb_gap > 4.5")]) == {"xtb_gap > 4.5": 2}
     assert rows[2]["filter_reason"] == "no xtb_gap for xtb_gap > 4.5"
