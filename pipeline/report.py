@@ -323,6 +323,9 @@ def top_candidates_section(
             "| " + " | ".join(_fmt(r.get(c)) for c in ["rank", "name", *label, *columns]) + " |"
             for r in best
         ]
+        lines += ["", "Columns: " + "; ".join(
+            f"`{c}` {PROPERTIES[c][1]}, {PROPERTIES[c][2]}" for c in columns if c in PROPERTIES
+        ) + "."]  # fmt: skip
         if kind == "molecule":
             mols = [Chem.RemoveHs(r["mol"]) for r in best]
             for mol in mols:
