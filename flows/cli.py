@@ -28,8 +28,8 @@ import sys
 import time
 from importlib import metadata
 
-from flows.cli_data import add_ingest, add_screen, join_expression_values
-from flows.cli_options import HelpFormatter, Parser
+from flows.cli_data import add_ingest, add_screen
+from flows.cli_options import HelpFormatter, Parser, join_expression_values
 from flows.cli_sample import add_design, add_generate, add_serve
 from flows.cli_train import add_demo, add_train
 

@@ -3,43 +3,18 @@ The defaults written here are the configs' own (``tests/test_cli.py`` holds them
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from flows.cli_options import add_runner_options, nonnegative_int, positive_int
-from pipeline.ranking import PROPERTIES, ExpressionError, parse_expression, parse_filter
+from flows.cli_options import (
+    add_ranking_options,
+    add_runner_options,
+    nonnegative_int,
+    positive_int,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 COV_CUTOFF_NAMES = ("carbon_24", "mp_20", "perov_5")  # pipeline.crystal_checks.COV_CUTOFFS
 SCREEN = dict(chunk_size=256, reference_processes=0)
-
-
-def _checked(parse):
-    """An argparse type: the text itself, once ``parse`` (:mod:`pipeline.ranking`) accepts it."""
-
-    def check(text: str) -> str:
-        try:
-            return parse(text).text
-        except ExpressionError as err:
-            raise argparse.ArgumentTypeError(str(err)) from None
-
-    check.__name__ = parse.__name__
-    return check
-
-
-EXPRESSION_OPTIONS = ("--rank-by", "--filter")
-
-
-def join_expression_values(argv: list[str]) -> list[str]:
-    """``argv`` with ``--rank-by -xtb_gap`` written as ``--rank-by=-xtb_gap``: argparse takes a
-    value that starts with a minus for an option, and a score to minimise starts with one."""
-    out: list[str] = []
-    for arg in argv:
-        if out and out[-1] in EXPRESSION_OPTIONS and arg.startswith("-") and arg[1:2] != "-":
-            out[-1] = f"{out[-1]}={arg}"
-        else:
-            out.append(arg)
-    return out
 
 
 def _card_names() -> list[str]:
@@ -97,22 +72,7 @@ def add_screen(sub) -> None:
         help="relax crystals with CHGNet: energy per atom before and after; relaxed structures "
         "in OUT/relaxed/crystals",
     )
-    parser.add_argument(
-        "--rank-by",
-        type=_checked(parse_expression),
-        metavar="EXPR",
-        help="score to rank on, highest first: columns (" + ", ".join(PROPERTIES) + "), numbers, "
-        '+ - * /, e.g. "qed - 0.1*sa" or "-xtb_relaxation_ev"; passing candidates always '
-        "first (without it: then checks passed, then lowest xTB / CHGNet relaxation energy)",
-    )
-    parser.add_argument(
-        "--filter",
-        type=_checked(parse_filter),
-        action="append",
-        metavar="COND",
-        help='threshold the passing candidates must meet, e.g. "qed>=0.5"; repeatable, '
-        "applied in order",
-    )
+    add_ranking_options(parser)
     parser.add_argument(
         "--chunk-size",
         type=positive_int,

@@ -68,7 +68,13 @@ from flows.runners import with_runner
 from pipeline import crystal_checks as cc
 from pipeline import metrics as pm
 from pipeline import reference as ref
-from pipeline.ranking import apply_filters, parse_expression, parse_filter, rank
+from pipeline.ranking import (
+    apply_filters,
+    needed_options,
+    parse_expression,
+    parse_filter,
+    rank,
+)
 from pipeline.relax import write_relaxed, write_relaxed_molecules
 from pipeline.report import screen_report
 from pipeline.structures import is_crystal
@@ -107,12 +113,8 @@ class ScreenConfig(BaseModel):
     def _computed(self) -> ScreenConfig:
         """Refuse a column of xTB or CHGNet without its option: ranking on a column nothing
         computes would silently keep the default order, and a filter on it remove everything."""
-        names = parse_expression(self.rank_by).names if self.rank_by else frozenset()
-        for text in self.filters:
-            names |= parse_filter(text).names
-        for name in sorted(names):
-            option = name.split("_")[0]
-            if option in ("xtb", "chgnet") and not getattr(self, option):
+        for name, option in needed_options(self.rank_by, self.filters).items():
+            if not getattr(self, option):
                 raise ValueError(f"{name} is computed by --{option}, which is not on")
         return self
 

@@ -193,6 +193,16 @@ def parse_filter(text: str) -> Filter:
     return result
 
 
+def needed_options(rank_by: str | None, filters: Sequence[str]) -> dict[str, str]:
+    """``{column: "xtb" | "chgnet"}`` for the columns of ``rank_by`` and ``filters`` that only
+    the screen's ``--xtb`` or ``--chgnet`` computes (the ``xtb_`` and ``chgnet_`` columns), in
+    name order. Raises :class:`ExpressionError` for a text that does not parse."""
+    names = parse_expression(rank_by).names if rank_by else frozenset()
+    for text in filters:
+        names |= parse_filter(text).names
+    return {n: n.split("_")[0] for n in sorted(names) if n.startswith(("xtb_", "chgnet_"))}
+
+
 def applies(kind: str | None, row: dict) -> bool:
     """Whether an expression or filter of ``kind`` (None: both) applies to ``row``."""
     return row.get("kind") in (MOLECULE, CRYSTAL) and kind in (None, row["kind"])
@@ -265,6 +275,7 @@ __all__ = [
     "PROPERTIES",
     "applies",
     "apply_filters",
+    "needed_options",
     "parse_expression",
     "parse_filter",
     "rank",

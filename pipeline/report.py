@@ -101,6 +101,7 @@ def design_report(
     metrics_csv: str | Path | None = None,
     title: str = "Design run",
     n_generated: int | None = None,
+    screen_rows: list[dict] | None = None,
 ) -> Path:
     """Write ``run_dir/report.md`` and its plots under ``run_dir/plots``; returns the report path.
 
@@ -108,7 +109,9 @@ def design_report(
     ``metrics``: the screen's metrics (a dict, nested one level at most); ``metrics_csv``: the
     training log (skipped when None or missing, e.g. a run that loaded a checkpoint);
     ``n_generated``: how many structures were generated when some of them could not be read
-    back into ``generated`` (degenerate samples a file format cannot hold).
+    back into ``generated`` (degenerate samples a file format cannot hold); ``screen_rows``: the
+    screen's rows in rank order (:func:`pipeline.report_numbers.read_screen_rows`), whose first
+    passing candidates the report shows (:func:`top_candidates_section`).
     """
     run_dir = Path(run_dir)
     plot_dir = run_dir / "plots"
@@ -208,6 +211,9 @@ def design_report(
         kind = "molecules" if "xtb" in metrics["relaxed"] else "crystals"
         lines += relaxation_section(metrics[kind], metrics["relaxed"])
 
+    if screen_rows:
+        lines += top_candidates_section(plot_dir, screen_rows, metrics.get("ranking") or {})
+
     if gen_mol:
         mols, names = drawable_molecules(gen_mol)
         lines += ["## Generated molecules", ""]
@@ -277,10 +283,12 @@ def top_candidates_section(
     plot_dir: Path, rows: list[dict], ranking: dict, top: int = 6
 ) -> list[str]:
     """Markdown lines of the first ``top`` passing candidates of each kind by rank (``rows``
-    ranked by :func:`pipeline.ranking.rank`): the rank expression and the filters' counts
-    (``ranking``: the screen's ``{"rank_by": text or None, "filtered": {filter: removed}}``), a
-    table of their properties (:data:`pipeline.ranking.PROPERTIES` that they have) and, for
-    molecules, their 2-D drawing in ``plot_dir/top_molecules.png`` (RDKit, hydrogens hidden)."""
+    ranked by :func:`pipeline.ranking.rank`, or read back by
+    :func:`pipeline.report_numbers.read_screen_rows`): the rank expression and the filters'
+    counts (``ranking``: the screen's ``{"rank_by": text or None, "filtered": {filter:
+    removed}}``), a table of their properties (:data:`pipeline.ranking.PROPERTIES` that they
+    have) and, for molecules, the 2-D drawing of their SMILES in ``plot_dir/top_molecules.png``
+    (RDKit, hydrogens hidden)."""
     from rdkit import Chem
     from rdkit.Chem import AllChem
 
@@ -327,7 +335,7 @@ def top_candidates_section(
             f"`{c}` {PROPERTIES[c][1]}, {PROPERTIES[c][2]}" for c in columns if c in PROPERTIES
         ) + "."]  # fmt: skip
         if kind == "molecule":
-            mols = [Chem.RemoveHs(r["mol"]) for r in best]
+            mols = [Chem.MolFromSmiles(r["smiles"]) for r in best]  # a passing one is valid
             for mol in mols:
                 AllChem.Compute2DCoords(mol)
             names = [

@@ -19,7 +19,7 @@ import pytest
 from ase.build import molecule
 from ase.io import write
 
-from flows import cli, cli_data, cli_sample, cli_train
+from flows import cli, cli_data, cli_options, cli_sample, cli_train
 from flows import lock as L
 from models.config import CSPNetConfig, EGNNConfig
 
@@ -158,7 +158,7 @@ def test_parser_defaults_are_the_configs_defaults():
     assert screen.chunk_size == screen_config.chunk_size
     assert (screen.rank_by, screen.filter or []) == (screen_config.rank_by, screen_config.filters)
     ranked = parser.parse_args(
-        cli_data.join_expression_values(["screen", "x", "--out", "o", "--rank-by", "-xtb_gap"])
+        cli_options.join_expression_values(["screen", "x", "--out", "o", "--rank-by", "-xtb_gap"])
     )
     assert ranked.rank_by == "-xtb_gap"  # a value starting with a minus is the option's value
     assert set(cli_data.COV_CUTOFF_NAMES) == set(crystal_checks.COV_CUTOFFS)

@@ -488,3 +488,14 @@ def test_a_column_of_xtb_or_chgnet_needs_its_option():
     with pytest.raises(ValidationError, match="unknown column 'gap'"):
         ScreenConfig(input="x", out="o", filters=["gap > 1"])
     assert ScreenConfig(input="x", out="o", rank_by=" qed - 0.1*sa ").rank_by == "qed - 0.1*sa"
+
+
+def test_a_design_ranks_and_filters_on_what_its_screen_computes():
+    from pydantic import ValidationError
+
+    from flows.design import DesignConfig
+
+    config = DesignConfig(rank_by="qed - 0.1*sa", filters=("sa<=4",))
+    assert (config.rank_by, config.filters) == ("qed - 0.1*sa", ("sa<=4",))
+    with pytest.raises(ValidationError, match="xtb_gap is computed by ldsm screen --xtb"):
+        DesignConfig(relax="xtb", rank_by="-xtb_gap")
