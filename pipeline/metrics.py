@@ -326,7 +326,8 @@ def check_crystals(
     ``notes[k]`` the reader's note (a parser warning, symmetry generated from a symbol).
 
     With ``fingerprints`` the rows carry ``struct_fp`` / ``comp_fp`` arrays (for coverage; not CSV
-    columns); with ``chgnet`` a structurally valid crystal is relaxed by CHGNet (:func:`_add_chgnet`).
+    columns); with ``chgnet`` a structurally valid crystal is relaxed by CHGNet
+    (:func:`_add_chgnet`).
     """
     rows = []
     notes = list(notes) if notes is not None else [None] * len(names)
