@@ -70,8 +70,7 @@ class Expression:
     @property
     def kind(self) -> str | None:
         """The kind of candidate it applies to (``"molecule"``, ``"crystal"``), None for both."""
-        kinds = {PROPERTIES[n][0] for n in self.names} - {None}
-        return kinds.pop() if kinds else None
+        return _joint_kind(self.text, [self])
 
     def value(self, row: dict) -> float | None:
         """The expression on one screen row; None when a column it reads is missing, None or
@@ -149,7 +148,12 @@ def _check(node: ast.AST, text: str) -> None:
         )
 
 
+MAX_LENGTH = 500  # characters: a score or threshold is short, and deep nesting overflows ast
+
+
 def _parse(text: str) -> ast.expr:
+    if len(text) > MAX_LENGTH:
+        raise ExpressionError(f"{text[:40]!r}... is longer than {MAX_LENGTH} characters")
     try:
         return ast.parse(text.strip(), mode="eval").body
     except SyntaxError as err:
@@ -188,9 +192,8 @@ def parse_filter(text: str) -> Filter:
             f"{text!r} is not one comparison such as 'qed>=0.5' (operators < <= > >=)"
         )
     left, right = _expression(node.left, text), _expression(node.comparators[0], text)
-    result = Filter(text, left, _COMPARE[type(node.ops[0])], right)
     _joint_kind(text, [left, right])
-    return result
+    return Filter(text, left, _COMPARE[type(node.ops[0])], right)
 
 
 def needed_options(rank_by: str | None, filters: Sequence[str]) -> dict[str, str]:

@@ -49,6 +49,7 @@ def test_expressions_give_their_analytic_values():
         ("__builtins__", "unknown column '__builtins__'"),
         ("qed -", "is not an expression"),
         ("qed + density", "mixes molecule and crystal columns"),
+        ("-" * 600 + "qed", "is longer than 500 characters"),
     ],
 )
 def test_anything_but_names_numbers_and_arithmetic_is_refused_in_one_line(text, message):
