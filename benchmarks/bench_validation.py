@@ -30,6 +30,8 @@ from pipeline import crystal_checks as cc  # noqa: E402
 from pipeline import crystal_fingerprints as cfp  # noqa: E402
 from pipeline import molecule_3d_checks as m3d  # noqa: E402
 from pipeline import molecule_checks as mc  # noqa: E402
+from pipeline.relax import relax_molecule  # noqa: E402
+from pipeline.structures import make_molecule  # noqa: E402
 
 SHARED = Path(os.environ.get("LDSM_SHARED_DATA", ROOT / "../shared/datasets"))
 
@@ -63,7 +65,8 @@ def molecule_rates(n: int) -> list[tuple[str, int, float]]:
          rate(lambda ms: [mc.determine_bonds_validity(z, p) for z, p in ms], small)),
         ("PoseBusters (mol config)", len(valid), rate(m3d.posebusters_checks, valid, warmup=2)),
         ("GFN2-xTB relaxation", 3,
-         rate(lambda ms: [m3d.xtb_relaxation(z, p) for z, p in ms], mols[:3], warmup=1)),
+         rate(lambda ms: [relax_molecule(make_molecule(z, p, name='b')) for z, p in ms], mols[:3],
+              warmup=1)),
     ]  # fmt: skip
     return rows
 

@@ -29,7 +29,7 @@ import time
 from importlib import metadata
 
 from flows.cli_data import add_ingest, add_screen
-from flows.cli_options import HelpFormatter, Parser
+from flows.cli_options import HelpFormatter, Parser, join_expression_values
 from flows.cli_sample import add_design, add_generate, add_serve
 from flows.cli_train import add_demo, add_train
 
@@ -108,7 +108,7 @@ def _stop_line(args: argparse.Namespace, module) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``ldsm`` with ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    argv = join_expression_values(sys.argv[1:] if argv is None else list(argv))
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:

@@ -5,7 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from flows.cli_options import add_runner_options, nonnegative_int, positive_int
+from flows.cli_options import (
+    add_ranking_options,
+    add_runner_options,
+    nonnegative_int,
+    positive_int,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 COV_CUTOFF_NAMES = ("carbon_24", "mp_20", "perov_5")  # pipeline.crystal_checks.COV_CUTOFFS
@@ -55,8 +60,19 @@ def add_screen(sub) -> None:
         help="CDVAE coverage cutoffs (None: guessed from the --reference path)",
     )
     parser.add_argument("--no-posebusters", action="store_true", help="skip PoseBusters")
-    parser.add_argument("--xtb", action="store_true", help="GFN2-xTB relaxation (slow)")
-    parser.add_argument("--chgnet", action="store_true", help="CHGNet energy and relaxation")
+    parser.add_argument(
+        "--xtb",
+        action="store_true",
+        help="relax valid molecules with GFN2-xTB (seconds each): energies, HOMO-LUMO gap, "
+        "dipole; relaxed structures in OUT/relaxed/molecules",
+    )
+    parser.add_argument(
+        "--chgnet",
+        action="store_true",
+        help="relax crystals with CHGNet: energy per atom before and after; relaxed structures "
+        "in OUT/relaxed/crystals",
+    )
+    add_ranking_options(parser)
     parser.add_argument(
         "--chunk-size",
         type=positive_int,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from pipeline.ranking import PROPERTIES, ExpressionError, parse_expression, parse_filter
+
 CRYSTAL_DATASETS = ("perov-5", "carbon-24", "mp-20")
 
 
@@ -88,3 +90,51 @@ def add_runner_options(parser: argparse.ArgumentParser) -> None:
 def runner_options(args: argparse.Namespace) -> dict:
     """The values of :func:`add_runner_options` under the names the configs give them."""
     return {"workers": args.workers, "dask_address": args.dask_address}
+
+
+def _checked(parse):
+    """An argparse type: the text itself, once ``parse`` (:mod:`pipeline.ranking`) accepts it."""
+
+    def check(text: str) -> str:
+        try:
+            return parse(text).text
+        except ExpressionError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+
+    check.__name__ = parse.__name__
+    return check
+
+
+def add_ranking_options(parser: argparse.ArgumentParser) -> None:
+    """``--rank-by`` and ``--filter`` (:mod:`pipeline.ranking`), for ``screen`` and ``design``."""
+    parser.add_argument(
+        "--rank-by",
+        type=_checked(parse_expression),
+        metavar="EXPR",
+        help="score to rank on, highest first: columns (" + ", ".join(PROPERTIES) + "), numbers, "
+        '+ - * /, e.g. "qed - 0.1*sa" or "-xtb_relaxation_ev"; passing candidates always '
+        "first (without it: then checks passed, then lowest xTB / CHGNet relaxation energy)",
+    )
+    parser.add_argument(
+        "--filter",
+        type=_checked(parse_filter),
+        action="append",
+        metavar="COND",
+        help='threshold the passing candidates must meet, e.g. "qed>=0.5"; repeatable, '
+        "applied in order",
+    )
+
+
+EXPRESSION_OPTIONS = ("--rank-by", "--filter")
+
+
+def join_expression_values(argv: list[str]) -> list[str]:
+    """``argv`` with ``--rank-by -xtb_gap`` written as ``--rank-by=-xtb_gap``: argparse takes a
+    value that starts with a minus for an option, and a score to minimise starts with one."""
+    out: list[str] = []
+    for arg in argv:
+        if out and out[-1] in EXPRESSION_OPTIONS and arg.startswith("-") and arg[1:2] != "-":
+            out[-1] = f"{out[-1]}={arg}"
+        else:
+            out.append(arg)
+    return out

@@ -8,6 +8,7 @@ import argparse
 
 from flows.cli_options import (
     CRYSTAL_DATASETS,
+    add_ranking_options,
     add_runner_options,
     atom_count,
     nonnegative_float,
@@ -95,6 +96,7 @@ def add_design_options(parser: argparse.ArgumentParser) -> None:
         help="relax the samples, write them and screen them too: crystals with CHGNet, "
         "molecules with GFN2-xTB (seconds per molecule)",
     )
+    add_ranking_options(parser)
     add_runner_options(parser)
     add_training_options(parser)
 

@@ -13,7 +13,8 @@ generates molecules, screens them and writes one run directory::
                            energy before and after, RMSD, HOMO-LUMO gap, dipole), screen/
     RUN/metrics.json       the screen's metrics (keys of pipeline.metrics) plus generation figures;
                            with --relax, "relaxed" holds the relaxed structures' metrics
-    RUN/report.md          loss curve, bond lengths, atoms per structure, density, molecule grid
+    RUN/report.md          loss curve, bond lengths, atoms per structure, density, molecule grid,
+                           the screen's top candidates (--rank-by score, --filter counts)
 
 Re-running a killed flow with the same ``--out`` reuses what finished: a finished training run is
 loaded (an unfinished one resumes from its checkpoint), and the generation and screening tasks
@@ -32,7 +33,7 @@ from typing import Literal
 
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
 
 from flows import lock
 from flows.cli_options import CRYSTAL_DATASETS, runner_options
@@ -57,6 +58,8 @@ from pipeline.datasets import load_dataset
 from pipeline.generate import GenerateConfig, NumAtoms, load_cached
 from pipeline.io import read_structures, write_structures
 from pipeline.metrics import CRYSTAL_KEYS
+from pipeline.ranking import needed_options, parse_expression, parse_filter
+from pipeline.report_numbers import read_screen_rows
 from pipeline.samplers import SamplerConfig
 from pipeline.structures import is_crystal
 from pipeline.train import TrainConfig
@@ -82,6 +85,29 @@ class DesignConfig(BaseModel):
     # crystals: CHGNet relaxation; molecules: GFN2-xTB relaxation; the relaxed set is screened too
     relax: Literal["none", "chgnet", "xtb"] = "none"
     relax_steps: PositiveInt | None = None  # at most per structure; None: 100 (FIRE), 200 (BFGS)
+    rank_by: str | None = None  # the screen's --rank-by (pipeline.ranking), highest first
+    filters: tuple[str, ...] = ()  # the screen's --filter thresholds, in order
+
+    @field_validator("rank_by")
+    @classmethod
+    def _rank_by(cls, text: str | None) -> str | None:
+        return None if text is None else parse_expression(text).text
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, texts: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(parse_filter(text).text for text in texts)
+
+    @model_validator(mode="after")
+    def _screened_columns(self) -> DesignConfig:
+        """The design's screens run neither ``--xtb`` nor ``--chgnet`` (``relax`` writes its own
+        numbers to relaxed/relax.csv): a score or filter on their columns is refused."""
+        for name, option in needed_options(self.rank_by, self.filters).items():
+            raise ValueError(
+                f"{name} is computed by ldsm screen --{option}, which a design run does not run"
+            )
+        return self
+
     workers: int = 0
     dask_address: str | None = None
 
@@ -175,6 +201,8 @@ def _design(config: DesignConfig, run: Path) -> dict:
         # "mp" in "/tmp/..." and scored a Perov-5 run with MP-20's coverage cut-offs.
         cov_cutoffs=dataset if dataset in COV_CUTOFFS else None,
         posebusters=config.posebusters,
+        rank_by=config.rank_by,
+        filters=list(config.filters),
         workers=config.workers,
         dask_address=config.dask_address,
     )
@@ -200,6 +228,7 @@ def _design(config: DesignConfig, run: Path) -> dict:
         metrics_csv,
         title=f"Design run {run.name}",
         n_generated=generation["n"],
+        screen_rows=read_screen_rows(run / "screen" / "screen.csv"),
     )
     # The UI cannot reach the plots beside report.md: name their files instead.
     markdown = re.sub(
@@ -257,6 +286,8 @@ def config_from_args(args: argparse.Namespace) -> DesignConfig:
         reference_size=args.reference_size,
         posebusters=not args.no_posebusters,
         relax=args.relax,
+        rank_by=args.rank_by,
+        filters=tuple(args.filter or ()),
         **runner_options(args),
     )
 

@@ -28,11 +28,12 @@ from pydantic import BaseModel
 from torch_geometric.data import Data
 
 from pipeline.generate import ChunkResult
+from pipeline.relax import Relaxed, RelaxedMolecule
 
 STORE = ".chunks"
 FORMAT, VERSION = "ldsm-chunk", 1
 # Dataclasses a chunk may hold, by name (never a class named by the file itself).
-DATACLASSES = {"ChunkResult": ChunkResult}
+DATACLASSES = {"ChunkResult": ChunkResult, "Relaxed": Relaxed, "RelaxedMolecule": RelaxedMolecule}
 
 
 def _update(digest, value) -> None:

@@ -7,10 +7,18 @@ folder of SDF / XYZ / extxyz / CIF / CDVAE CSV / POSCAR, compressed or not) with
 and writes into DIR:
 
 - ``screen.csv``: one row per candidate with every verdict and its reason, the reader's note
-  (``read_note``), then one row of kind ``unread`` per file or record that could not be read;
-- ``passing/``: the passing molecules (``molecules.sdf``) and crystals (one CIF each);
-- ``metrics.json``: ``{"molecules": {...}, "crystals": {...}, "n_read_rejects": k}`` with the keys
-  of ``pipeline.metrics`` (None where a metric does not apply); read rejects are in neither kind;
+  (``read_note``), the properties (``pipeline.ranking.PROPERTIES``: RDKit's QED, logP and SA score
+  of valid molecules; xTB and CHGNet energies where they ran), ``score`` with ``--rank-by``, then
+  one row of kind ``unread`` per file or record that could not be read;
+- ``passing/``: the passing molecules (``molecules.sdf``) and crystals (one CIF each), in rank
+  order (``--rank-by``, a score highest first, and ``--filter`` thresholds: ``pipeline.ranking``);
+- ``relaxed/molecules/`` (``--xtb``) and ``relaxed/crystals/`` (``--chgnet``): the structures the
+  relaxations computed, in rank order, with ``relax.csv`` (``pipeline.relax``'s writers, as
+  ``ldsm design --relax`` writes them);
+- ``metrics.json``: ``{"molecules": {...}, "crystals": {...}, "n_read_rejects": k, "ranking":
+  {"rank_by": text, "filtered": {filter: removed}}}`` with the keys of ``pipeline.metrics`` (None
+  where a metric does not apply), and ``"xtb"`` / ``"chgnet"``: the relaxation writers'
+  summaries; read rejects are in neither kind;
 - ``report.md`` with ``plots/*.png`` (read rejects and reader notes listed); the same tables are
   published as Prefect artifacts;
 - ``config.json``: the ``ScreenConfig`` of the run;
@@ -50,7 +58,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.exceptions import MissingContextError
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel
+from pydantic import BaseModel, field_validator, model_validator
 from rdkit import RDLogger
 
 from flows import lock
@@ -60,6 +68,14 @@ from flows.runners import with_runner
 from pipeline import crystal_checks as cc
 from pipeline import metrics as pm
 from pipeline import reference as ref
+from pipeline.ranking import (
+    apply_filters,
+    needed_options,
+    parse_expression,
+    parse_filter,
+    rank,
+)
+from pipeline.relax import write_relaxed, write_relaxed_molecules
 from pipeline.report import screen_report
 from pipeline.structures import is_crystal
 from pipeline.writers import write_passing, write_screen_table
@@ -80,6 +96,27 @@ class ScreenConfig(BaseModel):
     workers: int = 0  # local Dask worker processes; 0: threads (see flows.runners)
     dask_address: str | None = None  # an existing Dask scheduler instead
     reference_processes: int = 0  # processes for the reference fingerprints; 0: every core
+    rank_by: str | None = None  # a score over pipeline.ranking.PROPERTIES, highest first
+    filters: list[str] = []  # thresholds ("qed>=0.5") the passing candidates must meet, in order
+
+    @field_validator("rank_by")
+    @classmethod
+    def _rank_by(cls, text: str | None) -> str | None:
+        return None if text is None else parse_expression(text).text
+
+    @field_validator("filters")
+    @classmethod
+    def _filters(cls, texts: list[str]) -> list[str]:
+        return [parse_filter(text).text for text in texts]
+
+    @model_validator(mode="after")
+    def _computed(self) -> ScreenConfig:
+        """Refuse a column of xTB or CHGNet without its option: ranking on a column nothing
+        computes would silently keep the default order, and a filter on it remove everything."""
+        for name, option in needed_options(self.rank_by, self.filters).items():
+            if not getattr(self, option):
+                raise ValueError(f"{name} is computed by --{option}, which is not on")
+        return self
 
 
 @task(retries=2, retry_delay_seconds=1)
@@ -178,9 +215,30 @@ def _screen(config: ScreenConfig, out: Path) -> dict:
         ),
         "n_read_rejects": len(result.rejects),
     }
-    rows = pm.rank(mol_rows) + pm.rank(cry_rows) + unread
+    removed = apply_filters(mol_rows + cry_rows, [parse_filter(f) for f in config.filters])
+    rank_by = parse_expression(config.rank_by) if config.rank_by else None
+    rows = rank(mol_rows, rank_by) + rank(cry_rows, rank_by) + unread
+    metrics["ranking"] = {"rank_by": config.rank_by, "filtered": removed}
+    metrics.update(write_relaxed_structures(out / "relaxed", rows))
     write_outputs(out, rows, metrics, cutoff_name)
     return metrics
+
+
+def write_relaxed_structures(folder: Path, rows: list[dict]) -> dict:
+    """The structures ``--xtb`` and ``--chgnet`` relaxed (the rows' ``relaxation``), in rank order,
+    by the relaxation's own writers: ``folder/molecules/`` (samples.sdf, samples.xyz, relax.csv:
+    GFN2-xTB energies before and after, RMSD, gap, dipole) and ``folder/crystals/`` (samples.cif,
+    samples.extxyz, relax.csv: CHGNet energy per atom before and after). Returns ``{"xtb": summary,
+    "chgnet": summary}`` for the kinds that were relaxed."""
+    out = {}
+    for kind, key, writer in (
+        ("molecule", "xtb", write_relaxed_molecules),
+        ("crystal", "chgnet", write_relaxed),
+    ):
+        results = [r["relaxation"] for r in rows if r["kind"] == kind and "relaxation" in r]
+        if results:
+            out[key] = writer(results, folder / f"{kind}s")
+    return out
 
 
 def run_screen(config: ScreenConfig) -> dict:
@@ -244,6 +302,8 @@ def run(args) -> int:
         cov_cutoffs=args.cov_cutoffs,
         chunk_size=args.chunk_size,
         reference_processes=args.reference_processes,
+        rank_by=args.rank_by,
+        filters=args.filter or [],
         **runner_options(args),
     )
     metrics = run_screen(config)

@@ -34,7 +34,8 @@ from pipeline import keys as K
 from pipeline import molecule_3d_checks as m3d
 from pipeline import molecule_checks as mc
 from pipeline import structures as S
-from pipeline.relax import chgnet_energy
+from pipeline.properties import molecule_properties
+from pipeline.relax import relax_crystals, relax_molecule
 
 MOLECULE_KEYS = (
     "n",
@@ -148,6 +149,8 @@ def check_molecules(
     distance table (``edm_valid*``, and EDM stability, the numbers papers compare). ``valid``,
     ``smiles`` and ``connected`` follow the file's bonds where it has them, else the perceived
     ones (``bond_source``). A record the reader noted as 2-D is not judged by the 3-D checks.
+    A valid molecule gets RDKit's ``qed``, ``logp`` and ``sa`` (:mod:`pipeline.properties`; None
+    where not valid); with ``xtb`` a valid 3-D one is relaxed with GFN2-xTB (:func:`_add_xtb`).
     """
     n = len(names)
     file_mols = list(file_mols) if file_mols is not None else [None] * n
@@ -205,15 +208,58 @@ def check_molecules(
             row["posebusters"], row["posebusters_reason"] = verdict.ok, verdict.reason
             if not row["coords_3d"]:
                 row["posebusters_reason"] = NOT_JUDGED_2D
+    for row in rows:
+        row.update(molecule_properties(row["mol"] if row["valid"] else None))
     if xtb:
         for row, z, pos in zip(rows, zs, poss, strict=True):
-            x = m3d.xtb_relaxation(z, pos) if row["valid"] and row["coords_3d"] else None
-            row["xtb_ok"] = x.ok if x else False
-            row["xtb_reason"] = x.reason if x else "not valid"
-            row["xtb_energy_ev"] = x.energy if x else None
-            row["xtb_relaxation_ev"] = x.relaxation_energy if x else None
-            row["xtb_rmsd_a"] = x.rmsd if x else None
+            _add_xtb(row, z, pos)
     return rows
+
+
+# The xTB columns of a molecule row (``--xtb``): energies in eV, RMSD in A, dipole in Debye.
+XTB_COLUMNS = (
+    "xtb_energy", "xtb_relaxed_energy", "xtb_relaxation_ev", "xtb_rmsd_a", "xtb_gap", "xtb_dipole",
+)  # fmt: skip
+CHGNET_COLUMNS = ("chgnet_energy_per_atom", "chgnet_relaxed_energy_per_atom")  # eV/atom
+
+
+def _add_xtb(row: dict, z: np.ndarray, pos: np.ndarray) -> None:
+    """Relax a valid 3-D molecule with GFN2-xTB (:func:`pipeline.relax.relax_molecule`: BFGS to
+    0.05 eV/A, at most 200 steps) into ``row``: ``xtb_ok`` (converged), ``xtb_reason``,
+    :data:`XTB_COLUMNS` and the result itself as ``relaxation`` (the relaxed structure)."""
+    if not (row["valid"] and row["coords_3d"]):
+        row.update(xtb_ok=False, xtb_reason="not valid", **dict.fromkeys(XTB_COLUMNS))
+        return
+    r = relax_molecule(S.make_molecule(z, pos, name=row["name"]))
+    row.update(
+        xtb_ok=r.reason == "ok",
+        xtb_reason=r.reason,
+        xtb_energy=r.xtb_energy,
+        xtb_relaxed_energy=r.xtb_relaxed_energy,
+        xtb_relaxation_ev=r.xtb_energy - r.xtb_relaxed_energy if r.relaxed else None,
+        xtb_rmsd_a=r.rmsd,
+        xtb_gap=r.xtb_gap,
+        xtb_dipole=r.xtb_dipole,
+        relaxation=r,
+    )
+
+
+def _add_chgnet(row: dict, lattice: np.ndarray, frac: np.ndarray, z: np.ndarray) -> None:
+    """Relax a structurally valid crystal with CHGNet (:func:`pipeline.relax.relax_crystals`:
+    FIRE to 0.1 eV/A, at most 100 steps) into ``row``: ``chgnet_ok``, ``chgnet_reason``,
+    :data:`CHGNET_COLUMNS` and the result itself as ``relaxation`` (the relaxed structure)."""
+    if not row["struct_valid"]:
+        row.update(chgnet_ok=False, chgnet_reason="not structurally valid")
+        row.update(dict.fromkeys(CHGNET_COLUMNS))
+        return
+    r = relax_crystals([S.make_crystal(z, frac, lattice, name=row["name"])])[0]
+    row.update(
+        chgnet_ok=r.relaxed,
+        chgnet_reason=r.reason,
+        chgnet_energy_per_atom=r.energy_per_atom,
+        chgnet_relaxed_energy_per_atom=r.relaxed_energy_per_atom,
+        relaxation=r,
+    )
 
 
 def molecule_set_metrics(rows: list[dict], train_smiles: set[str] | None) -> dict:
@@ -280,7 +326,8 @@ def check_crystals(
     ``notes[k]`` the reader's note (a parser warning, symmetry generated from a symbol).
 
     With ``fingerprints`` the rows carry ``struct_fp`` / ``comp_fp`` arrays (for coverage; not CSV
-    columns).
+    columns); with ``chgnet`` a structurally valid crystal is relaxed by CHGNet
+    (:func:`_add_chgnet`).
     """
     rows = []
     notes = list(notes) if notes is not None else [None] * len(names)
@@ -305,11 +352,7 @@ def check_crystals(
             row["struct_fp"] = fp.structure_fingerprint(structure) if struct.ok else None
             row["comp_fp"] = fp.composition_fingerprint(z) if struct.ok else None
         if chgnet:
-            e = chgnet_energy(structure, relax=True) if struct.ok else None
-            row["chgnet_ok"] = e.ok if e else False
-            row["chgnet_reason"] = e.reason if e else "not structurally valid"
-            row["chgnet_energy_per_atom"] = e.energy_per_atom if e else None
-            row["chgnet_relaxed_energy_per_atom"] = e.relaxed_energy_per_atom if e else None
+            _add_chgnet(row, lattice, frac, z)
         rows.append(row)
     return rows
 
@@ -371,24 +414,3 @@ def crystal_set_metrics(
         checks = ["valid"] + [c for c in ("unique", "novel") if c in row]
         row["passed"] = bool(row["read_ok"]) and all(row.get(c, False) for c in checks)
     return out
-
-
-def rank(rows: list[dict]) -> list[dict]:
-    """Rows ordered best first: passing ones, then by checks passed, then lowest xTB/CHGNet energy.
-
-    Adds a 1-based ``rank`` column.
-    """
-    bool_cols = {
-        "stable", "valid", "connected", "unique", "novel", "posebusters", "struct_valid",
-        "comp_valid",
-    }  # fmt: skip
-
-    def key(row: dict) -> tuple:
-        n_ok = sum(bool(row.get(c)) for c in bool_cols)
-        energy = row.get("xtb_relaxation_ev", row.get("chgnet_relaxed_energy_per_atom"))
-        return (not row.get("passed", False), -n_ok, energy if energy is not None else np.inf)
-
-    ordered = sorted(rows, key=key)
-    for k, row in enumerate(ordered, 1):
-        row["rank"] = k
-    return ordered

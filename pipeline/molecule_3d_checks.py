@@ -1,4 +1,4 @@
-"""Checks of a molecule's 3-D geometry and energy: PoseBusters and GFN2-xTB.
+"""Checks of a molecule's 3-D geometry: PoseBusters, and the Kabsch RMSD of a move.
 
 Inputs as in :mod:`pipeline.molecule_checks` (``z`` (num_atoms,) atomic numbers, ``pos``
 (num_atoms, 3) Angstrom, or sanitised RDKit molecules with a conformer); every check returns a
@@ -8,12 +8,10 @@ Inputs as in :mod:`pipeline.molecule_checks` (``z`` (num_atoms,) atomic numbers,
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import numpy as np
 from rdkit import Chem
 
-from pipeline.molecule_checks import as_arrays
 from pipeline.verdict import Verdict
 
 # PoseBusters' internal_energy divides the pose's UFF energy by the mean energy of an ensemble of
@@ -73,15 +71,6 @@ def posebusters_checks(mols: Sequence[Chem.Mol | None], config: str = "mol") -> 
     return out
 
 
-@dataclass(frozen=True)
-class XtbVerdict(Verdict):
-    """GFN2-xTB single point and relaxation: energies in eV, RMSD in Angstrom (None on failure)."""
-
-    energy: float | None
-    relaxation_energy: float | None
-    rmsd: float | None
-
-
 def kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> float:
     """RMSD of (N, 3) point sets after optimal superposition (Kabsch, rotations only)."""
     a = a - a.mean(axis=0)
@@ -90,29 +79,3 @@ def kabsch_rmsd(a: np.ndarray, b: np.ndarray) -> float:
     sign = np.sign(np.linalg.det(u @ vt))
     rot = u @ np.diag([1.0, 1.0, sign]) @ vt
     return float(np.sqrt(((a @ rot - b) ** 2).sum(axis=1).mean()))
-
-
-def xtb_relaxation(z, pos, fmax: float = 0.05, steps: int = 200) -> XtbVerdict:
-    """GFN2-xTB (tblite) energy, energy above the relaxed geometry and RMSD after BFGS relaxation.
-
-    Off by default in the screening flow (seconds per molecule). ``ok`` when the relaxation
-    converges within ``steps``.
-    """
-    z, pos, problem = as_arrays(z, pos)
-    if problem is not None:
-        return XtbVerdict(False, problem, None, None, None)
-    from ase import Atoms
-    from ase.optimize import BFGS
-    from tblite.ase import TBLite
-
-    atoms = Atoms(numbers=z, positions=pos)
-    atoms.calc = TBLite(method="GFN2-xTB", verbosity=0)
-    try:
-        energy = float(atoms.get_potential_energy())
-        converged = bool(BFGS(atoms, logfile=None).run(fmax=fmax, steps=steps))
-        relaxed = float(atoms.get_potential_energy())
-    except Exception as err:  # tblite raises its own runtime errors on SCF failure: a verdict
-        return XtbVerdict(False, f"xtb failed: {str(err).splitlines()[0]}", None, None, None)
-    rmsd = kabsch_rmsd(atoms.get_positions(), pos)
-    reason = "ok" if converged else f"relaxation not converged in {steps} steps"
-    return XtbVerdict(converged, reason, energy, energy - relaxed, rmsd)

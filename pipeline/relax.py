@@ -7,7 +7,8 @@ that passes CDVAE's structural check is relaxed (atoms and cell) by CHGNet's FIR
 (``StructOptimizer``) for at most ``steps`` steps or until every force is below ``fmax``
 (eV/A); its CHGNet energy per atom (eV/atom) is recorded before and after. A crystal that is
 not structurally valid, or on which CHGNet fails, is kept as it is with the reason: a failure is
-data, never a crash. :func:`chgnet_energy` is the screen's CHGNet check of one crystal.
+data, never a crash. The screen's ``--chgnet`` relaxes each crystal with :func:`relax_crystals`
+and its ``--xtb`` each molecule with :func:`relax_molecule`.
 
 Molecules: GFN2-xTB (Bannwarth, Ehlert & Grimme, JCTC 2019) through ``tblite``'s ASE calculator,
 ASE's BFGS until every force is below ``fmax`` (eV/A) or ``steps`` steps, as issue 17 measured it
@@ -32,7 +33,6 @@ from torch_geometric.data import Data
 from pipeline import crystal_checks as cc
 from pipeline import keys as K
 from pipeline.structures import make_crystal, make_molecule
-from pipeline.verdict import Verdict
 
 COLUMNS = ["name", "relaxed", "reason", "energy_per_atom", "relaxed_energy_per_atom", "steps"]
 
@@ -57,33 +57,6 @@ def _chgnet():
     from chgnet.model import CHGNet
 
     return CHGNet.load(verbose=False)
-
-
-@dataclass(frozen=True)
-class ChgnetVerdict(Verdict):
-    """CHGNet energy per atom (eV) before and after relaxation; None on failure."""
-
-    energy_per_atom: float | None
-    relaxed_energy_per_atom: float | None
-
-
-def chgnet_energy(structure, relax: bool = False, steps: int = 100) -> ChgnetVerdict:
-    """CHGNet energy per atom of a pymatgen ``Structure``, optionally after a FIRE relaxation
-    of at most ``steps`` steps (a screening check, off by default)."""
-    if structure is None:
-        return ChgnetVerdict(False, "no structure", None, None)
-    try:
-        from chgnet.model import StructOptimizer
-
-        model = _chgnet()
-        energy = float(model.predict_structure(structure)["e"])
-        relaxed = None
-        if relax:
-            result = StructOptimizer(model=model).relax(structure, steps=steps, verbose=False)
-            relaxed = float(result["trajectory"].energies[-1]) / len(structure)
-    except Exception as err:  # CHGNet failures (graph too large, no neighbours) become a verdict
-        return ChgnetVerdict(False, f"chgnet failed: {str(err).splitlines()[0]}", None, None)
-    return ChgnetVerdict(True, "ok", energy, relaxed)
 
 
 def relax_crystals(crystals: Sequence[Data], steps: int = 100, fmax: float = 0.1) -> list[Relaxed]:
@@ -283,11 +256,9 @@ def write_relaxed_molecules(results: Sequence[RelaxedMolecule], folder: str | Pa
 
 __all__ = [
     "COLUMNS",
-    "ChgnetVerdict",
     "MOLECULE_COLUMNS",
     "Relaxed",
     "RelaxedMolecule",
-    "chgnet_energy",
     "relax_crystals",
     "relax_molecule",
     "relax_molecules",

@@ -101,6 +101,7 @@ def design_report(
     metrics_csv: str | Path | None = None,
     title: str = "Design run",
     n_generated: int | None = None,
+    screen_rows: list[dict] | None = None,
 ) -> Path:
     """Write ``run_dir/report.md`` and its plots under ``run_dir/plots``; returns the report path.
 
@@ -108,7 +109,9 @@ def design_report(
     ``metrics``: the screen's metrics (a dict, nested one level at most); ``metrics_csv``: the
     training log (skipped when None or missing, e.g. a run that loaded a checkpoint);
     ``n_generated``: how many structures were generated when some of them could not be read
-    back into ``generated`` (degenerate samples a file format cannot hold).
+    back into ``generated`` (degenerate samples a file format cannot hold); ``screen_rows``: the
+    screen's rows in rank order (:func:`pipeline.report_numbers.read_screen_rows`), whose first
+    passing candidates the report shows (:func:`top_candidates_section`).
     """
     run_dir = Path(run_dir)
     plot_dir = run_dir / "plots"
@@ -208,6 +211,9 @@ def design_report(
         kind = "molecules" if "xtb" in metrics["relaxed"] else "crystals"
         lines += relaxation_section(metrics[kind], metrics["relaxed"])
 
+    if screen_rows:
+        lines += top_candidates_section(plot_dir, screen_rows, metrics.get("ranking") or {})
+
     if gen_mol:
         mols, names = drawable_molecules(gen_mol)
         lines += ["## Generated molecules", ""]
@@ -264,6 +270,8 @@ def screen_report(out: Path, rows: list[dict], metrics: dict, cutoff_name: str |
     lines += [f"- {r['name']}: {r['read_reason']}" for r in unread[:20]] or ["- none"]
     if len(unread) > 20:
         lines.append(f"- ... and {len(unread) - 20} more (screen.csv, kind 'unread')")
+    lines += [""] + top_candidates_section(plot_dir, rows, metrics.get("ranking") or {})
+    lines += relaxed_structures_section(metrics)
     notes = Counter(r["read_note"] for r in rows if r.get("read_note"))
     if notes:
         lines += ["", "## Read notes", "", "Records read with a remark from the reader:", ""]
@@ -271,4 +279,98 @@ def screen_report(out: Path, rows: list[dict], metrics: dict, cutoff_name: str |
     return "\n".join(lines) + "\n"
 
 
-__all__ = ["design_report", "relaxation_section", "screen_report"]
+def top_candidates_section(
+    plot_dir: Path, rows: list[dict], ranking: dict, top: int = 6
+) -> list[str]:
+    """Markdown lines of the first ``top`` passing candidates of each kind by rank (``rows``
+    ranked by :func:`pipeline.ranking.rank`, or read back by
+    :func:`pipeline.report_numbers.read_screen_rows`): the rank expression and the filters'
+    counts (``ranking``: the screen's ``{"rank_by": text or None, "filtered": {filter:
+    removed}}``), a table of their properties (:data:`pipeline.ranking.PROPERTIES` that they
+    have) and, for molecules, the 2-D drawing of their SMILES in ``plot_dir/top_molecules.png``
+    (RDKit, hydrogens hidden)."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    from pipeline.ranking import PROPERTIES
+
+    rank_by = ranking.get("rank_by")
+    lines = ["## Top candidates", ""]
+    if rank_by:
+        lines.append(
+            f"Ranked by the score `{rank_by}`, highest first, among the passing candidates "
+            "(then the others); candidates without a property it needs come after those with it."
+        )
+    else:
+        lines.append(
+            "Ranked in the default order: passing candidates first, then more checks passed, "
+            "then the lowest xTB relaxation energy or CHGNet relaxed energy per atom."
+        )
+    filtered = ranking.get("filtered") or {}
+    if filtered:
+        lines += ["", "Filters, applied in this order to the passing candidates:", ""]
+        lines += [f"- `{text}` removed {n}" for text, n in filtered.items()]
+    for kind in ("molecule", "crystal"):
+        best = [r for r in rows if r["kind"] == kind and r.get("passed")][:top]
+        if not any(r["kind"] == kind for r in rows):
+            continue
+        lines += ["", f"### {kind.capitalize()}s", ""]
+        if not best:
+            lines.append(f"No {kind} passed.")
+            continue
+        label = ["smiles"] if kind == "molecule" else ["formula"]
+        scored = any(r.get("score") is not None for r in best)
+        columns = (["score"] if scored else []) + [
+            p for p, (k, _, _) in PROPERTIES.items() if k == kind and any(p in r for r in best)
+        ]
+        lines += [
+            "| rank | name | " + " | ".join(label + columns) + " |",
+            "| --- " * (2 + len(label) + len(columns)) + "|",
+        ]
+        lines += [
+            "| " + " | ".join(_fmt(r.get(c)) for c in ["rank", "name", *label, *columns]) + " |"
+            for r in best
+        ]
+        lines += ["", "Columns: " + "; ".join(
+            f"`{c}` {PROPERTIES[c][1]}, {PROPERTIES[c][2]}" for c in columns if c in PROPERTIES
+        ) + "."]  # fmt: skip
+        if kind == "molecule":
+            mols = [Chem.MolFromSmiles(r["smiles"]) for r in best]  # a passing one is valid
+            for mol in mols:
+                AllChem.Compute2DCoords(mol)
+            names = [
+                f"{r['rank']}. {r['name']}" + (f" (score {_fmt(r['score'])})" if scored else "")
+                for r in best
+            ]
+            plots.molecule_grid(mols, names, plot_dir / "top_molecules.png", per_row=3)
+            lines += ["", "![top molecules](plots/top_molecules.png)"]
+    return lines + [""]
+
+
+def relaxed_structures_section(metrics: dict) -> list[str]:
+    """Markdown lines naming the files of the structures ``--xtb`` / ``--chgnet`` relaxed
+    (the screen's ``metrics["xtb"]`` / ``metrics["chgnet"]``: the relaxation writers' summaries)."""
+    lines = []
+    for key, what, kind in (("xtb", "GFN2-xTB", "molecules"), ("chgnet", "CHGNet", "crystals")):
+        summary = metrics.get(key)
+        if summary:
+            files = ", ".join(f"`{Path(f).name}`" for f in summary["files"])
+            lines += [
+                f"## Relaxed {kind} ({what})",
+                "",
+                f"{what} ran on {summary['n']} {kind} (the valid ones) and relaxed "
+                f"{summary['relaxed']}; all {summary['n']} are in `relaxed/{kind}/` ({files}) in "
+                "rank order, relaxed where they could be, with the energies before and after "
+                "in `relax.csv`.",
+                "",
+            ]
+    return lines
+
+
+__all__ = [
+    "design_report",
+    "relaxation_section",
+    "relaxed_structures_section",
+    "screen_report",
+    "top_candidates_section",
+]

@@ -185,6 +185,23 @@ def drawable_molecules(structures: list[Data], limit: int = 24) -> tuple[list, l
     return mols, names
 
 
+def read_screen_rows(path: str | Path) -> list[dict]:
+    """The rows of a screen's ``screen.csv`` in its (rank) order: ``rank``, ``score`` and the
+    columns of :data:`pipeline.ranking.PROPERTIES` as floats (None where empty), ``passed`` as a
+    bool, the rest as text."""
+    from pipeline.ranking import PROPERTIES
+
+    numeric = {"rank", "score", *PROPERTIES}
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    for row in rows:
+        for key, text in row.items():
+            if key in numeric:
+                row[key] = float(text) if text else None
+        row["passed"] = row.get("passed") == "True"
+    return rows
+
+
 __all__ = [
     "atom_count_table",
     "atom_counts",
@@ -197,6 +214,7 @@ __all__ = [
     "ema",
     "pooled",
     "read_metrics_csv",
+    "read_screen_rows",
     "unmeasurable",
     "valid_crystals",
 ]

@@ -3,7 +3,7 @@
 A validator never raises on garbage input (NaN coordinates, merged atoms, empty structures,
 unknown elements); it returns a frozen :class:`Verdict` whose ``reason`` says why it failed
 (``"ok"``, or a remark starting with ``"ok"``, when it passes). Validators that measure something
-extend it with their numbers (``molecule_checks.StabilityVerdict``, ``relax.ChgnetVerdict``, ...).
+extend it with their numbers (``molecule_checks.StabilityVerdict``, ``ValidityVerdict``).
 """
 
 from __future__ import annotations

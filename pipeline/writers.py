@@ -175,8 +175,9 @@ def write_structures(records: Sequence[Data], path: str | Path, **options) -> Pa
     return path
 
 
-# Screen row entries that are objects, not table columns (pymatgen / RDKit objects, fingerprints).
-OBJECT_COLUMNS = {"structure", "struct_fp", "comp_fp", "mol"}
+# Screen row entries that are objects, not table columns (pymatgen / RDKit objects, fingerprints,
+# the relaxation result of --xtb / --chgnet).
+OBJECT_COLUMNS = {"structure", "struct_fp", "comp_fp", "mol", "relaxation"}
 
 
 def write_screen_table(path: str | Path, rows: list[dict]) -> list[str]:
@@ -194,11 +195,13 @@ def write_screen_table(path: str | Path, rows: list[dict]) -> list[str]:
 
 
 # SD tags of a passing molecule, in this order, where its row has them (``atom_stability`` is
-# the row's stable atoms over its atoms; the rest are the screen's columns, metrics.py).
+# the row's stable atoms over its atoms; ``score`` the --rank-by value, ranking.py; the rest are
+# the screen's columns, metrics.py, with the properties of ranking.PROPERTIES).
 PASSING_TAGS = (
-    "rank", "passed", "smiles", "n_atoms", "atom_stability", "stable", "valid", "connected",
-    "unique", "novel", "posebusters", "coords_3d", "bond_source", "edm_valid", "xtb_energy_ev",
-    "xtb_relaxation_ev",
+    "rank", "score", "passed", "smiles", "n_atoms", "atom_stability", "stable", "valid",
+    "connected", "unique", "novel", "posebusters", "coords_3d", "bond_source", "edm_valid", "qed",
+    "logp", "sa", "xtb_energy", "xtb_relaxed_energy", "xtb_relaxation_ev", "xtb_rmsd_a",
+    "xtb_gap", "xtb_dipole",
 )  # fmt: skip
 
 

@@ -19,7 +19,7 @@ import pytest
 from ase.build import molecule
 from ase.io import write
 
-from flows import cli, cli_data, cli_sample, cli_train
+from flows import cli, cli_data, cli_options, cli_sample, cli_train
 from flows import lock as L
 from models.config import CSPNetConfig, EGNNConfig
 
@@ -62,6 +62,13 @@ def ldsm(*argv: str, env: dict | None = None, timeout: float = 300) -> subproces
         (["generate", "--out", "o", "--num-atoms", "18-12"], "--num-atoms", "1 <= LOW <= HIGH"),
         (["design", "--num-atoms", "12-x"], "--num-atoms", "a range LOW-HIGH such as 12-18"),
         (["design", "--num-atoms", "0"], "--num-atoms", "must be >= 1"),
+        (
+            ["screen", "x", "--out", "o", "--rank-by", "__import__('os')"],
+            "--rank-by",
+            "not allowed",
+        ),
+        (["screen", "x", "--out", "o", "--rank-by", "-foo"], "--rank-by", "unknown column 'foo'"),
+        (["screen", "x", "--out", "o", "--filter", "qed"], "--filter", "not one comparison"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(argv, option, problem):
@@ -150,7 +157,13 @@ def test_parser_defaults_are_the_configs_defaults():
         == GenerateConfig()
     )
     screen = parser.parse_args(["screen", "x", "--out", "o"])
-    assert screen.chunk_size == ScreenConfig(input="x", out="o").chunk_size
+    screen_config = ScreenConfig(input="x", out="o")
+    assert screen.chunk_size == screen_config.chunk_size
+    assert (screen.rank_by, screen.filter or []) == (screen_config.rank_by, screen_config.filters)
+    ranked = parser.parse_args(
+        cli_options.join_expression_values(["screen", "x", "--out", "o", "--rank-by", "-xtb_gap"])
+    )
+    assert ranked.rank_by == "-xtb_gap"  # a value starting with a minus is the option's value
     assert set(cli_data.COV_CUTOFF_NAMES) == set(crystal_checks.COV_CUTOFFS)
     assert cli_train.MODES == transitions.MODES
     assert set(cli_sample.SAMPLERS) == set(

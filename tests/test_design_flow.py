@@ -8,6 +8,7 @@ import pytest
 
 from flows.design import DEFAULT_CHECKPOINT, DesignConfig, console_summary, design
 from models.config import EGNNConfig
+from pipeline import report_numbers as N
 from pipeline.molecule_recipe import MoleculeRecipeConfig
 from pipeline.recipes import load_trained
 from pipeline.samplers import SamplerConfig
@@ -102,8 +103,13 @@ def test_design_relaxes_molecules_with_xtb_and_reports_both_sets(tmp_path, prefe
         posebusters=False,
         relax="xtb",
         relax_steps=15,
+        rank_by="qed - 0.1*sa",
+        filters=("qed >= 0",),
     )
     metrics = design(config)
+    assert metrics["ranking"]["rank_by"] == "qed - 0.1*sa"
+    passing = sum(r["passed"] for r in N.read_screen_rows(run / "screen" / "screen.csv"))
+    assert metrics["ranking"]["filtered"] == {"qed >= 0": 0}  # every passing one has a QED
     relaxed = metrics["relaxed"]
     assert relaxed["xtb"]["n"] == 3 and relaxed["molecules"]["n"] == 3
     assert (run / "relaxed" / "samples.sdf").read_text().count("$$$$") == 3
@@ -113,5 +119,7 @@ def test_design_relaxes_molecules_with_xtb_and_reports_both_sets(tmp_path, prefe
     assert saved["relaxed"]["molecules"] == relaxed["molecules"]
     report = (run / "report.md").read_text()
     assert "## GFN2-xTB relaxation" in report and "| metric | as generated | relaxed |" in report
+    assert "## Top candidates" in report and "`qed - 0.1*sa`" in report
+    assert ("No molecule passed." in report) == (passing == 0)
     summary = console_summary(str(run), metrics)
     assert summary["relaxed"]["n"] == 3 and "atom_stability" in summary["relaxed"]

@@ -247,3 +247,35 @@ def test_crystal_report_numbers_agree_with_the_screen_metrics(perov, tmp_path):
     assert _table(text, "| atoms |") == [["5", "6", "20"]]
     low, high = N.density_axis(gen_rho, ref_rho)
     assert (low, high) == (min(ref_rho.min(), np.percentile(gen_rho, 1)), ref_rho.max())
+
+
+def test_design_report_shows_the_screens_top_candidates(qm9_head, tmp_path):
+    """The screen's rows of the first 8 QM9 molecules (QED 0.33-0.40) ranked by QED, filtered by
+    QED >= 0.36 (water, acetylene and methane out), written to screen.csv and read back: the
+    design report's top candidates are the first passing rows in that order, with the values of
+    the table and a drawing of each."""
+    from pipeline import metrics as pm
+    from pipeline.ranking import apply_filters, parse_expression, parse_filter, rank
+    from pipeline.writers import write_screen_table
+
+    rows = pm.check_molecule_records(qm9_head[:8], posebusters=False)
+    pm.molecule_set_metrics(rows, None)
+    removed = apply_filters(rows, [parse_filter("qed >= 0.36")])
+    assert removed == {"qed >= 0.36": 3}
+    ranked = rank(rows, parse_expression("qed"))
+    write_screen_table(tmp_path / "screen.csv", ranked)
+    screen_rows = N.read_screen_rows(tmp_path / "screen.csv")
+    assert [r["qed"] for r in screen_rows] == [r["qed"] for r in ranked]
+
+    ranking = {"rank_by": "qed", "filtered": removed}
+    metrics = {"molecules": {"n": 8}, "ranking": ranking}
+    report = R.design_report(tmp_path, qm9_head[:8], [], metrics, screen_rows=screen_rows)
+    text = report.read_text()
+    assert "Ranked by the score `qed`" in text
+    assert f"- `qed >= 0.36` removed {removed['qed >= 0.36']}" in text
+    shown = _table(text, "| rank | name | smiles | score |")
+    passing = [r for r in ranked if r["passed"]][:6]
+    assert passing and [row[1] for row in shown] == [r["name"] for r in passing]
+    assert [float(row[3]) for row in shown] == pytest.approx([r["qed"] for r in passing], 1e-3)
+    assert all(r["qed"] >= 0.36 for r in passing) and len(passing) == 5
+    assert (tmp_path / "plots" / "top_molecules.png").read_bytes().startswith(PNG)

@@ -20,6 +20,7 @@ from pipeline import crystal_checks as cc
 from pipeline import crystal_fingerprints as cfp
 from pipeline import metrics as pm
 from pipeline import molecule_checks as mc
+from pipeline.ranking import rank
 
 SHARED = Path(
     os.environ.get("LDSM_SHARED_DATA", Path(__file__).resolve().parents[1] / "../shared/datasets")
@@ -54,7 +55,7 @@ def test_molecule_rows_and_metrics():
     assert rows[3]["stable_reason"] == rows[3]["valid_reason"] == "non-finite coordinates"
     assert "merged" in rows[4]["stable_reason"]
     assert rows[2]["unique_reason"] == "duplicate SMILES"
-    ranked = pm.rank(rows)
+    ranked = rank(rows)
     assert ranked[0]["name"] == "CH3OH" and ranked[0]["rank"] == 1
     empty = pm.molecule_set_metrics([], None)
     assert empty["n"] == 0 and all(v is None for k, v in empty.items() if k != "n")
@@ -379,3 +380,122 @@ def test_reference_fingerprints_are_cached_by_content(tmp_path, monkeypatch):
     assert np.array_equal(np.asarray(first[0]), np.asarray(again[0]))
     assert reference_structures(str(tmp_path / "other.csv"))[1] != key
     assert [p.name for p in cache.parent.iterdir()] == [cache.name]  # no partial files left
+
+
+@pytest.fixture()
+def small_set(tmp_path) -> Path:
+    """Water with one O-H bond stretched 20 %, methane, ammonia and cubic SrTiO3 (a = 4.0 A)."""
+    folder = tmp_path / "small"
+    folder.mkdir()
+    water = molecule("H2O")
+    water.positions[1] = water.positions[0] + 1.2 * (water.positions[1] - water.positions[0])
+    for name, atoms in (
+        ("water", water),
+        ("methane", molecule("CH4")),
+        ("ammonia", molecule("NH3")),
+    ):
+        write(folder / f"{name}.xyz", atoms)
+    perovskite = Structure(
+        Lattice.cubic(4.0),
+        ["Sr", "Ti", "O", "O", "O"],
+        [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]],
+    )
+    perovskite.to(filename=str(folder / "srtio3.cif"))
+    return folder
+
+
+def test_screen_ranks_filters_and_writes_the_relaxed_structures(
+    small_set, tmp_path, prefect_harness
+):
+    """Real GFN2-xTB and CHGNet on three molecules and one cell: ranked by the smallest xTB gap
+    (ammonia 12.2 eV < water 14.4 < methane 17.4), methane's SA score (7.3) removed by sa<=7,
+    the relaxed structures written in rank order and read back with the energies of the table;
+    a second run loads the stored chunks (relaxations included) and writes the same files."""
+    from pymatgen.core import Structure as PymatgenStructure
+    from rdkit import Chem
+
+    from flows.screen import ScreenConfig, screen_flow
+
+    out = tmp_path / "out"
+    config = ScreenConfig(
+        input=str(small_set),
+        out=str(out),
+        posebusters=False,
+        xtb=True,
+        chgnet=True,
+        rank_by="-xtb_gap",
+        filters=["sa<=7", "chgnet_relaxed_energy_per_atom < -8"],
+    )
+    metrics = screen_flow(config)
+    assert metrics["ranking"] == {
+        "rank_by": "-xtb_gap",
+        "filtered": {"sa<=7": 1, "chgnet_relaxed_energy_per_atom < -8": 0},
+    }
+    with open(out / "screen.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["kind"] == "molecule"]
+    assert [r["name"] for r in rows] == ["ammonia:0", "water:0", "methane:0"]
+    assert [r["passed"] for r in rows] == ["True", "True", "False"]
+    assert rows[2]["filter_reason"] == "fails sa<=7"
+    assert float(rows[0]["score"]) == pytest.approx(-float(rows[0]["xtb_gap"]))
+    assert 12 < float(rows[0]["xtb_gap"]) < float(rows[1]["xtb_gap"]) < float(rows[2]["xtb_gap"])
+    assert float(rows[1]["xtb_relaxation_ev"]) > 0.3  # the stretched bond
+    assert 0 <= float(rows[0]["qed"]) <= 1 and float(rows[2]["sa"]) > 7
+
+    relaxed = Chem.SDMolSupplier(str(out / "relaxed" / "molecules" / "samples.sdf"), removeHs=False)
+    mols = list(relaxed)
+    assert [m.GetProp("_Name") for m in mols] == [r["name"] for r in rows]
+    water = mols[1].GetConformer().GetPositions()
+    for h in (1, 2):  # both O-H bonds at GFN2-xTB's length, the stretched one too
+        assert 0.93 < np.linalg.norm(water[h] - water[0]) < 0.99
+    with open(out / "relaxed" / "molecules" / "relax.csv") as f:
+        table = {r["name"]: r for r in csv.DictReader(f)}
+    for row in rows:
+        assert float(table[row["name"]]["xtb_relaxed_energy"]) == pytest.approx(
+            float(row["xtb_relaxed_energy"])
+        )
+
+    cell = PymatgenStructure.from_file(out / "relaxed" / "crystals" / "samples.cif")
+    assert cell.composition.reduced_formula == "SrTiO3"
+    assert 3.85 < cell.lattice.a < 4.0  # CHGNet shrinks the cell towards 3.95 A (expt. 3.905)
+    with open(out / "relaxed" / "crystals" / "relax.csv") as f:
+        (crystal,) = csv.DictReader(f)
+    assert float(crystal["relaxed_energy_per_atom"]) < float(crystal["energy_per_atom"]) < -8
+
+    sdf = Chem.SDMolSupplier(str(out / "passing" / "molecules.sdf"), removeHs=False)
+    tags = [m.GetPropsAsDict() for m in sdf]
+    assert [t["rank"] for t in tags] == [1, 2] and tags[0]["score"] == pytest.approx(
+        -tags[0]["xtb_gap"]
+    )
+    report = (out / "report.md").read_text()
+    assert "## Top candidates" in report and "`-xtb_gap`" in report
+    assert "- `sa<=7` removed 1" in report and (out / "plots" / "top_molecules.png").exists()
+    assert "## Relaxed molecules (GFN2-xTB)" in report and "## Relaxed crystals (CHGNet)" in report
+
+    assert len(list((out / ".chunks").glob("*.pt"))) == 2  # relaxations stored with the rows
+    before = (out / "relaxed" / "molecules" / "samples.sdf").read_text()
+    (out / "relaxed" / "molecules" / "samples.sdf").unlink()
+    assert screen_flow(config) == metrics
+    assert (out / "relaxed" / "molecules" / "samples.sdf").read_text() == before
+
+
+def test_a_column_of_xtb_or_chgnet_needs_its_option():
+    from pydantic import ValidationError
+
+    from flows.screen import ScreenConfig
+
+    with pytest.raises(ValidationError, match="xtb_gap is computed by --xtb, which is not on"):
+        ScreenConfig(input="x", out="o", rank_by="-xtb_gap")
+    with pytest.raises(ValidationError, match="unknown column 'gap'"):
+        ScreenConfig(input="x", out="o", filters=["gap > 1"])
+    assert ScreenConfig(input="x", out="o", rank_by=" qed - 0.1*sa ").rank_by == "qed - 0.1*sa"
+
+
+def test_a_design_ranks_and_filters_on_what_its_screen_computes():
+    from pydantic import ValidationError
+
+    from flows.design import DesignConfig
+
+    config = DesignConfig(rank_by="qed - 0.1*sa", filters=("sa<=4",))
+    assert (config.rank_by, config.filters) == ("qed - 0.1*sa", ("sa<=4",))
+    with pytest.raises(ValidationError, match="xtb_gap is computed by ldsm screen --xtb"):
+        DesignConfig(relax="xtb", rank_by="-xtb_gap")

@@ -11,6 +11,7 @@ from rdkit.Chem import AllChem
 from pipeline import metrics as pm
 from pipeline.generate import write_samples
 from pipeline.io import read_structures
+from pipeline.ranking import rank
 from pipeline.structures import make_molecule
 from pipeline.writers import BONDS_TAG, PASSING_TAGS, PERCEIVED, write_passing, write_sdf
 
@@ -124,7 +125,7 @@ def test_passing_molecules_are_in_rank_order_with_their_verdicts_as_tags(tmp_pat
     read = read_structures(tmp_path / "in.sdf").records
     rows = pm.check_molecule_records(read, posebusters=False)
     pm.molecule_set_metrics(rows, None)
-    ranked = pm.rank(rows)
+    ranked = rank(rows)
     write_passing(tmp_path / "passing", ranked)
     mols = sd_records(tmp_path / "passing" / "molecules.sdf")
     assert [m.GetProp("_Name") for m in mols] == ["methanol", "benzene"]
@@ -137,9 +138,16 @@ def test_passing_molecules_are_in_rank_order_with_their_verdicts_as_tags(tmp_pat
     assert benzene["atom_stability"] == pytest.approx(row["n_stable_atoms"] / 12)
     assert row["n_stable_atoms"] < 12
     assert set(PASSING_TAGS) - set(methanol) == {
+        "score",
         "novel",
         "posebusters",
-        "xtb_energy_ev",
+        "xtb_energy",
+        "xtb_relaxed_energy",
         "xtb_relaxation_ev",
+        "xtb_rmsd_a",
+        "xtb_gap",
+        "xtb_dipole",
     }
+    by_name = {r["name"]: r for r in ranked}
+    assert float(methanol["qed"]) == pytest.approx(by_name["methanol"]["qed"], abs=1e-9)
     assert next(r for r in ranked if r["name"] == "dimer")["rank"] == 3
