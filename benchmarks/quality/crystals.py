@@ -37,9 +37,9 @@ from pipeline import crystal_checks as cc
 from pipeline import crystal_fingerprints as cfp
 from pipeline import metrics as pm
 from pipeline.cache import ldsm_home
+from pipeline.crystal_process import CrystalProcess
 from pipeline.datasets import load_dataset
 from pipeline.recipes import load_trained
-from pipeline.crystal_process import CrystalProcess
 from pipeline.samplers import SamplerConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "crystals"
