@@ -19,12 +19,12 @@ from flows.cli_train import add_training_options
 
 DESIGN_ENTRYPOINT = "flows.design:design"
 GENERATE = dict(
-    n=100, sampler="sde", nfe=100, grid_power=2.0, corrector=0.0, batch_size=250, seed=0
+    n=100, sampler="auto", nfe=100, grid_power=4.0, corrector=0.0, batch_size=250, seed=0
 )
-SAMPLERS = ("sde", "ode", "ancestral")  # pipeline.samplers.SamplerConfig.kind
+SAMPLERS = ("auto", "sde", "ode", "ancestral")  # pipeline.samplers.SamplerConfig.kind
 SAMPLER_HELP = (
     "reverse SDE (Euler-Maruyama), probability-flow ODE (Heun) or ancestral (EDM's posterior "
-    "steps; linear-process models only)"
+    "steps; linear-process models only); auto: ancestral for a linear-process model, else sde"
 )
 DESIGN = dict(out="runs/design", n=200, nfe=100, reference_size=1000, relax="none")
 
