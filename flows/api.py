@@ -108,7 +108,7 @@ def generate(
     model cannot use."""
     config = config or GenerateConfig(**options)
     trained = check_checkpoint(str(checkpoint))
-    check_sampler(config.sampler.kind, trained)
+    check_sampler(config.sampler.kind, trained, config.sampler.corrector)
     with _owned(out):
         metrics = generate_flow(str(checkpoint), config, str(out), threads)
     return Run(Path(out), metrics)

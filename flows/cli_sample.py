@@ -19,11 +19,13 @@ from flows.cli_options import (
 from flows.cli_train import add_training_options
 
 DESIGN_ENTRYPOINT = "flows.design:design"
-GENERATE = dict(n=100, sampler="sde", nfe=100, grid_power=2.0, batch_size=250, seed=0)
-SAMPLERS = ("sde", "ode", "ancestral")  # pipeline.samplers.SamplerConfig.kind
+GENERATE = dict(
+    n=100, sampler="auto", nfe=100, grid_power=4.0, corrector=0.0, batch_size=250, seed=0
+)
+SAMPLERS = ("auto", "sde", "ode", "ancestral")  # pipeline.samplers.SamplerConfig.kind
 SAMPLER_HELP = (
     "reverse SDE (Euler-Maruyama), probability-flow ODE (Heun) or ancestral (EDM's posterior "
-    "steps; linear-process models only)"
+    "steps; linear-process models only); auto: ancestral for a linear-process model, else sde"
 )
 DESIGN = dict(out="runs/design", n=200, nfe=100, reference_size=1000, relax="none")
 
@@ -45,9 +47,9 @@ def add_sampler_options(parser: argparse.ArgumentParser, nfe: int) -> None:
     parser.add_argument(
         "--corrector",
         type=nonnegative_float,
-        default=None,
-        help="Langevin corrector step per sigma_t^2 before every step (crystals; NFE = 2 steps); "
-        "None: the model's own (crystals 0.4, DiffCSP's; molecules none); 0: off",
+        default=GENERATE["corrector"],
+        help="crystals: a Langevin corrector of step C sigma_t^2 on the coordinates before every "
+        "step (DiffCSP's 1e-5 / 0.005^2 = 0.4; NFE = 2 steps); 0: none",
     )
     parser.add_argument(
         "--num-atoms",

@@ -314,7 +314,7 @@ def check_design(config: DesignConfig, args: argparse.Namespace) -> None:
             f"--relax {config.relax} relaxes {relaxes}s; --checkpoint {config.checkpoint} is a "
             f"{trained.recipe.config.kind} model"
         )
-    check_sampler(config.sampler.kind, trained)
+    check_sampler(config.sampler.kind, trained, config.sampler.corrector)
     check_num_atoms(config.num_atoms, trained)
     trained_on = trained.info.get("dataset", "?")
     if "dataset" in getattr(args, "explicit", set()) and trained_on != args.dataset:

@@ -169,14 +169,20 @@ def saved_on_stop(args: argparse.Namespace) -> str:
     )
 
 
-def check_sampler(kind: str, trained: Trained) -> None:
+def check_sampler(kind: str, trained: Trained, corrector: float | None = None) -> None:
     """Refuse ``--sampler ancestral`` for a molecule model of a nonlinear drift (its posterior
-    steps need the closed-form transition of the linear process)."""
+    steps need the closed-form transition of the linear process) and a positive ``--corrector``
+    for a molecule model (only the crystal process has a Langevin corrector)."""
     config = trained.recipe.config
     if kind == "ancestral" and config.kind == "molecule" and config.process.drift != "linear":
         raise UsageError(
             f"--sampler ancestral needs a model of the linear process; this one uses the "
             f"{config.process.drift} drift (use --sampler sde or ode)"
+        )
+    if corrector and config.kind == "molecule":
+        raise UsageError(
+            f"--corrector {corrector:g}: only crystal models have a Langevin corrector; "
+            "leave it out for molecules"
         )
 
 
@@ -194,7 +200,7 @@ def check(args: argparse.Namespace) -> None:
     """``ldsm generate``'s checks before the flow: the compositions parse, the checkpoint loads,
     the sampler suits it, a ``--num-atoms`` range holds training sizes."""
     trained = check_checkpoint(checkpoint_of(args, compositions_of(args) is not None))
-    check_sampler(args.sampler, trained)
+    check_sampler(args.sampler, trained, args.corrector)
     check_num_atoms(args.num_atoms, trained)
 
 

@@ -65,10 +65,6 @@ class CrystalProcess:
     (target 0) and ``type_scale`` bounds its denoised value when it is not.
     """
 
-    # The corrector of SamplerConfig(corrector=None): DiffCSP's step_lr 1e-5 / sigma_begin 0.005^2;
-    # 0.1 to 1 lifted structural validity on Perov-5 alike (BENCHMARKS quality-perov-5).
-    default_corrector = 0.4
-
     def __init__(
         self,
         schedule: Schedule,

@@ -216,6 +216,16 @@ def test_ancestral_sampler_on_a_nonlinear_drift_model_is_one_line(tmp_path, pref
     assert "--sampler ancestral" in line and "physical" in line
 
 
+def test_a_corrector_for_a_molecule_model_is_refused_in_one_line(tmp_path):
+    from flows.generate import check_sampler
+    from pipeline.recipes import load_trained
+
+    trained = load_trained(_molecule_checkpoint(tmp_path / "m.pt"))
+    check_sampler("sde", trained, 0.0)  # 0: off, accepted
+    with pytest.raises(cli_usage_error(), match="only crystal models have a Langevin corrector"):
+        check_sampler("sde", trained, 0.4)
+
+
 def test_checkpoint_problems_name_the_file(tmp_path, capsys, prefect_harness):
     good = _molecule_checkpoint(tmp_path / "m.pt")
     empty = tmp_path / "empty.pt"

@@ -140,7 +140,9 @@ def test_langevin_corrector_keeps_a_gaussian_at_ulas_analytic_variance():
     u0 = x0.u.mean(0) * 0 + 0.5 / recipe.scale  # mid-cell: no wrap at this sigma (c sigma << 1)
     want = var / (1 - size / 2)
     gen = torch.Generator().manual_seed(3)
-    x = x0._replace(u=u0 + math.sqrt(want) * torch.randn(x0.u.shape, generator=gen, dtype=torch.float64))
+    x = x0._replace(
+        u=u0 + math.sqrt(want) * torch.randn(x0.u.shape, generator=gen, dtype=torch.float64)
+    )
 
     def score(state, tt, b):
         return state._replace(u=-(state.u - u0) / var)

@@ -135,6 +135,24 @@ def test_shipped_model_missing_is_a_clear_error(tmp_path, monkeypatch):
         flow.shipped_checkpoint("perov-5", csp=True)
 
 
+def test_the_shipped_perov5_de_novo_model_samples_perovskite_elements_only():
+    """``models/weights/perov-5_cspnet.pt`` (README: command and numbers) is the de novo model
+    that ``ldsm design --dataset perov-5`` takes: five-atom cells of Perov-5's elements, finite."""
+    from flows.generate import shipped_checkpoint
+
+    trained = load_trained(shipped_checkpoint("perov-5"))
+    config = trained.recipe.config
+    assert config.types == "diffuse" and config.lattice.kind == "cubic"
+    assert trained.info["dataset"] == "perov-5" and set(trained.num_atoms) == {5}
+    out, used = trained.recipe.sample(
+        trained.model, torch.tensor([5] * 4), SamplerConfig(nfe=10), torch.Generator()
+    )
+    assert used == 10 and len(out) == 4
+    for crystal in out:
+        assert set(crystal.z.tolist()) <= set(config.elements)
+        assert torch.isfinite(crystal.lattice).all() and torch.isfinite(crystal.frac).all()
+
+
 def test_the_shipped_perov5_csp_model_loads_as_structure_prediction():
     """``models/weights/perov-5_csp.pt`` (README: command and numbers) predicts SrTiO3 cells."""
     from flows.generate import shipped_checkpoint

@@ -201,7 +201,7 @@ def test_cli_generate_writes_sdf_with_the_histogram_sizes(tmp_path, prefect_harn
     assert len(records) == 5 and {len(m.z) for m in records} <= set(HISTOGRAM)
     summary = json.loads((out / "generation.json").read_text())
     assert summary["n"] == 5 and summary["nfe"] == 2 and summary["chunks"] == 3
-    assert summary["checkpoint"] == str(checkpoint) and summary["sampler"]["kind"] == "sde"
+    assert summary["checkpoint"] == str(checkpoint) and summary["sampler"]["kind"] == "auto"
     # The flow's chunks (Prefect tasks) give exactly what the library gives in one process.
     config = GenerateConfig(n=5, batch_size=2, sampler=SamplerConfig(nfe=2), seed=3)
     direct = generate(load_trained(checkpoint), config)

@@ -11,6 +11,7 @@ from pipeline.node_parts import NodeParts
 from pipeline.processes import GradientProcess, vp_process
 from pipeline.samplers import (
     SamplerConfig,
+    no_closed_form,
     posterior_step,
     prior_sample,
     probability_flow_heun,
@@ -99,6 +100,28 @@ def test_ancestral_sampler_refuses_a_process_without_closed_form():
     batch = torch.arange(4)
     with pytest.raises(ValueError, match="linear"):
         reverse_ancestral(lambda x, t, b: -x, process, torch.zeros(4, 2, dtype=F64), batch, 5)
+
+
+@pytest.mark.parametrize("linear", [True, False])
+def test_auto_is_ancestral_on_the_linear_process_and_the_sde_otherwise(linear):
+    """``kind="auto"`` draws exactly what the kind it resolves to draws, from the same seed."""
+    energy = None if linear else Energy([mixture()])
+    process = vp_process(LinearSchedule()) if linear else GradientProcess(energy, LinearSchedule())
+    x1, batch = torch.randn(6, 2, dtype=F64), torch.arange(6)
+    want = "ancestral" if linear else "sde"
+    runs = {
+        kind: run_sampler(
+            SamplerConfig(kind=kind, nfe=7),
+            lambda x, t, b: -x,
+            process,
+            x1,
+            batch,
+            torch.Generator().manual_seed(2),
+        )  # fmt: skip
+        for kind in ("auto", want)
+    }
+    assert runs["auto"].nfe == 7 and torch.equal(runs["auto"].x, runs[want].x)
+    assert (no_closed_form(process, x1) is None) == linear
 
 
 def mixture() -> GaussianMixturePotential:

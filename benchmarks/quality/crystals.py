@@ -39,7 +39,6 @@ from pipeline import metrics as pm
 from pipeline.cache import ldsm_home
 from pipeline.datasets import load_dataset
 from pipeline.recipes import load_trained
-from pipeline.crystal_process import CrystalProcess
 from pipeline.samplers import SamplerConfig
 
 RESULTS = Path(__file__).resolve().parent / "results" / "crystals"
@@ -236,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--corrector",
         type=float,
-        default=CrystalProcess.default_corrector,
+        default=SamplerConfig().corrector,
         help="Langevin corrector step / sigma_t^2 (pipeline.samplers.SamplerConfig; 0: none)",
     )
     parser.add_argument(

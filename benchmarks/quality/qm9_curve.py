@@ -77,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sampler", nargs="+", default=["sde"], choices=["sde", "ode", "ancestral"]
     )
-    parser.add_argument(
-        "--grid-power", nargs="+", type=float, default=[SamplerConfig().grid_power]
-    )
+    parser.add_argument("--grid-power", nargs="+", type=float, default=[SamplerConfig().grid_power])
     parser.add_argument("--n", type=int, default=500, help="molecules per snapshot")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -115,9 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(metrics), flush=True)
     found = [json.loads(p.read_text()) for p in args.results.glob("step-*.json")]
     order = {"sde": 0, "ancestral": 1, "ode": 2}
-    found.sort(
-        key=lambda m: (m["step"], -m["nfe"], order[m["sampler"]], m.get("grid_power", 1.0))
-    )
+    found.sort(key=lambda m: (m["step"], -m["nfe"], order[m["sampler"]], m.get("grid_power", 1.0)))
     lines = [
         "| step | epochs | CPU-h | sampler | grid | NFE | n | atom stab. | mol. stab. | valid (EDM) |"
         " V x U | novel | denoising error at t = 0.01 / 0.03 / 0.1 / 0.3 |",
