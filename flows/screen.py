@@ -29,6 +29,12 @@ INPUT that does not exist ends the command before any flow with one line on stde
 code 2; INPUT none of whose files can be read (empty, binary, unsupported, a CSV without its
 ``cif`` column), or from which no record could be read, ends with one line and exit code 1.
 
+PoseBusters' energy ratio compares the pose with a reference ensemble of
+``--posebusters-conformers`` conformers (the verdicts each size changes, and the speed, are in
+BENCHMARKS.md, "PoseBusters throughput"); its verdicts are cached in
+``$LDSM_HOME/posebusters/verdicts.sqlite`` per posed molecule (any atom order or name) and per
+PoseBusters / RDKit version and ensemble size, so a screen of molecules judged before reads them.
+
 ``--workers N`` checks the chunks on N local Dask processes, ``--dask-address`` on a running Dask
 cluster (``flows.runners``); the outputs are the same.
 
@@ -50,7 +56,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.exceptions import MissingContextError
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from rdkit import RDLogger
 
 from flows import lock
@@ -60,6 +66,8 @@ from flows.runners import with_runner
 from pipeline import crystal_checks as cc
 from pipeline import metrics as pm
 from pipeline import reference as ref
+from pipeline.cache import ldsm_home
+from pipeline.molecule_3d_checks import POSEBUSTERS_CONFORMERS
 from pipeline.report import screen_report
 from pipeline.structures import is_crystal
 from pipeline.writers import write_passing, write_screen_table
@@ -73,6 +81,7 @@ class ScreenConfig(BaseModel):
     reference: str | None = None
     train_smiles: str | None = None
     posebusters: bool = True
+    posebusters_conformers: int = Field(POSEBUSTERS_CONFORMERS, ge=1)  # energy-ratio ensemble
     xtb: bool = False
     chgnet: bool = False
     cov_cutoffs: str | None = None
@@ -92,11 +101,20 @@ def read_task(path: str):
 
 
 @task
-def check_molecules_task(chunk: list, posebusters: bool, xtb: bool) -> list[dict]:
-    """Check one chunk of molecules (``pipeline.metrics.check_molecule_records``)."""
+def check_molecules_task(
+    chunk: list, posebusters: bool, xtb: bool, posebusters_conformers: int
+) -> list[dict]:
+    """Check one chunk of molecules (``pipeline.metrics.check_molecule_records``), PoseBusters'
+    verdicts cached in ``$LDSM_HOME/posebusters/verdicts.sqlite`` (``pipeline.posebusters_cache``)."""
     # RDKit's console lines off in this process too (a Dask worker): the reasons are in the rows.
     RDLogger.DisableLog("rdApp.*")
-    return pm.check_molecule_records(chunk, posebusters=posebusters, xtb=xtb)
+    return pm.check_molecule_records(
+        chunk,
+        posebusters=posebusters,
+        xtb=xtb,
+        posebusters_conformers=posebusters_conformers,
+        posebusters_cache=str(ldsm_home() / "posebusters" / "verdicts.sqlite"),
+    )
 
 
 @task
@@ -154,7 +172,12 @@ def _screen(config: ScreenConfig, out: Path) -> dict:
             ref_fps = reference_fingerprints_task(reference, key, config.reference_processes)
 
     mol_calls = [
-        dict(chunk=c, posebusters=config.posebusters, xtb=config.xtb)
+        dict(
+            chunk=c,
+            posebusters=config.posebusters,
+            xtb=config.xtb,
+            posebusters_conformers=config.posebusters_conformers,
+        )
         for c in _chunks(molecules, config.chunk_size)
     ]
     cry_calls = [
@@ -239,6 +262,7 @@ def run(args) -> int:
         reference=args.reference,
         train_smiles=args.train_smiles,
         posebusters=not args.no_posebusters,
+        posebusters_conformers=args.posebusters_conformers,
         xtb=args.xtb,
         chgnet=args.chgnet,
         cov_cutoffs=args.cov_cutoffs,

@@ -147,7 +147,9 @@ def test_parser_defaults_are_the_configs_defaults():
         == GenerateConfig()
     )
     screen = parser.parse_args(["screen", "x", "--out", "o"])
-    assert screen.chunk_size == ScreenConfig(input="x", out="o").chunk_size
+    screen_config = ScreenConfig(input="x", out="o")
+    assert screen.chunk_size == screen_config.chunk_size
+    assert screen.posebusters_conformers == screen_config.posebusters_conformers
     assert set(cli_data.COV_CUTOFF_NAMES) == set(crystal_checks.COV_CUTOFFS)
     assert cli_train.MODES == transitions.MODES
     assert set(cli_sample.SAMPLERS) == set(
