@@ -68,7 +68,7 @@ def add_screen(sub) -> None:
         "--chunk-size",
         type=positive_int,
         default=SCREEN["chunk_size"],
-        help="candidates per task",
+        help="candidates per task, at most (a small input is split so that every worker has one)",
     )
     parser.add_argument(
         "--reference-processes",
