@@ -9,7 +9,7 @@ from flows.cli_options import add_runner_options, nonnegative_int, positive_int
 
 ROOT = Path(__file__).resolve().parents[1]
 COV_CUTOFF_NAMES = ("carbon_24", "mp_20", "perov_5")  # pipeline.crystal_checks.COV_CUTOFFS
-SCREEN = dict(chunk_size=256, reference_processes=0, posebusters_conformers=50)
+SCREEN = dict(chunk_size=256, reference_processes=0, posebusters_conformers=10)
 
 
 def _card_names() -> list[str]:
@@ -59,8 +59,8 @@ def add_screen(sub) -> None:
         "--posebusters-conformers",
         type=positive_int,
         default=SCREEN["posebusters_conformers"],
-        help="conformers in PoseBusters' energy-ratio reference ensemble (its own default: 50; "
-        "fewer is faster, the verdicts each size changes are in BENCHMARKS.md)",
+        help="conformers in PoseBusters' energy-ratio reference ensemble (PoseBusters' own "
+        "config: 50; 10 gave its verdicts on a fixed set, 5x faster: BENCHMARKS.md)",
     )
     parser.add_argument("--xtb", action="store_true", help="GFN2-xTB relaxation (slow)")
     parser.add_argument("--chgnet", action="store_true", help="CHGNet energy and relaxation")

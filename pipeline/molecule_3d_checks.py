@@ -23,10 +23,13 @@ from pipeline.verdict import Verdict
 # PoseBusters to 1e-10), and a negative mean (C2H2: -0.03) turns the ratio's sign: the ratio then
 # says nothing about strain. Below this reference energy the check is "not applicable".
 MIN_REFERENCE_ENERGY = 0.1  # kcal/mol, well below kT at 300 K (0.6 kcal/mol)
-# The conformers of the energy ratio's reference ensemble (ETKDGv3 + UFF, seed 42): PoseBusters'
-# "mol" config uses 50. The ensemble is ~80 % of PoseBusters' time on QM9-sized molecules;
-# BENCHMARKS.md ("PoseBusters throughput") counts the verdicts each size changes.
-POSEBUSTERS_CONFORMERS = 50
+# The conformers of the energy ratio's reference ensemble (ETKDGv3 + UFF, seed 42). PoseBusters'
+# "mol" config uses 50; the ensemble is most of PoseBusters' time on QM9-sized molecules, and an
+# ensemble ETKDG cannot embed (strained polycyclic QM9 molecules: the check is then not
+# applicable) costs seconds per conformer asked for. 10 gave the verdicts of 50 on a fixed set of
+# real and strained QM9 molecules at a fifth of the CPU time (BENCHMARKS.md, "PoseBusters
+# throughput", counts the verdicts each size changes).
+POSEBUSTERS_CONFORMERS = 10
 # Bump when the reading of PoseBusters' table below changes: cached verdicts of older rules are
 # then not reused (pipeline.posebusters_cache).
 VERDICT_RULES = 1

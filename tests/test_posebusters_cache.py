@@ -67,7 +67,7 @@ def test_a_reordered_renamed_copy_hits_the_cache(molecules, tmp_path):
     assert [stored[pose_key(c)] for c in copies] == verdicts
     assert m3d.posebusters_checks(copies, cache=cache) == verdicts
     # Another ensemble size is another setting: nothing of the first is read back.
-    other = VerdictCache(cache, m3d.verdict_cache_settings(10))
+    other = VerdictCache(cache, m3d.verdict_cache_settings(50))
     assert other.get_many([pose_key(m) for m in molecules]) == {}
 
 
