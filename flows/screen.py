@@ -104,7 +104,7 @@ def read_task(path: str):
 
 @task
 def check_molecules_task(
-    chunk: list, posebusters: bool, xtb: bool, posebusters_conformers: int
+    chunk: list, posebusters: bool, xtb: bool, posebusters_conformers: int = POSEBUSTERS_CONFORMERS
 ) -> list[dict]:
     """Check one chunk of molecules (``pipeline.metrics.check_molecule_records``), PoseBusters'
     verdicts cached in ``$LDSM_HOME/posebusters/verdicts.sqlite`` (``pipeline.posebusters_cache``)."""
