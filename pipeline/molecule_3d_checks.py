@@ -40,8 +40,9 @@ def posebusters_config(conformers: int = POSEBUSTERS_CONFORMERS) -> dict:
 
     The "mol" config of PoseBusters 0.6 lists the energy-ratio module twice, once without a
     pass/fail output; its result columns are the same as the second one's, which overwrites them,
-    so it is dropped here (the second run was a cache hit for the ensemble but repeated the
-    pose's own UFF work). ``conformers`` >= 1, else ValueError.
+    so it is dropped here: its run repeated the pose's own UFF work, and the whole ensemble where
+    ETKDG could not embed one (PoseBusters caches ensembles per InChI, but not failures).
+    ``conformers`` >= 1, else ValueError.
     """
     from posebusters import PoseBusters
 
