@@ -37,6 +37,12 @@ INPUT that does not exist ends the command before any flow with one line on stde
 code 2; INPUT none of whose files can be read (empty, binary, unsupported, a CSV without its
 ``cif`` column), or from which no record could be read, ends with one line and exit code 1.
 
+PoseBusters' energy ratio compares the pose with a reference ensemble of
+``--posebusters-conformers`` conformers (the verdicts each size changes, and the speed, are in
+BENCHMARKS.md, "PoseBusters throughput"); its verdicts are cached in
+``$LDSM_HOME/posebusters/verdicts.sqlite`` per posed molecule (any atom order or name) and per
+PoseBusters / RDKit version and ensemble size, so a screen of molecules judged before reads them.
+
 ``--workers N`` checks the chunks on N local Dask processes, ``--dask-address`` on a running Dask
 cluster (``flows.runners``); the outputs are the same.
 
@@ -58,7 +64,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.exceptions import MissingContextError
 from prefect.task_runners import ThreadPoolTaskRunner
-from pydantic import BaseModel, field_validator, model_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 from rdkit import RDLogger
 
 from flows import lock
@@ -68,6 +74,8 @@ from flows.runners import with_runner
 from pipeline import crystal_checks as cc
 from pipeline import metrics as pm
 from pipeline import reference as ref
+from pipeline.cache import ldsm_home
+from pipeline.molecule_3d_checks import POSEBUSTERS_CONFORMERS
 from pipeline.ranking import (
     apply_filters,
     needed_options,
@@ -80,6 +88,8 @@ from pipeline.report import screen_report
 from pipeline.structures import is_crystal
 from pipeline.writers import write_passing, write_screen_table
 
+SCREEN_THREADS = 2  # the flow's own task runner (with workers=0)
+
 
 class ScreenConfig(BaseModel):
     """Typed configuration of one screening run (dumped to DIR/config.json)."""
@@ -89,10 +99,11 @@ class ScreenConfig(BaseModel):
     reference: str | None = None
     train_smiles: str | None = None
     posebusters: bool = True
+    posebusters_conformers: int = Field(POSEBUSTERS_CONFORMERS, ge=1)  # energy-ratio ensemble
     xtb: bool = False
     chgnet: bool = False
     cov_cutoffs: str | None = None
-    chunk_size: int = 256
+    chunk_size: int = 256  # at most; a small input is split so that every worker gets a chunk
     workers: int = 0  # local Dask worker processes; 0: threads (see flows.runners)
     dask_address: str | None = None  # an existing Dask scheduler instead
     reference_processes: int = 0  # processes for the reference fingerprints; 0: every core
@@ -129,11 +140,20 @@ def read_task(path: str):
 
 
 @task
-def check_molecules_task(chunk: list, posebusters: bool, xtb: bool) -> list[dict]:
-    """Check one chunk of molecules (``pipeline.metrics.check_molecule_records``)."""
+def check_molecules_task(
+    chunk: list, posebusters: bool, xtb: bool, posebusters_conformers: int = POSEBUSTERS_CONFORMERS
+) -> list[dict]:
+    """Check one chunk of molecules (``pipeline.metrics.check_molecule_records``), PoseBusters'
+    verdicts cached in ``$LDSM_HOME/posebusters/verdicts.sqlite`` (``pipeline.posebusters_cache``)."""
     # RDKit's console lines off in this process too (a Dask worker): the reasons are in the rows.
     RDLogger.DisableLog("rdApp.*")
-    return pm.check_molecule_records(chunk, posebusters=posebusters, xtb=xtb)
+    return pm.check_molecule_records(
+        chunk,
+        posebusters=posebusters,
+        xtb=xtb,
+        posebusters_conformers=posebusters_conformers,
+        posebusters_cache=str(ldsm_home() / "posebusters" / "verdicts.sqlite"),
+    )
 
 
 @task
@@ -158,8 +178,20 @@ def _logger():
         return logging.getLogger("ldsm.screen")
 
 
-def _chunks(items: list, size: int) -> list[list]:
+def _chunks(items: list, size: int, workers: int = 1) -> list[list]:
+    """``items`` in chunks of at most ``size``, and at least ``workers`` chunks where there are as
+    many items: a small input is spread over every worker (PoseBusters' ~0.1-0.3 CPU s per molecule
+    would otherwise run on one core)."""
+    size = max(1, min(size, -(-len(items) // max(workers, 1))))
     return [items[k : k + size] for k in range(0, len(items), size)]
+
+
+def _workers(config: ScreenConfig) -> int:
+    """The workers that run the chunks: the flow's 2 threads, the local Dask processes, or 1 on a
+    Dask cluster of unknown size (there ``--chunk-size`` alone decides)."""
+    if config.dask_address is not None:
+        return 1
+    return config.workers or SCREEN_THREADS
 
 
 def reference_structures(path: str) -> tuple[list, str]:
@@ -168,7 +200,7 @@ def reference_structures(path: str) -> tuple[list, str]:
     return ref.reference_structures(read_task.fn(path).records)
 
 
-@flow(name="screen", task_runner=ThreadPoolTaskRunner(max_workers=2))
+@flow(name="screen", task_runner=ThreadPoolTaskRunner(max_workers=SCREEN_THREADS))
 def screen_flow(config: ScreenConfig) -> dict:
     """Screen INPUT, write the outputs into ``config.out`` (holding its lock, :mod:`flows.lock`)
     and return the metrics dict."""
@@ -191,8 +223,13 @@ def _screen(config: ScreenConfig, out: Path) -> dict:
             ref_fps = reference_fingerprints_task(reference, key, config.reference_processes)
 
     mol_calls = [
-        dict(chunk=c, posebusters=config.posebusters, xtb=config.xtb)
-        for c in _chunks(molecules, config.chunk_size)
+        dict(
+            chunk=c,
+            posebusters=config.posebusters,
+            xtb=config.xtb,
+            posebusters_conformers=config.posebusters_conformers,
+        )
+        for c in _chunks(molecules, config.chunk_size, _workers(config))
     ]
     cry_calls = [
         dict(chunk=c, fingerprints=ref_fps is not None, chgnet=config.chgnet)
@@ -297,6 +334,7 @@ def run(args) -> int:
         reference=args.reference,
         train_smiles=args.train_smiles,
         posebusters=not args.no_posebusters,
+        posebusters_conformers=args.posebusters_conformers,
         xtb=args.xtb,
         chgnet=args.chgnet,
         cov_cutoffs=args.cov_cutoffs,

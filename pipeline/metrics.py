@@ -99,7 +99,11 @@ def _file_mol(data: Data):
 
 
 def check_molecule_records(
-    records: Sequence[Data], posebusters: bool = True, xtb: bool = False
+    records: Sequence[Data],
+    posebusters: bool = True,
+    xtb: bool = False,
+    posebusters_conformers: int = m3d.POSEBUSTERS_CONFORMERS,
+    posebusters_cache: str | None = None,
 ) -> list[dict]:
     """:func:`check_molecules` of molecule ``Data`` records (as :mod:`pipeline.io` reads them):
     their names, ``z``, ``pos``, the bonds their file gives and the reader's note."""
@@ -111,6 +115,8 @@ def check_molecule_records(
         xtb=xtb,
         file_mols=[_file_mol(d) for d in records],
         notes=[getattr(d, K.NOTE, None) for d in records],
+        posebusters_conformers=posebusters_conformers,
+        posebusters_cache=posebusters_cache,
     )
 
 
@@ -138,11 +144,15 @@ def check_molecules(
     xtb: bool = False,
     file_mols: Sequence[Chem.Mol | None] | None = None,
     notes: Sequence[str | None] | None = None,
+    posebusters_conformers: int = m3d.POSEBUSTERS_CONFORMERS,
+    posebusters_cache: str | None = None,
 ) -> list[dict]:
     """Per-molecule verdict rows. ``zs[k]`` (N_k,) atomic numbers, ``poss[k]`` (N_k, 3) Angstrom.
 
     ``file_mols[k]``: the molecule with the bonds and formal charges its file gives
     (``converters.to_rdkit``), None where the file has none; ``notes[k]``: the reader's note.
+    ``posebusters_conformers`` and ``posebusters_cache``: the energy ratio's ensemble size and
+    the verdict cache file of :func:`pipeline.molecule_3d_checks.posebusters_checks`.
 
     Three opinions on bonds, each its own columns: the file's (``file_bonds_*``), RDKit's
     perceived bonds (``rdkit_bonds_*``, total charge from the file's formal charges) and EDM's
@@ -204,7 +214,8 @@ def check_molecules(
         mols.append(None if flat else mol)
         rows.append(row)
     if posebusters:
-        for row, verdict in zip(rows, m3d.posebusters_checks(mols), strict=True):
+        verdicts = m3d.posebusters_checks(mols, posebusters_conformers, posebusters_cache)
+        for row, verdict in zip(rows, verdicts, strict=True):
             row["posebusters"], row["posebusters_reason"] = verdict.ok, verdict.reason
             if not row["coords_3d"]:
                 row["posebusters_reason"] = NOT_JUDGED_2D

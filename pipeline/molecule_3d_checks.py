@@ -8,6 +8,7 @@ Inputs as in :mod:`pipeline.molecule_checks` (``z`` (num_atoms,) atomic numbers,
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from rdkit import Chem
@@ -20,35 +21,58 @@ from pipeline.verdict import Verdict
 # PoseBusters to 1e-10), and a negative mean (C2H2: -0.03) turns the ratio's sign: the ratio then
 # says nothing about strain. Below this reference energy the check is "not applicable".
 MIN_REFERENCE_ENERGY = 0.1  # kcal/mol, well below kT at 300 K (0.6 kcal/mol)
+# The conformers of the energy ratio's reference ensemble (ETKDGv3 + UFF, seed 42). PoseBusters'
+# "mol" config uses 50; the ensemble is most of PoseBusters' time on QM9-sized molecules, and an
+# ensemble ETKDG cannot embed (strained polycyclic QM9 molecules: the check is then not
+# applicable) costs seconds per conformer asked for. 10 gave the verdicts of 50 on a fixed set of
+# real and strained QM9 molecules at a fifth of the CPU time (BENCHMARKS.md, "PoseBusters
+# throughput", counts the verdicts each size changes).
+POSEBUSTERS_CONFORMERS = 10
+# Bump when the reading of PoseBusters' table below changes: cached verdicts of older rules are
+# then not reused (pipeline.posebusters_cache).
+VERDICT_RULES = 1
 
 
-def posebusters_checks(mols: Sequence[Chem.Mol | None], config: str = "mol") -> list[Verdict]:
-    """PoseBusters' molecule checks (bond lengths, angles, clashes, flatness, energy ratio).
+def posebusters_config(conformers: int = POSEBUSTERS_CONFORMERS) -> dict:
+    """PoseBusters' "mol" config with ``conformers`` in the energy ratio's reference ensemble.
 
-    ``mols``: sanitised molecules with a 3-D conformer (None entries fail with a reason). A check
-    that cannot judge a molecule is "not applicable", not a failure: one PoseBusters could not
-    compute (no value), and ``internal_energy`` when the reference energy is below
+    The "mol" config of PoseBusters 0.6 lists the energy-ratio module twice, once without a
+    pass/fail output; its result columns are the same as the second one's, which overwrites them,
+    so it is dropped here: its run repeated the pose's own UFF work, and the whole ensemble where
+    ETKDG could not embed one (PoseBusters caches ensembles per InChI, but not failures).
+    ``conformers`` >= 1, else ValueError.
+    """
+    from posebusters import PoseBusters
+
+    if conformers < 1:
+        raise ValueError(f"the reference ensemble needs >= 1 conformer, got {conformers}")
+    config = PoseBusters(config="mol").config
+    modules = []
+    for module in config["modules"]:
+        if module["function"] == "energy_ratio":
+            if not module.get("chosen_binary_test_output"):
+                continue
+            module["parameters"]["ensemble_number_conformations"] = conformers
+        modules.append(module)
+    config["modules"] = modules
+    return config
+
+
+def read_posebusters_table(table, config: dict) -> list[Verdict]:
+    """One verdict per row of PoseBusters' full report (``bust(..., full_report=True)``).
+
+    A check that cannot judge a molecule is "not applicable", not a failure: one PoseBusters could
+    not compute (no value), and ``internal_energy`` when the reference energy is below
     ``MIN_REFERENCE_ENERGY``. ``ok`` when no applicable check fails; the reason names the failing
     checks and then the ones not applicable (``"ok; not applicable: internal_energy (...)"``).
     """
     import pandas as pd
-    from posebusters import PoseBusters
 
-    out: list[Verdict] = [Verdict(False, "not valid")] * len(mols)
-    present = [k for k, m in enumerate(mols) if m is not None]
-    if not present:
-        return out
-    buster = PoseBusters(config=config)
-    try:
-        table = buster.bust([mols[k] for k in present], None, None, full_report=True)
-    except Exception as err:  # PoseBusters wraps RDKit; any failure becomes a verdict per molecule
-        for k in present:
-            out[k] = Verdict(False, f"posebusters failed: {err}")
-        return out
     # The full report starts with the config's pass/fail columns, in the config's order.
-    n_checks = sum(len(m.get("chosen_binary_test_output", [])) for m in buster.config["modules"])
+    n_checks = sum(len(m.get("chosen_binary_test_output", [])) for m in config["modules"])
     checks = list(table.columns[:n_checks])
-    for k, (_, row) in zip(present, table.iterrows(), strict=True):
+    out = []
+    for _, row in table.iterrows():
         failed, not_applicable = [], []
         for column in checks:
             value = row[column]
@@ -67,7 +91,68 @@ def posebusters_checks(mols: Sequence[Chem.Mol | None], config: str = "mol") -> 
         reason = "failed: " + ", ".join(failed) if failed else "ok"
         if not_applicable:
             reason += "; not applicable: " + ", ".join(not_applicable)
-        out[k] = Verdict(not failed, reason)
+        out.append(Verdict(not failed, reason))
+    return out
+
+
+def verdict_cache_settings(conformers: int) -> dict:
+    """What a cached verdict was judged under: PoseBusters' and RDKit's versions, the ensemble
+    size and :data:`VERDICT_RULES` (the settings of :class:`pipeline.posebusters_cache.VerdictCache`)."""
+    from posebusters import __version__ as posebusters_version
+    from rdkit import __version__ as rdkit_version
+
+    return dict(
+        posebusters=posebusters_version,
+        rdkit=rdkit_version,
+        conformers=conformers,
+        rules=VERDICT_RULES,
+    )
+
+
+def posebusters_checks(
+    mols: Sequence[Chem.Mol | None],
+    conformers: int = POSEBUSTERS_CONFORMERS,
+    cache: str | Path | None = None,
+) -> list[Verdict]:
+    """PoseBusters' molecule checks (bond lengths, angles, clashes, flatness, energy ratio).
+
+    ``mols``: sanitised molecules with a 3-D conformer (None entries fail with a reason);
+    ``conformers``: the energy ratio's reference ensemble (:func:`posebusters_config`). Verdicts
+    as :func:`read_posebusters_table` reads them. A pose that occurs more than once (same graph
+    and coordinates, any atom order or name: :func:`pipeline.posebusters_cache.pose_key`) is
+    busted once; with ``cache`` (an SQLite file, created if missing) verdicts of poses busted
+    before under the same PoseBusters, RDKit, ensemble size and rules are read from it, and new
+    ones are added.
+    """
+    from posebusters import PoseBusters
+
+    from pipeline.posebusters_cache import VerdictCache, pose_key
+
+    out: list[Verdict] = [Verdict(False, "not valid")] * len(mols)
+    # A molecule without a conformer has no pose key: its index stands in, and is not stored.
+    keys: dict[int, str | int] = {k: pose_key(m) or k for k, m in enumerate(mols) if m is not None}
+    store = VerdictCache(cache, verdict_cache_settings(conformers)) if cache is not None else None
+    poses = [key for key in keys.values() if isinstance(key, str)]
+    known: dict = store.get_many(poses) if store is not None else {}
+    first = {}  # one molecule per pose not known yet
+    for k, key in keys.items():
+        if key not in known:
+            first.setdefault(key, k)
+    if first:
+        config = posebusters_config(conformers)
+        try:
+            table = PoseBusters(config=config).bust(
+                [mols[k] for k in first.values()], None, None, full_report=True
+            )
+            fresh = dict(zip(first, read_posebusters_table(table, config), strict=True))
+        except Exception as err:  # PoseBusters wraps RDKit; any failure becomes a verdict per pose
+            fresh = dict.fromkeys(first, Verdict(False, f"posebusters failed: {err}"))
+        else:
+            if store is not None:
+                store.put_many({key: v for key, v in fresh.items() if isinstance(key, str)})
+        known.update(fresh)
+    for k, key in keys.items():
+        out[k] = known[key]
     return out
 
 

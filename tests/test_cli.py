@@ -164,6 +164,7 @@ def test_parser_defaults_are_the_configs_defaults():
         cli_options.join_expression_values(["screen", "x", "--out", "o", "--rank-by", "-xtb_gap"])
     )
     assert ranked.rank_by == "-xtb_gap"  # a value starting with a minus is the option's value
+    assert screen.posebusters_conformers == screen_config.posebusters_conformers
     assert set(cli_data.COV_CUTOFF_NAMES) == set(crystal_checks.COV_CUTOFFS)
     assert cli_train.MODES == transitions.MODES
     assert set(cli_sample.SAMPLERS) == set(

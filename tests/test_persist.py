@@ -144,3 +144,16 @@ def test_chunks_round_trip_as_data_and_are_bound_to_their_key(sdf, tmp_path):
     other = store.key({"chunk": records[:1]})
     store.path(key).rename(store.path(other))
     assert store.load(other) == (False, None)
+
+
+def test_a_small_input_is_spread_over_every_worker():
+    from flows.screen import ScreenConfig, _chunks, _workers
+
+    assert [len(c) for c in _chunks(list(range(5)), 256, 2)] == [3, 2]
+    assert [len(c) for c in _chunks(list(range(600)), 256, 2)] == [256, 256, 88]
+    assert [len(c) for c in _chunks(list(range(5)), 256, 8)] == [1] * 5
+    assert _chunks([], 256, 2) == []
+    config = ScreenConfig(input="x", out="o")
+    assert _workers(config) == 2
+    assert _workers(config.model_copy(update={"workers": 4})) == 4
+    assert _workers(config.model_copy(update={"dask_address": "tcp://127.0.0.1:8786"})) == 1
