@@ -58,7 +58,7 @@ from pipeline.datasets import load_dataset
 from pipeline.generate import GenerateConfig, NumAtoms, load_cached
 from pipeline.io import read_structures, write_structures
 from pipeline.metrics import CRYSTAL_KEYS
-from pipeline.ranking import needed_options, parse_expression, parse_filter
+from pipeline.ranking import checked_filters, checked_rank_by, needed_options
 from pipeline.report_numbers import read_screen_rows
 from pipeline.samplers import SamplerConfig
 from pipeline.structures import is_crystal
@@ -88,15 +88,8 @@ class DesignConfig(BaseModel):
     rank_by: str | None = None  # the screen's --rank-by (pipeline.ranking), highest first
     filters: tuple[str, ...] = ()  # the screen's --filter thresholds, in order
 
-    @field_validator("rank_by")
-    @classmethod
-    def _rank_by(cls, text: str | None) -> str | None:
-        return None if text is None else parse_expression(text).text
-
-    @field_validator("filters")
-    @classmethod
-    def _filters(cls, texts: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(parse_filter(text).text for text in texts)
+    _rank_by = field_validator("rank_by")(checked_rank_by)
+    _filters = field_validator("filters")(lambda texts: tuple(checked_filters(texts)))
 
     @model_validator(mode="after")
     def _screened_columns(self) -> DesignConfig:

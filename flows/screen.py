@@ -78,6 +78,8 @@ from pipeline.cache import ldsm_home
 from pipeline.molecule_3d_checks import POSEBUSTERS_CONFORMERS
 from pipeline.ranking import (
     apply_filters,
+    checked_filters,
+    checked_rank_by,
     needed_options,
     parse_expression,
     parse_filter,
@@ -110,15 +112,8 @@ class ScreenConfig(BaseModel):
     rank_by: str | None = None  # a score over pipeline.ranking.PROPERTIES, highest first
     filters: list[str] = []  # thresholds ("qed>=0.5") the passing candidates must meet, in order
 
-    @field_validator("rank_by")
-    @classmethod
-    def _rank_by(cls, text: str | None) -> str | None:
-        return None if text is None else parse_expression(text).text
-
-    @field_validator("filters")
-    @classmethod
-    def _filters(cls, texts: list[str]) -> list[str]:
-        return [parse_filter(text).text for text in texts]
+    _rank_by = field_validator("rank_by")(checked_rank_by)
+    _filters = field_validator("filters")(checked_filters)
 
     @model_validator(mode="after")
     def _computed(self) -> ScreenConfig:

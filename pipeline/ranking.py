@@ -182,6 +182,17 @@ def parse_expression(text: str) -> Expression:
     return _expression(_parse(text), text)
 
 
+def checked_rank_by(text: str | None) -> str | None:
+    """``--rank-by`` as a config keeps it: the stripped text of :func:`parse_expression`, or
+    None; :class:`ExpressionError` as there (a pydantic validator of the configs)."""
+    return None if text is None else parse_expression(text).text
+
+
+def checked_filters(texts: Sequence[str]) -> list[str]:
+    """``--filter`` texts as a config keeps them, each through :func:`parse_filter`."""
+    return [parse_filter(text).text for text in texts]
+
+
 def parse_filter(text: str) -> Filter:
     """The :class:`Filter` of ``text`` (``"qed>=0.5"``: one comparison ``< <= > >=`` of two
     expressions). Raises :class:`ExpressionError` (one line) for anything else."""
@@ -278,6 +289,8 @@ __all__ = [
     "PROPERTIES",
     "applies",
     "apply_filters",
+    "checked_filters",
+    "checked_rank_by",
     "needed_options",
     "parse_expression",
     "parse_filter",
