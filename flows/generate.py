@@ -169,7 +169,7 @@ def saved_on_stop(args: argparse.Namespace) -> str:
     )
 
 
-def check_sampler(kind: str, trained: Trained, corrector: float | None = None) -> None:
+def check_sampler(kind: str, trained: Trained, corrector: float = 0.0) -> None:
     """Refuse ``--sampler ancestral`` for a molecule model of a nonlinear drift (its posterior
     steps need the closed-form transition of the linear process) and a positive ``--corrector``
     for a molecule model (only the crystal process has a Langevin corrector)."""
