@@ -128,6 +128,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--warmup", type=nonnegative_int, default=d["warmup"], help="linear warm-up steps"
     )
+    g.add_argument(
+        "--decay-start",
+        type=nonnegative_int,
+        default=None,
+        help="cool-down: from this step the learning rate falls linearly to 0 at --steps; with "
+        "--resume it branches a cool-down off a run (None: constant after the warm-up)",
+    )
     g.add_argument("--ema", type=fraction, default=d["ema"], help="EMA decay of the saved weights")
     g.add_argument("--seed", type=int, default=d["seed"], help="seed of data order and noise")
     g.add_argument(
@@ -195,7 +202,7 @@ def add_train(sub) -> None:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run in --out (only --steps, --max-minutes, --checkpoint-every and "
-        "--threads may change)",
+        help="continue the run in --out (only --steps, --decay-start, --max-minutes, "
+        "--checkpoint-every and --threads may change)",
     )
     add_training_options(parser)

@@ -126,6 +126,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         accumulate=args.accumulate,
         lr=args.lr,
         warmup=args.warmup,
+        decay_start=args.decay_start,
         ema_decay=args.ema,
         seed=args.seed,
         checkpoint_every=args.checkpoint_every,
@@ -136,7 +137,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 # Options that --resume may change (pipeline.train checks that nothing else differs).
-RESUMABLE_OPTIONS = ("steps", "max_minutes", "checkpoint_every", "threads")
+RESUMABLE_OPTIONS = ("steps", "decay_start", "max_minutes", "checkpoint_every", "threads")
 # Options that are not part of the training config.
 NOT_CONFIG = {"out", "resume", "debug", "command", "explicit", "run"}
 
@@ -195,7 +196,10 @@ def resumed_config(args: argparse.Namespace, defaults: argparse.Namespace) -> Tr
         )
     # Only what the user gave: a default (--checkpoint-every 100) must not replace the run's own.
     update = {k: getattr(args, k) for k in RESUMABLE_OPTIONS if k in args.explicit}
-    return saved.model_copy(update=update)
+    try:
+        return TrainConfig.model_validate({**saved.model_dump(), **update})
+    except ValueError as err:  # pydantic's ValidationError: a cool-down after the last step
+        raise UsageError(f"--resume: {err.errors()[0]['msg']}") from err
 
 
 def check_state(path: Path) -> None:

@@ -38,7 +38,15 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    model_validator,
+)
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.data import Batch
@@ -69,6 +77,8 @@ class TrainConfig(BaseModel):
     accumulate: PositiveInt = 1
     lr: PositiveFloat = 5e-4
     warmup: NonNegativeInt = 200  # linear learning-rate warm-up steps
+    # Cool-down: from this step the learning rate falls linearly to 0 at `steps` (None: constant).
+    decay_start: NonNegativeInt | None = None
     clip: PositiveFloat = 1.0  # max global gradient norm
     ema_decay: float = Field(0.999, ge=0.0, lt=1.0)
     seed: int = 0
@@ -79,6 +89,14 @@ class TrainConfig(BaseModel):
     # does not depend on what else runs on the machine, so runs with equal budgets compare fairly.
     max_minutes: PositiveFloat | None = None
     threads: PositiveInt | None = None  # torch threads per process
+
+    @model_validator(mode="after")
+    def _decay_before_end(self) -> TrainConfig:
+        if self.decay_start is not None and self.decay_start >= self.steps:
+            raise ValueError(
+                f"decay_start={self.decay_start} must come before the last step (steps={self.steps})"
+            )
+        return self
 
     def validated_recipe(self) -> Recipe:
         return recipe_from_config(self.recipe)
@@ -118,8 +136,16 @@ def batch_indices(step: int, n: int, batch_size: int, seed: int) -> Tensor:
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
-    """Linear warm-up to ``config.lr`` over ``config.warmup`` steps, then constant (EDM's choice)."""
-    return config.lr * min(1.0, (step + 1) / config.warmup) if config.warmup else config.lr
+    """The learning rate of optimiser step ``step`` (0-based): a linear warm-up to ``config.lr``
+    over ``config.warmup`` steps, then constant (EDM's choice), and with ``config.decay_start`` a
+    linear cool-down to 0 at ``config.steps``: the warm-up-stable-decay schedule (Hu et al. 2024,
+    MiniCPM; Hagele et al. 2024, "Scaling Laws and Compute-Optimal Training beyond Fixed Training
+    Durations"). A cool-down can branch off a constant-rate run at any step (``--resume`` with
+    ``--decay-start``), so the long run continues while a branch is finished and shipped."""
+    lr = config.lr * min(1.0, (step + 1) / config.warmup) if config.warmup else config.lr
+    if config.decay_start is not None and step >= config.decay_start:
+        lr *= max(0.0, (config.steps - step) / (config.steps - config.decay_start))
+    return lr
 
 
 def accumulate_gradient(
@@ -215,7 +241,7 @@ def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
         if not state_path.exists():
             raise FileNotFoundError(f"{state_path}: nothing to resume from")
         saved = TrainConfig.model_validate_json(config_file.read_text())
-        fixed = {"steps", "max_minutes", "checkpoint_every", "log_every", "threads"}
+        fixed = {"steps", "decay_start", "max_minutes", "checkpoint_every", "log_every", "threads"}
         if saved.model_dump(exclude=fixed) != config.model_dump(exclude=fixed):
             raise ValueError(f"{config_file}: --resume needs the run's own config (it differs)")
     elif state_path.exists():

@@ -140,21 +140,29 @@ def test_shipped_model_missing_is_a_clear_error(tmp_path, monkeypatch):
         flow.shipped_checkpoint("perov-5", csp=True)
 
 
-def test_the_shipped_perov5_de_novo_model_samples_perovskite_elements_only():
-    """``models/weights/perov-5_cspnet.pt`` (README: command and numbers) is the de novo model
-    that ``ldsm design --dataset perov-5`` takes: five-atom cells of Perov-5's elements, finite."""
+@pytest.mark.parametrize("dataset", ["perov-5", "carbon-24"])
+def test_the_shipped_de_novo_crystal_models_sample_their_data_sets_elements_only(dataset):
+    """``models/weights/<dataset>_cspnet.pt`` (README: command and numbers) is the de novo model
+    that ``ldsm design --dataset <dataset>`` takes: cells of the data set's sizes and elements
+    (Perov-5: five atoms; Carbon-24: 6 to 24 carbon atoms), finite."""
     from flows.generate import shipped_checkpoint
 
-    trained = load_trained(shipped_checkpoint("perov-5"))
+    trained = load_trained(shipped_checkpoint(dataset))
     config = trained.recipe.config
     assert config.types == "diffuse" and config.lattice.kind == "cubic"
-    assert trained.info["dataset"] == "perov-5" and set(trained.num_atoms) == {5}
+    assert trained.info["dataset"] == dataset
+    sizes = sorted(trained.num_atoms)
+    if dataset == "perov-5":
+        assert sizes == [5]
+    else:
+        assert config.elements == [6] and sizes[0] >= 6 and sizes[-1] <= 24
+    counts = torch.tensor([sizes[0], sizes[-1]] * 2)
     out, used = trained.recipe.sample(
-        trained.model, torch.tensor([5] * 4), SamplerConfig(nfe=10), torch.Generator()
+        trained.model, counts, SamplerConfig(nfe=10), torch.Generator()
     )
     assert used == 10 and len(out) == 4
-    for crystal in out:
-        assert set(crystal.z.tolist()) <= set(config.elements)
+    for crystal, n in zip(out, counts.tolist(), strict=True):
+        assert len(crystal.z) == n and set(crystal.z.tolist()) <= set(config.elements)
         assert torch.isfinite(crystal.lattice).all() and torch.isfinite(crystal.frac).all()
 
 

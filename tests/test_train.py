@@ -64,6 +64,15 @@ def test_learning_rate_warms_up_linearly_then_stays():
     )
 
 
+def test_learning_rate_cools_down_linearly_to_zero_at_the_last_step():
+    cfg = TrainConfig(lr=1e-3, warmup=2, steps=10, decay_start=6)
+    assert [learning_rate(k, cfg) for k in range(10)] == pytest.approx(
+        [5e-4, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 1e-3, 7.5e-4, 5e-4, 2.5e-4]
+    )
+    with pytest.raises(ValueError, match="before the last step"):
+        TrainConfig(steps=10, decay_start=10)
+
+
 def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path):
     full = train(tiny_config(), tmp_path / "full", progress=False)
     assert full.status == "finished" and full.step == 6

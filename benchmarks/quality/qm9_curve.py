@@ -33,19 +33,24 @@ RESULTS = Path(__file__).resolve().parent / "results" / "qm9_curve"
 
 
 def snapshot(run: Path, folder: Path) -> Path:
-    """Copy ``run``'s last checkpoint and its JSON to ``folder/step-NNNNNNN.pt``; returns it."""
+    """Copy ``run``'s last checkpoint and its JSON to ``folder/step-NNNNNNN.pt`` (a cool-down
+    branch, trained with ``--decay-start S``: ``step-NNNNNNN-decayS.pt``); returns it."""
     last = run / "checkpoints" / "last.pt"
     meta = last.with_suffix(".json")
     folder.mkdir(parents=True, exist_ok=True)
+    config = json.loads((run / "config.json").read_text())
+    decay = config.get("decay_start")
     while True:  # the trainer may replace the pair between the two copies: retry until stable
         before = meta.read_text()
         step = json.loads(before)["run"]["step"]
-        dest = folder / f"step-{step:07d}.pt"
+        dest = folder / (
+            f"step-{step:07d}" + (f"-decay{decay}" if decay is not None else "") + ".pt"
+        )
         shutil.copy2(last, dest)
         if meta.read_text() == before:
             info = json.loads(before)
-            config = json.loads((run / "config.json").read_text())
             info["run"]["molecules_seen"] = step * config["batch_size"] * config["accumulate"]
+            info["run"]["decay_start"] = decay
             dest.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
             return dest
 
@@ -58,10 +63,15 @@ def result_name(checkpoint: Path, sampler: SamplerConfig) -> str:
     return f"{checkpoint.stem}-nfe{sampler.nfe}{extra}.json"
 
 
+def lr_schedule(m: dict) -> str:
+    """``constant``, or ``cool-down from S`` for a branch trained with ``--decay-start S``."""
+    return "constant" if m.get("decay_start") is None else f"cool-down from {m['decay_start']:,}"
+
+
 def row(m: dict) -> str:
     den = " / ".join(f"{v:.3f}" for v in m["denoising"].values()) or "n/a"
     return (
-        f"| {m['step']} | {m['epochs']:.1f} | {m['cpu_hours']:.2f} | "
+        f"| {m['step']} | {lr_schedule(m)} | {m['epochs']:.1f} | {m['cpu_hours']:.2f} | "
         f"{m.get('sampler', 'sde')} | {m.get('grid_power', 1.0):g} | {m['nfe']} | {m['n']} | "
         f"{pct(m['atom_stability'])} | {pct(m['molecule_stability'])} | "
         f"{pct(edm_validity(m))} | {pct(m['validity_x_uniqueness'])} | {pct(m['novelty'])} | "
@@ -108,22 +118,32 @@ def main(argv: list[str] | None = None) -> int:
             step=run["step"],
             cpu_hours=run["cpu_seconds"] / 3600,
             epochs=run["molecules_seen"] / sum(run["num_atoms"].values()),
+            decay_start=run.get("decay_start"),
         )
         path.write_text(json.dumps(metrics, indent=2) + "\n")
         print(json.dumps(metrics), flush=True)
     found = [json.loads(p.read_text()) for p in args.results.glob("step-*.json")]
     order = {"sde": 0, "ancestral": 1, "ode": 2}
-    found.sort(key=lambda m: (m["step"], -m["nfe"], order[m["sampler"]], m.get("grid_power", 1.0)))
+    found.sort(
+        key=lambda m: (
+            m["step"],
+            m.get("decay_start") or 0,
+            -m["nfe"],
+            order[m["sampler"]],
+            m.get("grid_power", 1.0),
+        )
+    )
     lines = [
-        "| step | epochs | CPU-h | sampler | grid | NFE | n | atom stab. | mol. stab. | valid (EDM) |"
+        "| step | learning rate | epochs | CPU-h | sampler | grid | NFE | n | atom stab. | mol. stab. | valid (EDM) |"
         " V x U | novel | denoising error at t = 0.01 / 0.03 / 0.1 / 0.3 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ] + [row(m) for m in found]
     body = "\n".join(lines) + (
         "\n\nThe flagship recipe (`edm-precond` of `quality-ablation`: EGNN 4 x 64, exact DSM on "
         "EDM's linear VP process, EDM preconditioning, output weight, batch 64, lr 5e-4, EMA 0.999,"
         " seed 0), trained by `ldsm train --threads 1` and resumed across sessions; each row is "
-        "the EMA model at that step, sampled by `sampler` (`sde`: the reverse SDE, Euler-Maruyama;"
+        "the EMA model at that step (`cool-down from S`: a branch resumed from the run's state at "
+        "step S with `--decay-start S`, its learning rate falling linearly to 0 at the row's step), sampled by `sampler` (`sde`: the reverse SDE, Euler-Maruyama;"
         " `ancestral`: EDM's posterior steps; `ode`: Heun on the probability flow) on the time "
         "grid `t_end + (1 - t_end) u^grid`. Issue 13's bar: atom stability >= 95, molecule "
         "stability >= 50, validity >= 85."
