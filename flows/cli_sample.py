@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 
+from flows.cli_data import SCREEN
 from flows.cli_options import (
     CRYSTAL_DATASETS,
     add_ranking_options,
@@ -91,6 +92,12 @@ def add_design_options(parser: argparse.ArgumentParser) -> None:
         help="test-split structures to compare with (novelty, coverage, report plots)",
     )
     parser.add_argument("--no-posebusters", action="store_true", help="skip PoseBusters")
+    parser.add_argument(
+        "--posebusters-conformers",
+        type=positive_int,
+        default=SCREEN["posebusters_conformers"],
+        help="conformers in PoseBusters' energy-ratio reference ensemble (as ldsm screen's)",
+    )
     parser.add_argument(
         "--relax",
         choices=["none", "chgnet", "xtb"],

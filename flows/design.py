@@ -58,6 +58,7 @@ from pipeline.datasets import load_dataset
 from pipeline.generate import GenerateConfig, NumAtoms, load_cached
 from pipeline.io import read_structures, write_structures
 from pipeline.metrics import CRYSTAL_KEYS
+from pipeline.molecule_3d_checks import POSEBUSTERS_CONFORMERS
 from pipeline.ranking import checked_filters, checked_rank_by, needed_options
 from pipeline.report_numbers import read_screen_rows
 from pipeline.samplers import SamplerConfig
@@ -82,6 +83,7 @@ class DesignConfig(BaseModel):
     dataset_path: str | None = None  # source of the reference data set (as --path of ingest)
     reference_size: PositiveInt = 1000  # reference structures (test split) for plots / coverage
     posebusters: bool = True
+    posebusters_conformers: int = Field(POSEBUSTERS_CONFORMERS, ge=1)  # the screen's ensemble
     # crystals: CHGNet relaxation; molecules: GFN2-xTB relaxation; the relaxed set is screened too
     relax: Literal["none", "chgnet", "xtb"] = "none"
     relax_steps: PositiveInt | None = None  # at most per structure; None: 100 (FIRE), 200 (BFGS)
@@ -194,6 +196,7 @@ def _design(config: DesignConfig, run: Path) -> dict:
         # "mp" in "/tmp/..." and scored a Perov-5 run with MP-20's coverage cut-offs.
         cov_cutoffs=dataset if dataset in COV_CUTOFFS else None,
         posebusters=config.posebusters,
+        posebusters_conformers=config.posebusters_conformers,
         rank_by=config.rank_by,
         filters=list(config.filters),
         workers=config.workers,
@@ -278,6 +281,7 @@ def config_from_args(args: argparse.Namespace) -> DesignConfig:
         seed=args.seed,
         reference_size=args.reference_size,
         posebusters=not args.no_posebusters,
+        posebusters_conformers=args.posebusters_conformers,
         relax=args.relax,
         rank_by=args.rank_by,
         filters=tuple(args.filter or ()),

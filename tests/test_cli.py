@@ -165,6 +165,7 @@ def test_parser_defaults_are_the_configs_defaults():
     )
     assert ranked.rank_by == "-xtb_gap"  # a value starting with a minus is the option's value
     assert screen.posebusters_conformers == screen_config.posebusters_conformers
+    assert args.posebusters_conformers == DesignConfig().posebusters_conformers
     assert set(cli_data.COV_CUTOFF_NAMES) == set(crystal_checks.COV_CUTOFFS)
     assert cli_train.MODES == transitions.MODES
     assert set(cli_sample.SAMPLERS) == set(
