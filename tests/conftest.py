@@ -4,6 +4,7 @@ import atexit
 import os
 import shutil
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,12 @@ import pytest
 # session's own keeps the user's database (which another Prefect version may share) untouched.
 os.environ["PREFECT_HOME"] = tempfile.mkdtemp(prefix="ldsm-test-prefect-")
 atexit.register(shutil.rmtree, os.environ["PREFECT_HOME"], ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def prefect_home() -> Path:
+    """The session's PREFECT_HOME (tests/conftest.py): its database is migrated once."""
+    return Path(os.environ["PREFECT_HOME"])
 
 
 @pytest.fixture(scope="session")
