@@ -68,7 +68,12 @@ def training_summary(run: Path) -> dict:
     }
 
 
-def evaluate(run: Path, nfe: int, n: int, batch: int, seed: int, known: set[str]) -> dict:
+def evaluate(
+    run: Path, nfe: int, n: int, batch: int, seed: int, known: set[str], grid_power: float
+) -> dict:
+    """Sample ``n`` molecules from ``run``'s EMA checkpoint with the default sampler (``auto``:
+    ancestral steps for the linear process, the reverse SDE otherwise) at ``nfe`` on the time
+    grid of ``grid_power``, and screen them."""
     trained = load_trained(run / "checkpoints" / "last.pt")
     sizes = np.array(sorted(trained.num_atoms))
     freq = np.array([trained.num_atoms[s] for s in sizes], dtype=float)
@@ -81,7 +86,7 @@ def evaluate(run: Path, nfe: int, n: int, batch: int, seed: int, known: set[str]
         chunk, used = trained.recipe.sample(
             trained.model,
             counts[start : start + batch],
-            SamplerConfig(nfe=nfe),
+            SamplerConfig(nfe=nfe, grid_power=grid_power),
             gen,
             prefix=f"s{start}",
         )
@@ -97,8 +102,18 @@ def evaluate(run: Path, nfe: int, n: int, batch: int, seed: int, known: set[str]
     uniq = metrics.get("uniqueness")
     valid = metrics["edm_validity"]  # EDM's number (distance-table bonds), as the anchors
     metrics["validity_x_uniqueness"] = None if uniq is None or valid is None else valid * uniq
-    metrics.update(nfe=used, seconds_per_molecule=seconds / n, n=n)
+    drift = trained.recipe.config.process.drift
+    sampler = "ancestral" if drift == "linear" else "sde"  # what `auto` resolves to
+    metrics.update(
+        nfe=used, seconds_per_molecule=seconds / n, n=n, sampler=sampler, grid_power=grid_power
+    )
     return metrics
+
+
+def result_name(run: Path, nfe: int, grid_power: float) -> str:
+    """``RUN-nfeK.json`` on the default grid, ``RUN-nfeK-gridP.json`` on another."""
+    extra = "" if grid_power == SamplerConfig().grid_power else f"-grid{grid_power:g}"
+    return f"{run.name}-nfe{nfe}{extra}.json"
 
 
 def pct(value) -> str:
@@ -108,21 +123,23 @@ def pct(value) -> str:
 def table(runs: list[Path], results: Path) -> str:
     """The training table and the sample-quality table (every result present, by run and NFE)."""
     head = (
-        "| method | NFE | n | atom stab. | mol. stab. | valid | V x U | novel | PoseBusters | "
-        "s / molecule |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| method | sampler | grid | NFE | n | atom stab. | mol. stab. | valid | V x U | novel | "
+        "PoseBusters | s / molecule |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for run in runs:
         found = [json.loads(p.read_text()) for p in results.glob(f"{run.name}-nfe*.json")]
-        for m in sorted(found, key=lambda m: m["nfe"]):
+        for m in sorted(found, key=lambda m: (m["nfe"], m.get("grid_power", 1.0))):
+            # Results without a sampler are of 2026-11-24, sampled by the then default.
             lines.append(
-                f"| {run.name} | {m['nfe']} | {m['n']} | {pct(m['atom_stability'])} | "
+                f"| {run.name} | {m.get('sampler', 'sde')} | {m.get('grid_power', 1.0):g} | "
+                f"{m['nfe']} | {m['n']} | {pct(m['atom_stability'])} | "
                 f"{pct(m['molecule_stability'])} | {pct(m.get('edm_validity', m['validity']))} | "
                 f"{pct(m['validity_x_uniqueness'])} | {pct(m['novelty'])} | "
                 f"{pct(m['posebusters_pass'])} | {m['seconds_per_molecule']:.3f} |"
             )
     for name, (a, mol, v, vu) in ANCHORS.items():
-        lines.append(f"| {name} (published) | 1000 | 10000 | {a} | {mol} | {v} | {vu} | | | |")
+        lines.append(f"| {name} (published) | | | 1000 | 10000 | {a} | {mol} | {v} | {vu} | | | |")
     return training_table(runs, "EGNN") + "\n\n" + head + "\n".join(lines)
 
 
@@ -147,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", nargs="+", type=Path, required=True)
     parser.add_argument("--nfe", nargs="+", type=int, default=[50, 100, 500])
     parser.add_argument("--n", type=int, default=1000, help="molecules per (run, NFE)")
+    parser.add_argument("--grid-power", nargs="+", type=float, default=[SamplerConfig().grid_power])
     parser.add_argument("--batch", type=int, default=250, help="molecules sampled together")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -156,22 +174,28 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.results.mkdir(parents=True, exist_ok=True)
     known = None
-    for run in args.runs:
-        for nfe in args.nfe:
-            path = args.results / f"{run.name}-nfe{nfe}.json"
-            if path.exists():
-                continue
+    for run, nfe, power in (
+        (r, k, g) for r in args.runs for k in args.nfe for g in args.grid_power
+    ):
+        path = args.results / result_name(run, nfe, power)
+        if not path.exists():
             known = known if known is not None else train_smiles()
-            print(f"{run.name}: sampling {args.n} molecules at {nfe} NFE", flush=True)
-            metrics = evaluate(run, nfe, args.n, args.batch, args.seed, known)
+            print(
+                f"{run.name}: sampling {args.n} molecules at {nfe} NFE, grid {power:g}", flush=True
+            )
+            metrics = evaluate(run, nfe, args.n, args.batch, args.seed, known, power)
             path.write_text(json.dumps(metrics, indent=2) + "\n")
             print(json.dumps(metrics), flush=True)
     body = table(args.runs, args.results)
     if args.notes:
-        body += "\n\n" + Path(args.notes).read_text() if Path(args.notes).exists() else args.notes
+        notes = Path(args.notes)
+        body += "\n\n" + (notes.read_text() if notes.exists() else args.notes)
     print(body)
-    command = "python -m benchmarks.quality.qm9_methods --runs " + " ".join(
-        str(r) for r in args.runs
+    command = (
+        "python -m benchmarks.quality.qm9_methods --runs "
+        + " ".join(str(r) for r in args.runs)
+        + f" --nfe {' '.join(map(str, args.nfe))} --n {args.n}"
+        + f" --grid-power {' '.join(f'{g:g}' for g in args.grid_power)}"
     )
     write_section("quality-qm9", "Quality: QM9, exact DSM vs local-DSM vs ISM", command, body)
     return 0
