@@ -19,6 +19,7 @@ from pathlib import Path
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+from pydantic import ValidationError
 
 from flows import lock
 from flows.cli_options import CRYSTAL_DATASETS
@@ -198,7 +199,7 @@ def resumed_config(args: argparse.Namespace, defaults: argparse.Namespace) -> Tr
     update = {k: getattr(args, k) for k in RESUMABLE_OPTIONS if k in args.explicit}
     try:
         return TrainConfig.model_validate({**saved.model_dump(), **update})
-    except ValueError as err:  # pydantic's ValidationError: a cool-down after the last step
+    except ValidationError as err:  # a cool-down that starts at or after the last step
         raise UsageError(f"--resume: {err.errors()[0]['msg']}") from err
 
 

@@ -354,6 +354,13 @@ def test_resume_refuses_options_that_contradict_the_run(width_32_run, capsys, pr
     # A resumable option left out keeps the run's value, not the parser's default.
     saved = json.loads((run / "config.json").read_text())["checkpoint_every"]
     assert args.checkpoint_every != saved and config.checkpoint_every == saved
+    # A cool-down may branch off on resume, but not start after the last step.
+    args = cli.build_parser().parse_args([*argv, "--steps", "9", "--decay-start", "4"])
+    args.explicit = {"out", "resume", "steps", "decay_start"}
+    assert train._config(args).decay_start == 4
+    assert cli.main([*argv, "--steps", "9", "--decay-start", "9"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "--resume:" in line and "decay_start=9 must come before the last step" in line
     # Without --resume, a folder that holds a run is refused, not overwritten.
     assert cli.main(["train", "--out", str(run), "--dataset", str(folder)]) == 2
     assert "holds a training run: add --resume" in capsys.readouterr().err
