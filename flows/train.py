@@ -27,7 +27,7 @@ from flows.console import UsageError
 from models.config import CSPNetConfig, EGNNConfig
 from pipeline.losses import LossConfig
 from pipeline.molecule_recipe import MoleculeRecipeConfig, ProcessConfig
-from pipeline.train import TrainConfig, TrainResult, train
+from pipeline.train import RESUMABLE, TrainConfig, TrainResult, train
 
 
 @flow(name="train", log_prints=True)
@@ -137,8 +137,6 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     )
 
 
-# Options that --resume may change (pipeline.train checks that nothing else differs).
-RESUMABLE_OPTIONS = ("steps", "decay_start", "max_minutes", "checkpoint_every", "threads")
 # Options that are not part of the training config.
 NOT_CONFIG = {"out", "resume", "debug", "command", "explicit", "run"}
 
@@ -164,7 +162,7 @@ def resume_conflicts(args: argparse.Namespace, saved: TrainConfig, defaults) -> 
     base = _flat(config_from_args(defaults).model_dump(mode="json"))
     run = _flat(saved.model_dump(mode="json"))
     conflicts = []
-    for dest in sorted(args.explicit - NOT_CONFIG - set(RESUMABLE_OPTIONS)):
+    for dest in sorted(args.explicit - NOT_CONFIG - RESUMABLE):
         alone = argparse.Namespace(**{**vars(defaults), dest: getattr(args, dest)})
         changed = _flat(config_from_args(alone).model_dump(mode="json"))
         differs = [k for k, v in changed.items() if base.get(k) != v or k not in base]
@@ -196,7 +194,7 @@ def resumed_config(args: argparse.Namespace, defaults: argparse.Namespace) -> Tr
             + " (drop the option, or train into a new --out)"
         )
     # Only what the user gave: a default (--checkpoint-every 100) must not replace the run's own.
-    update = {k: getattr(args, k) for k in RESUMABLE_OPTIONS if k in args.explicit}
+    update = {k: getattr(args, k) for k in RESUMABLE if k in args.explicit}
     try:
         return TrainConfig.model_validate({**saved.model_dump(), **update})
     except ValidationError as err:  # a cool-down that starts at or after the last step

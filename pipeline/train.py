@@ -58,6 +58,11 @@ from pipeline.recipes import Recipe, RecipeConfig, recipe_from_config, save_trai
 from pipeline.structures import StructureSet
 from pipeline.train_io import MetricsLog, StopSignal, World, atomic_save, load_state
 
+# The fields a resumed run may change; every other one must equal the run's own.
+RESUMABLE = frozenset(
+    {"steps", "decay_start", "max_minutes", "checkpoint_every", "log_every", "threads"}
+)
+
 
 class TrainConfig(BaseModel):
     """One training run. ``recipe`` is a recipe config, typed by its ``kind`` (molecule or crystal;
@@ -243,8 +248,7 @@ def _check_run_dir(config: TrainConfig, run_dir: Path, resume: bool) -> None:
         if not state_path.exists():
             raise FileNotFoundError(f"{state_path}: nothing to resume from")
         saved = TrainConfig.model_validate_json(config_file.read_text())
-        fixed = {"steps", "decay_start", "max_minutes", "checkpoint_every", "log_every", "threads"}
-        if saved.model_dump(exclude=fixed) != config.model_dump(exclude=fixed):
+        if saved.model_dump(exclude=RESUMABLE) != config.model_dump(exclude=RESUMABLE):
             raise ValueError(f"{config_file}: --resume needs the run's own config (it differs)")
     elif state_path.exists():
         raise FileExistsError(
@@ -453,6 +457,7 @@ def train(
 
 
 __all__ = [
+    "RESUMABLE",
     "Run",
     "StepResult",
     "TrainConfig",
