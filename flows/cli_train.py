@@ -105,6 +105,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--hidden", type=positive_int, default=d["hidden"], help="network width")
     g.add_argument("--layers", type=positive_int, default=d["layers"], help="network depth")
+    g.add_argument(
+        "--init-from",
+        default=None,
+        metavar="CHECKPOINT",
+        help="start from a trained molecule checkpoint of the same recipe, its EGNN grown "
+        "function-preservingly to --hidden x --layers (None: a fresh network)",
+    )
     g.add_argument("--recipe", default=None, help="a recipe JSON file (overrides the above)")
     g.add_argument(
         "--steps",

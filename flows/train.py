@@ -134,6 +134,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         val_every=args.val_every,
         max_minutes=args.max_minutes,
         threads=args.threads,
+        init_from=args.init_from,
     )
 
 

@@ -52,9 +52,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch_geometric.data import Batch
 from tqdm.auto import tqdm
 
+from models.egnn import EGNN
+from models.grow import grow_egnn
 from pipeline.datasets import load_dataset
 from pipeline.molecule_recipe import MoleculeRecipeConfig
-from pipeline.recipes import Recipe, RecipeConfig, recipe_from_config, save_trained
+from pipeline.recipes import (
+    Recipe,
+    RecipeConfig,
+    load_trained,
+    recipe_from_config,
+    save_trained,
+)
 from pipeline.structures import StructureSet
 from pipeline.train_io import MetricsLog, StopSignal, World, atomic_save, load_state
 
@@ -94,6 +102,9 @@ class TrainConfig(BaseModel):
     # does not depend on what else runs on the machine, so runs with equal budgets compare fairly.
     max_minutes: PositiveFloat | None = None
     threads: PositiveInt | None = None  # torch threads per process
+    # Start from a trained checkpoint of the same recipe with a smaller or equal network, grown
+    # function-preservingly into this recipe's network (models.grow); None: a fresh network.
+    init_from: str | None = None
 
     @model_validator(mode="after")
     def _decay_before_end(self) -> TrainConfig:
@@ -230,6 +241,7 @@ class Run:
     skipped: int = 0
     seconds: float = 0.0
     cpu_seconds: float = 0.0
+    origin: dict | None = None  # the grown checkpoint (init_from): its path, step and CPU seconds
 
 
 @dataclass(frozen=True)
@@ -280,6 +292,31 @@ def _training_data(config: TrainConfig, recipe: Recipe):
     return data, val, histogram
 
 
+def grow_from_checkpoint(model: nn.Module, recipe: Recipe, path: str) -> dict:
+    """Load the trained checkpoint ``path`` and grow its network into ``model`` (in place,
+    :func:`models.grow.grow_egnn`); returns its provenance ``{"checkpoint", "step",
+    "cpu_seconds"}`` (CPU seconds of all the training behind it).
+
+    The checkpoint's recipe must equal ``recipe`` except for the network's ``hidden`` and
+    ``layers``: ``ValueError`` names the field that differs (``CheckpointError`` an unreadable
+    checkpoint)."""
+    trained = load_trained(path)
+    mine, theirs = recipe.config.model_dump(), trained.recipe.config.model_dump()
+    differ = sorted(k for k in mine if k != "model" and mine[k] != theirs.get(k))
+    if differ:
+        raise ValueError(f"{path}: its recipe differs from this run's in {', '.join(differ)}")
+    if not isinstance(model, EGNN) or not isinstance(trained.model, EGNN):
+        raise ValueError(f"{path}: only EGNN networks can be grown (models.grow)")
+    try:
+        grow_egnn(trained.model, model)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+    info = trained.info
+    # CPU seconds of all the training behind the checkpoint, its own ancestors included.
+    cpu = info.get("cpu_seconds", 0.0) + (info.get("init_from") or {}).get("cpu_seconds", 0.0)
+    return {"checkpoint": str(path), "step": info.get("step"), "cpu_seconds": round(cpu, 1)}
+
+
 def setup_run(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> Run:
     """Check ``run_dir``, load the data, build (or restore from ``checkpoints/state.pt``) the
     network, its EMA and Adam; write ``config.json``. Raises ``FileNotFoundError`` (resume with
@@ -297,10 +334,14 @@ def setup_run(config: TrainConfig, run_dir: str | Path, resume: bool = False) ->
 
     torch.manual_seed(config.seed)
     model = recipe.build_model()
+    origin = None
+    if config.init_from and not resume:
+        origin = grow_from_checkpoint(model, recipe, config.init_from)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     paths = (ckpt_dir / "state.pt", ckpt_dir / "last.pt")
     run = Run(config, world, recipe, data, val, histogram, model, model, ema, optimizer, *paths)
+    run.origin = origin
     if resume:
         state = load_state(run.state_path)
         model.load_state_dict(state["model"])
@@ -308,6 +349,7 @@ def setup_run(config: TrainConfig, run_dir: str | Path, resume: bool = False) ->
         optimizer.load_state_dict(state["optimizer"])
         run.step, run.skipped = int(state["step"]), int(state["skipped"])
         run.seconds, run.cpu_seconds = float(state["seconds"]), float(state["cpu_seconds"])
+        run.origin = state.get("origin")
     if world.main:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(config.model_dump_json(indent=2) + "\n")
@@ -354,6 +396,7 @@ def save_run(run: Run) -> None:
         "skipped": run.skipped,
         "seconds": run.seconds,
         "cpu_seconds": run.cpu_seconds,
+        "origin": run.origin,
     }
     atomic_save(state, run.state_path)
     save_trained(
@@ -365,6 +408,7 @@ def save_run(run: Run) -> None:
         dataset=run.config.dataset,
         seconds=round(run.seconds, 1),
         cpu_seconds=round(run.cpu_seconds, 1),
+        **({"init_from": run.origin} if run.origin else {}),
     )
 
 

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch_geometric.data import Batch
 
 from models.config import EGNNConfig
 from pipeline.molecule_recipe import MoleculeRecipeConfig
 from pipeline.recipes import load_trained
-from pipeline.train import TrainConfig, batch_indices, learning_rate, train
+from pipeline.train import TrainConfig, batch_indices, learning_rate, setup_run, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = MoleculeRecipeConfig(model=EGNNConfig(hidden=16, layers=2)).model_dump(mode="json")
@@ -93,6 +94,38 @@ def test_resumed_run_ends_with_the_same_weights_as_an_uninterrupted_one(tmp_path
     trained = load_trained(tmp_path / "cut" / "checkpoints" / "last.pt")
     assert trained.info["step"] == 6
     assert sum(trained.num_atoms.values()) == 48
+
+
+def test_a_run_grown_from_a_checkpoint_starts_at_its_function_and_records_it(tmp_path):
+    small = train(tiny_config(steps=4), tmp_path / "small", progress=False)
+    wider = MoleculeRecipeConfig(model=EGNNConfig(hidden=24, layers=3)).model_dump(mode="json")
+    grown = tiny_config(recipe=wider, init_from=str(small.checkpoint))
+    run = setup_run(grown, tmp_path / "grown")
+    before = load_trained(small.checkpoint)
+    batch = Batch.from_data_list(run.data[:4].to_data_list())
+    x, t = torch.cat([batch.pos, torch.randn(batch.num_nodes, 5)], 1), torch.rand(4)
+    torch.testing.assert_close(run.model(x, t, batch.batch), before.model(x, t, batch.batch))
+    torch.testing.assert_close(run.ema(x, t, batch.batch), before.model(x, t, batch.batch))
+    train(grown, tmp_path / "grown", progress=False)
+    origin = load_trained(tmp_path / "grown" / "checkpoints" / "last.pt").info["init_from"]
+    assert origin == {
+        "checkpoint": str(small.checkpoint),
+        "step": 4,
+        "cpu_seconds": round(small.cpu_seconds, 1),
+    }
+    # The run resumes (its provenance kept) like any other.
+    train(
+        tiny_config(recipe=wider, init_from=str(small.checkpoint), steps=8),
+        tmp_path / "grown",
+        resume=True,
+        progress=False,
+    )
+    assert load_trained(tmp_path / "grown" / "checkpoints" / "last.pt").info["init_from"] == origin
+    other = MoleculeRecipeConfig(
+        model=EGNNConfig(hidden=24, layers=3), preconditioning="edm"
+    ).model_dump(mode="json")
+    with pytest.raises(ValueError, match="differs from this run's in preconditioning"):
+        setup_run(tiny_config(recipe=other, init_from=str(small.checkpoint)), tmp_path / "other")
 
 
 def test_non_finite_steps_are_skipped_and_never_saved(tmp_path):
