@@ -34,7 +34,9 @@ RESULTS = Path(__file__).resolve().parent / "results" / "qm9_curve"
 
 def snapshot(run: Path, folder: Path) -> Path:
     """Copy ``run``'s last checkpoint and its JSON to ``folder/step-NNNNNNN.pt`` (a cool-down
-    branch, trained with ``--decay-start S``: ``step-NNNNNNN-decayS.pt``); returns it."""
+    branch, trained with ``--decay-start S``: ``step-NNNNNNN-decayS.pt``; a run grown from a
+    checkpoint of step S with ``--init-from``: ``step-NNNNNNN-grownS-LxH.pt``, its step counted
+    from S); returns it."""
     last = run / "checkpoints" / "last.pt"
     meta = last.with_suffix(".json")
     folder.mkdir(parents=True, exist_ok=True)
@@ -42,13 +44,16 @@ def snapshot(run: Path, folder: Path) -> Path:
     decay = config.get("decay_start")
     while True:  # the trainer may replace the pair between the two copies: retry until stable
         before = meta.read_text()
-        step = json.loads(before)["run"]["step"]
+        info = json.loads(before)
+        origin = info["run"].get("init_from") or {"step": 0}
+        step = origin["step"] + info["run"]["step"]
+        net = info["config"]
+        grown = f"-grown{origin['step']}-{net['layers']}x{net['hidden']}" if origin["step"] else ""
         dest = folder / (
-            f"step-{step:07d}" + (f"-decay{decay}" if decay is not None else "") + ".pt"
+            f"step-{step:07d}" + (f"-decay{decay}" if decay is not None else "") + grown + ".pt"
         )
         shutil.copy2(last, dest)
         if meta.read_text() == before:
-            info = json.loads(before)
             info["run"]["molecules_seen"] = step * config["batch_size"] * config["accumulate"]
             info["run"]["decay_start"] = decay
             dest.with_suffix(".json").write_text(json.dumps(info, indent=2) + "\n")
@@ -68,10 +73,16 @@ def lr_schedule(m: dict) -> str:
     return "constant" if m.get("decay_start") is None else f"cool-down from {m['decay_start']:,}"
 
 
+def network(m: dict) -> str:
+    """``L x H`` of the row's EGNN, with the step it was grown at (``--init-from``)."""
+    net = f"{m.get('layers', 4)} x {m.get('hidden', 64)}"
+    return net + (f", grown at {m['grown_at']:,}" if m.get("grown_at") else "")
+
+
 def row(m: dict) -> str:
     den = " / ".join(f"{v:.3f}" for v in m["denoising"].values()) or "n/a"
     return (
-        f"| {m['step']} | {lr_schedule(m)} | {m['epochs']:.1f} | {m['cpu_hours']:.2f} | "
+        f"| {m['step']} | {network(m)} | {lr_schedule(m)} | {m['epochs']:.1f} | {m['cpu_hours']:.2f} | "
         f"{m.get('sampler', 'sde')} | {m.get('grid_power', 1.0):g} | {m['nfe']} | {m['n']} | "
         f"{pct(m['atom_stability'])} | {pct(m['molecule_stability'])} | "
         f"{pct(edm_validity(m))} | {pct(m['validity_x_uniqueness'])} | {pct(m['novelty'])} | "
@@ -110,13 +121,17 @@ def main(argv: list[str] | None = None) -> int:
         path = args.results / result_name(checkpoint, sampler)
         if path.exists():
             continue
-        run = json.loads(checkpoint.with_suffix(".json").read_text())["run"]
+        meta = json.loads(checkpoint.with_suffix(".json").read_text())
+        run, origin = meta["run"], meta["run"].get("init_from") or {"step": 0, "cpu_seconds": 0}
         known = known if known is not None else train_smiles()
         print(f"{checkpoint}: sampling {args.n} molecules, {sampler}", flush=True)
         metrics = evaluate(checkpoint, sampler, args.n, args.seed, known)
         metrics.update(
-            step=run["step"],
-            cpu_hours=run["cpu_seconds"] / 3600,
+            step=origin["step"] + run["step"],
+            layers=meta["config"]["layers"],
+            hidden=meta["config"]["hidden"],
+            grown_at=origin["step"] or None,
+            cpu_hours=(origin["cpu_seconds"] + run["cpu_seconds"]) / 3600,
             epochs=run["molecules_seen"] / sum(run["num_atoms"].values()),
             decay_start=run.get("decay_start"),
         )
@@ -127,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     found.sort(
         key=lambda m: (
             m["step"],
+            m.get("grown_at") or 0,
+            m.get("layers", 4),
             m.get("decay_start") or 0,
             -m["nfe"],
             order[m["sampler"]],
@@ -134,16 +151,19 @@ def main(argv: list[str] | None = None) -> int:
         )
     )
     lines = [
-        "| step | learning rate | epochs | CPU-h | sampler | grid | NFE | n | atom stab. | mol. stab. | valid (EDM) |"
+        "| step | network | learning rate | epochs | CPU-h | sampler | grid | NFE | n | atom stab. | mol. stab. | valid (EDM) |"
         " V x U | novel | denoising error at t = 0.01 / 0.03 / 0.1 / 0.3 |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ] + [row(m) for m in found]
     body = "\n".join(lines) + (
         "\n\nThe flagship recipe (`edm-precond` of `quality-ablation`: EGNN 4 x 64, exact DSM on "
         "EDM's linear VP process, EDM preconditioning, output weight, batch 64, lr 5e-4, EMA 0.999,"
         " seed 0), trained by `ldsm train --threads 1` and resumed across sessions; each row is "
         "the EMA model at that step (`cool-down from S`: a branch resumed from the run's state at "
-        "step S with `--decay-start S`, its learning rate falling linearly to 0 at the row's step), sampled by `sampler` (`sde`: the reverse SDE, Euler-Maruyama;"
+        "step S with `--decay-start S`, its learning rate falling linearly to 0 at the row's step; "
+        "`grown at S`: a run started with `--init-from` on the flagship's EMA network at step S, "
+        "grown function-preservingly to the row's network, its step and CPU-hours counted on from "
+        "the flagship's), sampled by `sampler` (`sde`: the reverse SDE, Euler-Maruyama;"
         " `ancestral`: EDM's posterior steps; `ode`: Heun on the probability flow) on the time "
         "grid `t_end + (1 - t_end) u^grid`. Issue 13's bar: atom stability >= 95, molecule "
         "stability >= 50, validity >= 85."
