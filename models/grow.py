@@ -48,7 +48,7 @@ def _column_map(n_small: int, n_large: int, h_small: int, h_large: int) -> Tenso
 def _copy_linear(small: nn.Linear, large: nn.Linear, h_small: int, h_large: int) -> None:
     """Copy ``small`` into ``large``: old block copied, new columns zero, new rows left as built."""
     out_s, in_s = small.weight.shape
-    out_l, in_l = large.weight.shape
+    in_l = large.weight.shape[1]
     cols = _column_map(in_s, in_l, h_small, h_large)
     rows = torch.arange(out_s)
     with torch.no_grad():
