@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt
 
 TimeEmbedding = Literal["scalar", "sinusoidal"]
 
@@ -77,11 +77,16 @@ class CSPNetConfig(BaseModel):
     time_embedding: TimeEmbedding = "sinusoidal"
     time_dim: int = Field(default=64, ge=4, multiple_of=2)
     layer_norm: bool = False
+    # Gaussian radial basis of each edge's minimum-image Cartesian length (0: DiffCSP's features
+    # only). Gives the messages bond lengths directly instead of through Fourier(frac) and L L^T.
+    distance_features: NonNegativeInt = 0
+    distance_cutoff: PositiveFloat = 6.0  # Angstrom, the last basis centre
 
     def parameter_count(self) -> int:
         """Trainable parameters of ``CSPNet(self)``, counted layer by layer."""
         h = self.hidden
-        edge_in = 2 * h + 9 + 6 * self.num_freqs  # [h_i, h_j, flat L L^T, Fourier(frac_j - frac_i)]
+        # [h_i, h_j, flat L L^T, Fourier(frac_j - frac_i), radial basis of |minimum image|]
+        edge_in = 2 * h + 9 + 6 * self.num_freqs + self.distance_features
         layer = _linear(edge_in, h) + _linear(h, h) + _linear(2 * h, h) + _linear(h, h)
         layer += 2 * h if self.layer_norm else 0
         t = _time_dim(self.time_embedding, self.time_dim)

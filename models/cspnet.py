@@ -8,7 +8,10 @@ A crystal is ``(frac, lattice, h)``: fractional coordinates ``frac (N, 3)`` on t
     h_i <- h_i + phi_h(h_i, mean_j m_ij)
 
 over all pairs of atoms of a crystal, self-pairs included (DiffCSP's ``edge_style='fc'``), where
-``psi(d) = [sin(2 pi k d), cos(2 pi k d)]_{k < num_freqs}`` per coordinate. Why each symmetry holds:
+``psi(d) = [sin(2 pi k d), cos(2 pi k d)]_{k < num_freqs}`` per coordinate. With
+``distance_features > 0`` the edge also carries a Gaussian radial basis of its minimum-image
+Cartesian length ``|d|_L`` (:func:`models.graph.minimum_image_distance`; a function of ``d`` and
+``L L^T`` only, so every symmetry below still holds). Why each symmetry holds:
 
 - periodic translations: ``psi`` has integer frequencies, so a common shift of all ``f`` and moving
   any atom by a lattice vector change nothing;
@@ -34,8 +37,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from models.config import CSPNetConfig
-from models.embeddings import ScalarTime, SinusoidalTime, periodic_fourier_features
-from models.graph import periodic_edges, scatter_mean
+from models.embeddings import (
+    ScalarTime,
+    SinusoidalTime,
+    gaussian_distance_features,
+    periodic_fourier_features,
+)
+from models.graph import minimum_image_distance, periodic_edges, scatter_mean
 
 
 class CrystalScore(NamedTuple):
@@ -57,8 +65,9 @@ class CSPLayer(nn.Module):
     def __init__(self, cfg: CSPNetConfig):
         super().__init__()
         hid = cfg.hidden
+        edge_width = 6 * cfg.num_freqs + cfg.distance_features
         self.edge_mlp = nn.Sequential(
-            nn.Linear(2 * hid + 9 + 6 * cfg.num_freqs, hid),
+            nn.Linear(2 * hid + 9 + edge_width, hid),
             nn.SiLU(),
             nn.Linear(hid, hid),
             nn.SiLU(),
@@ -69,10 +78,10 @@ class CSPLayer(nn.Module):
         self.layer_norm = nn.LayerNorm(hid) if cfg.layer_norm else None
 
     def forward(
-        self, h: Tensor, gram: Tensor, batch: Tensor, edge_index: Tensor, fourier: Tensor
+        self, h: Tensor, gram: Tensor, batch: Tensor, edge_index: Tensor, edge_features: Tensor
     ) -> Tensor:
-        """``h (N, H)``, ``gram (B, 9)``, ``batch (N,)``, ``edge_index (2, E)``,
-        ``fourier (E, 6 num_freqs)`` -> ``(N, H)``."""
+        """``h (N, H)``, ``gram (B, 9)``, ``batch (N,)``, ``edge_index (2, E)`` and
+        ``edge_features (E, 6 num_freqs + distance_features)`` (Fourier, then radial) -> ``(N, H)``."""
         width = h.shape[1]
         feats = h if self.layer_norm is None else self.layer_norm(h)
         first, _, second, _ = self.edge_mlp
@@ -83,7 +92,7 @@ class CSPLayer(nn.Module):
         at_receiver = at_receiver + F.linear(gram, w[:, 2 * width : 2 * width + 9])[batch]
         at_sender = F.linear(feats, w[:, width : 2 * width])
         pre = at_receiver.index_select(0, row) + at_sender.index_select(0, col)
-        pre = torch.addmm(pre, fourier, w[:, 2 * width + 9 :].t())
+        pre = torch.addmm(pre, edge_features, w[:, 2 * width + 9 :].t())
         m = F.silu(second(F.silu(pre)))
         agg = scatter_mean(m, row, h.shape[0])
         return h + self.node_mlp(torch.cat([feats, agg], dim=1))
@@ -115,11 +124,18 @@ class CSPNet(nn.Module):
         """``frac (N, 3)``, ``lattice (B, 3, 3)``, ``h (N, K)``, ``t (B,)``, ``batch (N,)``."""
         num_graphs = t.shape[0]
         edge_index, frac_diff = periodic_edges(frac, batch, num_graphs)
-        fourier = periodic_fourier_features(frac_diff, self.cfg.num_freqs)
+        edge_features = periodic_fourier_features(frac_diff, self.cfg.num_freqs)
         gram = gram_features(lattice)
+        if self.cfg.distance_features:
+            cell_gram = gram.reshape(-1, 3, 3)[batch[edge_index[0]]]
+            distance = minimum_image_distance(frac_diff, cell_gram)
+            radial = gaussian_distance_features(
+                distance, self.cfg.distance_features, self.cfg.distance_cutoff
+            )
+            edge_features = torch.cat([edge_features, radial], dim=1)
         feats = self.embedding(torch.cat([h, self.time(t.to(h.dtype))[batch]], dim=1))
         for layer in self.layers:
-            feats = layer(feats, gram, batch, edge_index, fourier)
+            feats = layer(feats, gram, batch, edge_index, edge_features)
         if self.final_norm is not None:
             feats = self.final_norm(feats)
         pooled = scatter_mean(feats, batch, num_graphs)

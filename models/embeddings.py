@@ -59,3 +59,15 @@ def periodic_fourier_features(frac_diff: Tensor, num_freqs: int) -> Tensor:
     k = 2.0 * math.pi * torch.arange(num_freqs, dtype=frac_diff.dtype, device=frac_diff.device)
     angles = (frac_diff[:, :, None] * k).reshape(frac_diff.shape[0], -1)
     return torch.cat([angles.sin(), angles.cos()], dim=-1)
+
+
+def gaussian_distance_features(distance: Tensor, count: int, cutoff: float) -> Tensor:
+    """Gaussian radial basis of lengths: ``distance (E,)`` Angstrom -> ``(E, count)``.
+
+    ``exp(-((d - mu_k) / delta)^2)`` with ``count`` centres ``mu_k`` evenly spaced on
+    ``[0, cutoff]`` and ``delta`` their spacing (SchNet's expansion, Schuett et al. 2017, eq. 6,
+    with ``gamma = 1 / delta^2``); lengths beyond the cut-off fade smoothly to zero.
+    """
+    centres = torch.linspace(0.0, cutoff, count, dtype=distance.dtype, device=distance.device)
+    delta = cutoff / max(count - 1, 1)
+    return torch.exp(-(((distance[:, None] - centres) / delta) ** 2))

@@ -80,3 +80,23 @@ def periodic_edges(frac: Tensor, batch: Tensor, num_graphs: int) -> tuple[Tensor
     edge_index = fully_connected_edges(batch, num_graphs, self_loops=True)
     row, col = edge_index
     return edge_index, torch.remainder(frac[col] - frac[row], 1.0)
+
+
+def minimum_image_distance(frac_diff: Tensor, gram: Tensor) -> Tensor:
+    """Cartesian length of the shortest periodic image of each edge: ``(num_edges,)``, Angstrom.
+
+    ``frac_diff (E, 3)`` fractional displacements (any image), ``gram (E, 3, 3)`` the Gram matrix
+    ``L L^T`` of each edge's cell (rows of ``L`` = lattice vectors). The displacement is wrapped to
+    ``[-1/2, 1/2)^3`` and the minimum of ``|(w + k) L|`` taken over the 27 shifts ``k`` in
+    ``{-1, 0, 1}^3``, which holds the shortest image unless the cell is very oblique (then a longer
+    image may be returned: a feature, so no symmetry breaks). Only the Gram matrix enters,
+    so the length is invariant under rotations of the Cartesian frame, and the wrapping makes it
+    invariant under moving either atom by a lattice vector.
+    """
+    wrapped = frac_diff - torch.round(frac_diff)
+    k = torch.tensor([-1.0, 0.0, 1.0], dtype=frac_diff.dtype, device=frac_diff.device)
+    shifts = torch.cartesian_prod(k, k, k)  # (27, 3)
+    images = wrapped[:, None, :] + shifts  # (E, 27, 3)
+    squared = torch.einsum("eki,eij,ekj->ek", images, gram, images)
+    # Floored so that self-pairs (length 0) have a finite gradient.
+    return squared.min(dim=1).values.clamp(min=1e-20).sqrt()

@@ -21,7 +21,9 @@ with the reason.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -59,10 +61,21 @@ def _chgnet():
     return CHGNet.load(verbose=False)
 
 
-def relax_crystals(crystals: Sequence[Data], steps: int = 100, fmax: float = 0.1) -> list[Relaxed]:
-    """Relax every structurally valid crystal of ``crystals`` (in order, names kept)."""
+@lru_cache(maxsize=1)
+def _optimizer():
+    """CHGNet's FIRE relaxer (atoms and cell), built once per process; its constructor's
+    "CHGNet will run on cpu" line is swallowed (printed to stdout, not logged)."""
     from chgnet.model import StructOptimizer
 
+    with contextlib.redirect_stdout(io.StringIO()):
+        return StructOptimizer(model=_chgnet())
+
+
+def relax_crystals(crystals: Sequence[Data], steps: int = 100, fmax: float = 0.1) -> list[Relaxed]:
+    """Relax every structurally valid crystal of ``crystals`` (in order, names kept).
+
+    ``reason`` is ``"ok"`` when FIRE stopped before ``steps`` steps (converged), else it says that
+    the last geometry of ``steps`` steps was kept."""
     out = []
     for data in crystals:
         name = str(data[K.NAME])
@@ -75,9 +88,7 @@ def relax_crystals(crystals: Sequence[Data], steps: int = 100, fmax: float = 0.1
             continue
         structure = cc.to_structure(lattice, frac, z)
         try:
-            result = StructOptimizer(model=_chgnet()).relax(
-                structure, steps=steps, fmax=fmax, verbose=False
-            )
+            result = _optimizer().relax(structure, steps=steps, fmax=fmax, verbose=False)
         except Exception as err:  # noqa: BLE001 - CHGNet's failures (no neighbours, ...) are data
             reason = (
                 f"chgnet failed: {str(err).splitlines()[0] if str(err) else type(err).__name__}"
@@ -92,11 +103,13 @@ def relax_crystals(crystals: Sequence[Data], steps: int = 100, fmax: float = 0.1
             np.asarray(final.lattice.matrix),
             name=name,
         )
-        out.append(
-            Relaxed(
-                name, True, "ok", float(energies[0]), float(energies[-1]), len(energies), relaxed
-            )
-        )
+        # CHGNet's trajectory has a frame at the start, one per FIRE step and one more after
+        # the run (StructOptimizer.relax), so FIRE took len - 2 steps; fewer than ``steps``: it
+        # converged.
+        taken = len(energies) - 2
+        reason = "ok" if taken < steps else f"not converged in {steps} steps (last geometry kept)"
+        before, after = float(energies[0]), float(energies[-1])
+        out.append(Relaxed(name, True, reason, before, after, taken, relaxed))
     return out
 
 

@@ -43,6 +43,7 @@ def test_chgnet_relaxes_a_distorted_perovskite_and_keeps_an_invalid_cell(tmp_pat
     with open(tmp_path / "relaxed" / "relax.csv", newline="") as f:
         rows = {r["name"]: r for r in csv.DictReader(f)}
     assert rows["srtio3"]["relaxed"] == "True" and rows["close"]["relaxed"] == "False"
+    assert rows["srtio3"]["reason"] == "not converged in 3 steps (last geometry kept)"
     assert (
         rows["close"]["reason"].startswith("not relaxed:")
         and "0.04 A apart" in rows["close"]["reason"]
@@ -65,3 +66,19 @@ def test_chgnet_relaxes_a_distorted_perovskite_and_keeps_an_invalid_cell(tmp_pat
     )
     assert "| structural_validity | 0.5 | 1 |" in lines
     assert lines[2].startswith("1 of 2 crystals relaxed")
+
+
+def test_chgnet_says_whether_fire_converged():
+    """FIRE on SrTiO3 with one O displaced by 0.08 A: converged ("ok") well within 200 steps, and
+    "not converged" when stopped after 2; the displaced O moves back towards its site."""
+    import numpy as np
+
+    from pipeline.relax import relax_crystals
+    from pipeline.structures import make_crystal
+
+    frac = [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.52]]
+    srtio3 = make_crystal([38, 22, 8, 8, 8], frac, 3.905 * np.eye(3), name="srtio3")
+    done, stopped = relax_crystals([srtio3], steps=200)[0], relax_crystals([srtio3], steps=2)[0]
+    assert done.reason == "ok" and done.steps < 200
+    assert stopped.reason == "not converged in 2 steps (last geometry kept)" and stopped.steps == 2
+    assert abs(float(done.structure.frac[4, 2]) - 0.5) < 0.02
