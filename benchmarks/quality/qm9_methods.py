@@ -65,6 +65,7 @@ def training_summary(run: Path) -> dict:
         "batch_size": config["batch_size"],
         "hidden": config["recipe"]["model"]["hidden"],
         "layers": config["recipe"]["model"]["layers"],
+        "distance_features": config["recipe"]["model"].get("distance_features", 0),
     }
 
 
@@ -144,15 +145,18 @@ def table(runs: list[Path], results: Path) -> str:
 
 
 def training_table(runs: list[Path], network: str) -> str:
-    """One Markdown row per training run: loss, drift, network size, steps and time spent."""
+    """One Markdown row per training run: loss, drift, network size (and CSPNet's radial edge
+    features, where it has them), steps and time spent."""
     lines = [
         "| run | loss | drift | network | batch | steps | CPU min | wall min | skipped |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         s = training_summary(run)
+        radial = f" + {s['distance_features']} radial" if s["distance_features"] else ""
         lines.append(
-            f"| {run.name} | {s['loss']} | {s['drift']} | {network} {s['layers']}x{s['hidden']} | "
+            f"| {run.name} | {s['loss']} | {s['drift']} | {network} {s['layers']}x{s['hidden']}"
+            f"{radial} | "
             f"{s['batch_size']} | {s['steps']} | {s['cpu_minutes']} | {s['wall_minutes']} | "
             f"{s['skipped']} |"
         )
