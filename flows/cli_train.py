@@ -17,6 +17,7 @@ TRAIN = dict(
     loss="local-dsm", drift="physical", mode="expm", step="fraction", budget=0.5,
     sim_mode="euler", sim_budget=0.25,
     hidden=64, layers=4, time_power=1.0, preconditioning="sigma", type_weight=20.0,
+    distance_features=32,
 )  # fmt: skip
 
 
@@ -89,6 +90,14 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         type=positive_float,
         default=d["type_weight"],
         help="crystals: weight of the type loss against 1 for lattice and coordinates (DiffCSP: 20)",
+    )
+    g.add_argument(
+        "--distance-features",
+        type=nonnegative_int,
+        default=d["distance_features"],
+        help="crystals: Gaussian radial basis functions of each CSPNet edge's minimum-image length "
+        "(0: DiffCSP's features only; 32 gave +14 points of structural validity at equal CPU, "
+        "BENCHMARKS quality-carbon-24 and quality-perov-5)",
     )
     g.add_argument(
         "--time-power",

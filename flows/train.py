@@ -85,7 +85,12 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
 
         base = CrystalRecipeConfig()
         model = CSPNetConfig(
-            **{**base.model.model_dump(), "hidden": args.hidden, "layers": args.layers}
+            **{
+                **base.model.model_dump(),
+                "hidden": args.hidden,
+                "layers": args.layers,
+                "distance_features": args.distance_features,
+            }
         )
         process = base.process.model_copy(update={"drift": drift})
         config = base.model_copy(

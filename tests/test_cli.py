@@ -122,6 +122,28 @@ def test_training_options_build_the_loss_config():
     assert (split["mode"], split["sim_mode"], split["sim_budget"]) == ("split", "split", 1.0)
 
 
+def test_crystal_training_options_build_the_cspnet_config():
+    """A crystal recipe from the command line: CSPNet of --hidden x --layers with the radial edge
+    features on by default (32, the measured choice) and off with --distance-features 0; the
+    config's own default stays 0, so checkpoints written before the field existed load as they
+    were trained; --csp gives the types, --type-weight weighs them."""
+    from flows.train import recipe_from_args
+
+    parser = cli.build_parser()
+
+    def recipe(*options):
+        args = ["train", "--out", "x", "--dataset", "perov-5", "--split", "val", *options]
+        return recipe_from_args(parser.parse_args(args))
+
+    default = recipe("--hidden", "32", "--layers", "2")
+    assert default["model"]["distance_features"] == 32 and CSPNetConfig().distance_features == 0
+    assert (default["model"]["hidden"], default["model"]["layers"]) == (32, 2)
+    assert default["types"] == "diffuse" and default["part_weights"]["types"] == 20.0
+    plain = recipe("--distance-features", "0", "--csp", "--type-weight", "5")
+    assert plain["model"]["distance_features"] == 0 and plain["types"] == "given"
+    assert plain["part_weights"]["types"] == 5.0
+
+
 def test_parser_defaults_are_the_configs_defaults():
     from flows.design import DesignConfig, config_from_args
     from flows.screen import ScreenConfig
