@@ -92,7 +92,6 @@ def main() -> None:
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     import torch
-
     from _report import write_section
 
     torch.set_num_threads(1)
@@ -117,7 +116,9 @@ def main() -> None:
         "OMP_NUM_THREADS=1 python benchmarks/bench_relax.py "
         f"--molecules {args.molecules} --crystals {args.crystals}"
     )
-    write_section("relaxation", "Relaxation throughput: xTB molecules, CHGNet crystals", command, body)
+    write_section(
+        "relaxation", "Relaxation throughput: xTB molecules, CHGNet crystals", command, body
+    )
     print(body)
 
 
