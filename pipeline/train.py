@@ -101,7 +101,10 @@ class TrainConfig(BaseModel):
     # Stop (and checkpoint) after this much CPU time of the training process: unlike wall time it
     # does not depend on what else runs on the machine, so runs with equal budgets compare fairly.
     max_minutes: PositiveFloat | None = None
-    threads: PositiveInt | None = None  # torch threads per process
+    # torch threads per process (None: torch's default, one per core). 1 because on 2 idle cores
+    # 2 threads were only 8 % faster per step and 2.75x slower beside one busy process
+    # (BENCHMARKS threads).
+    threads: PositiveInt | None = 1
     # Start from a trained checkpoint of the same recipe with a smaller or equal network, grown
     # function-preservingly into this recipe's network (models.grow); None: a fresh network.
     init_from: str | None = None
