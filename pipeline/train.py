@@ -301,11 +301,14 @@ def grow_from_checkpoint(model: nn.Module, recipe: Recipe, path: str) -> dict:
     "cpu_seconds"}`` (CPU seconds of all the training behind it).
 
     The checkpoint's recipe must equal ``recipe`` except for the network's ``hidden`` and
-    ``layers``: ``ValueError`` names the field that differs (``CheckpointError`` an unreadable
-    checkpoint)."""
+    ``layers`` and the ``loss`` (which times and weights train the network, not what it
+    computes: a fine-tune may change them): ``ValueError`` names the field that differs
+    (``CheckpointError`` an unreadable checkpoint)."""
     trained = load_trained(path)
     mine, theirs = recipe.config.model_dump(), trained.recipe.config.model_dump()
-    differ = sorted(k for k in mine if k != "model" and mine[k] != theirs.get(k))
+    differ = sorted(
+        k for k in mine if k not in ("model", "loss") and mine[k] != theirs.get(k)
+    )
     if differ:
         raise ValueError(f"{path}: its recipe differs from this run's in {', '.join(differ)}")
     if not isinstance(model, EGNN) or not isinstance(trained.model, EGNN):

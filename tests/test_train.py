@@ -126,6 +126,10 @@ def test_a_run_grown_from_a_checkpoint_starts_at_its_function_and_records_it(tmp
     ).model_dump(mode="json")
     with pytest.raises(ValueError, match="differs from this run's in preconditioning"):
         setup_run(tiny_config(recipe=other, init_from=str(small.checkpoint)), tmp_path / "other")
+    # A fine-tune may train the same network on other times (the loss is not the network).
+    tuned = MoleculeRecipeConfig(loss={"time_power": 2.0}).model_dump(mode="json")
+    run = setup_run(tiny_config(recipe=tuned, init_from=str(small.checkpoint)), tmp_path / "tuned")
+    torch.testing.assert_close(run.model(x, t, batch.batch), before.model(x, t, batch.batch))
 
 
 def test_non_finite_steps_are_skipped_and_never_saved(tmp_path):
