@@ -21,8 +21,9 @@ from flows.cli_train import add_training_options
 
 DESIGN_ENTRYPOINT = "flows.design:design"
 GENERATE = dict(
-    n=100, sampler="auto", nfe=100, grid_power=4.0, corrector=0.0, batch_size=250, seed=0
-)
+    n=100, sampler="auto", nfe=100, grid_power=4.0, corrector=0.0, noise_scale=0.8,
+    batch_size=250, seed=0,
+)  # fmt: skip
 SAMPLERS = ("auto", "sde", "ode", "ancestral")  # pipeline.samplers.SamplerConfig.kind
 SAMPLER_HELP = (
     "reverse SDE (Euler-Maruyama), probability-flow ODE (Heun) or ancestral (EDM's posterior "
@@ -53,6 +54,14 @@ def add_sampler_options(parser: argparse.ArgumentParser, nfe: int) -> None:
         "step (DiffCSP's 1e-5 / 0.005^2 = 0.4; NFE = 2 steps); 0: none",
     )
     parser.add_argument(
+        "--noise-scale",
+        type=nonnegative_float,
+        default=GENERATE["noise_scale"],
+        help="the fresh noise of every sde / ancestral step times this (the ode has none): below 1 "
+        "trades diversity for validity, like a lower temperature (QM9: 61 %% stable molecules at "
+        "0.8, 51 at 1); 1: the learnt law, as published benchmarks sample",
+    )
+    parser.add_argument(
         "--num-atoms",
         type=atom_count,
         default=None,
@@ -63,12 +72,16 @@ def add_sampler_options(parser: argparse.ArgumentParser, nfe: int) -> None:
 
 
 def sampler_config(args: argparse.Namespace):
-    """The ``pipeline.samplers.SamplerConfig`` of ``--sampler``, ``--nfe``, ``--grid-power`` and
-    ``--corrector``."""
+    """The ``pipeline.samplers.SamplerConfig`` of ``--sampler``, ``--nfe``, ``--grid-power``,
+    ``--corrector`` and ``--noise-scale``."""
     from pipeline.samplers import SamplerConfig
 
     return SamplerConfig(
-        kind=args.sampler, nfe=args.nfe, grid_power=args.grid_power, corrector=args.corrector
+        kind=args.sampler,
+        nfe=args.nfe,
+        grid_power=args.grid_power,
+        corrector=args.corrector,
+        noise_scale=args.noise_scale,
     )
 
 

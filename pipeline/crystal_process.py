@@ -186,6 +186,7 @@ class CrystalProcess:
         batch: Tensor,
         generator: torch.Generator | None,
         eta: float,
+        noise_scale: float = 1.0,
     ) -> CrystalState:
         """One reverse step from ``t`` to ``s < t`` (scalar tensors), stable at any step size.
 
@@ -194,7 +195,8 @@ class CrystalProcess:
         probability-flow ODE's exponential integrator), free of the sign flip of Euler-Maruyama,
         whose factor ``1 - beta dt (1/2 + ...)`` turns negative once ``beta dt > 2`` (under EDM's
         schedule ``beta(0.99) = 194``: 100 uniform Euler steps blew lattices up to NaN or crushed
-        them flat). Noise is drawn for the lattice, then the types, then ``u``.
+        them flat). Noise is drawn for the lattice, then the types, then ``u``, each scaled by
+        ``noise_scale`` (:class:`pipeline.samplers.SamplerConfig`).
 
         Lattice and types are VP (``alpha_t^2 = e^{-int_0^t beta}``, ``sigma^2 = 1 - alpha^2``,
         ``v = 1 - e^{-B}``, ``B = int_s^t beta``). ``x0_hat`` is clipped to a box that holds the
@@ -221,15 +223,15 @@ class CrystalProcess:
         )
         rows = torch.arange(nb)
         lattice = posterior_step(
-            x.lattice, pred.lattice, rows, vp, eta, generator, self.lattice.clip
+            x.lattice, pred.lattice, rows, vp, eta, generator, self.lattice.clip, noise_scale
         )
         h = x.h
         if not self.types_given:
             clip_h = lambda y: y.clamp(0.0, self.type_scale)  # noqa: E731
-            h = posterior_step(x.h, pred.h, batch, vp, eta, generator, clip_h)
+            h = posterior_step(x.h, pred.h, batch, vp, eta, generator, clip_h, noise_scale)
         one = torch.ones_like(tt)
         ve = (one, one, total_t, total_s, step)
-        u = posterior_step(x.u, pred.u, batch, ve, eta, generator)
+        u = posterior_step(x.u, pred.u, batch, ve, eta, generator, noise_scale=noise_scale)
         u = u - step[batch, None] * self.torus(x.lattice, batch).drift_field(x.u, batch)
         return self.wrap(CrystalState(u, lattice, h))
 

@@ -306,9 +306,7 @@ def grow_from_checkpoint(model: nn.Module, recipe: Recipe, path: str) -> dict:
     (``CheckpointError`` an unreadable checkpoint)."""
     trained = load_trained(path)
     mine, theirs = recipe.config.model_dump(), trained.recipe.config.model_dump()
-    differ = sorted(
-        k for k in mine if k not in ("model", "loss") and mine[k] != theirs.get(k)
-    )
+    differ = sorted(k for k in mine if k not in ("model", "loss") and mine[k] != theirs.get(k))
     if differ:
         raise ValueError(f"{path}: its recipe differs from this run's in {', '.join(differ)}")
     if not isinstance(model, EGNN) or not isinstance(trained.model, EGNN):

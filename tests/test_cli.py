@@ -148,7 +148,7 @@ def test_parser_defaults_are_the_configs_defaults():
     from flows.design import DesignConfig, config_from_args
     from flows.screen import ScreenConfig
     from flows.train import config_from_args as train_config
-    from pipeline import crystal_checks, datasets, transitions
+    from pipeline import crystal_checks, datasets, samplers, transitions
     from pipeline.generate import GenerateConfig
     from pipeline.losses import LossConfig
     from pipeline.molecule_recipe import MoleculeRecipeConfig, ProcessConfig
@@ -171,6 +171,7 @@ def test_parser_defaults_are_the_configs_defaults():
                 nfe=generate.nfe,
                 grid_power=generate.grid_power,
                 corrector=generate.corrector,
+                noise_scale=generate.noise_scale,
             ),
             batch_size=generate.batch_size,
             seed=generate.seed,
@@ -193,6 +194,7 @@ def test_parser_defaults_are_the_configs_defaults():
         typing.get_args(SamplerConfig.model_fields["kind"].annotation)
     )
     assert cli_data._card_names() == sorted(datasets.load_cards())
+    assert cli_sample.GENERATE["noise_scale"] == samplers.DESIGN_NOISE_SCALE
 
 
 # ---- files given as options -------------------------------------------------------------

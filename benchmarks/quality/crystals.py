@@ -113,7 +113,13 @@ def evaluate(
         fingerprints=ref_fps is not None,
     )
     metrics = pm.crystal_set_metrics(rows, ref, ref_fps, cutoffs, matching=matching)
-    metrics.update(nfe=used, corrector=sampler.corrector, seconds_per_crystal=seconds / n, n=n)
+    metrics.update(
+        nfe=used,
+        corrector=sampler.corrector,
+        noise_scale=sampler.noise_scale,
+        seconds_per_crystal=seconds / n,
+        n=n,
+    )
     return metrics
 
 
@@ -156,6 +162,7 @@ def csp_evaluate(
     return {
         "nfe": used,
         "corrector": sampler.corrector,
+        "noise_scale": sampler.noise_scale,
         "n": len(truth),
         "match_rate": len(rms) / len(truth),
         "rmse": float(np.mean(rms)) if rms else None,
@@ -171,9 +178,9 @@ def csp_table(runs: list[Path], results: Path, dataset: str) -> str:
     ]
     for run in runs:
         found = [json.loads(p.read_text()) for p in results.glob(f"{run.name}-csp-nfe*.json")]
-        for m in sorted(found, key=lambda m: (m["nfe"], m.get("corrector", 0.0))):
+        for m in sorted(found, key=_order):
             lines.append(
-                f"| {run.name} | {m['nfe']} | {m.get('corrector', 0.0):g} | {m['n']} | "
+                f"| {_method(run, m)} | {m['nfe']} | {m.get('corrector', 0.0):g} | {m['n']} | "
                 f"{_pct(m['match_rate'])} | "
                 f"{_num(m['rmse'])} | {m['seconds_per_crystal']:.4f} |"
             )
@@ -182,9 +189,21 @@ def csp_table(runs: list[Path], results: Path, dataset: str) -> str:
     return training_table(runs, "CSPNet") + "\n\n" + "\n".join(lines)
 
 
-def _suffix(corrector: float) -> str:
-    """Result files of corrected samples carry the step (those without one predate it)."""
-    return f"-pc{corrector:g}" if corrector else ""
+def _suffix(corrector: float, noise_scale: float = 1.0) -> str:
+    """Result files of corrected samples carry the step, those sampled below the learnt law's
+    noise their noise scale (files without either predate them)."""
+    noise = f"-noise{noise_scale:g}" if noise_scale != 1.0 else ""
+    return (f"-pc{corrector:g}" if corrector else "") + noise
+
+
+def _method(run: Path, m: dict) -> str:
+    """The run's name, with the noise scale where it is not the learnt law's 1."""
+    scale = m.get("noise_scale", 1.0)
+    return run.name + (f" (noise scale {scale:g})" if scale != 1.0 else "")
+
+
+def _order(m: dict) -> tuple:
+    return m["nfe"], m.get("corrector", 0.0), -m.get("noise_scale", 1.0)
 
 
 def _pct(value) -> str:
@@ -204,9 +223,9 @@ def table(runs: list[Path], results: Path, dataset: str) -> str:
     ]
     for run in runs:
         found = [json.loads(p.read_text()) for p in results.glob(f"{run.name}-nfe*.json")]
-        for m in sorted(found, key=lambda m: (m["nfe"], m.get("corrector", 0.0))):
+        for m in sorted(found, key=_order):
             lines.append(
-                f"| {run.name} | {m['nfe']} | {m.get('corrector', 0.0):g} | {m['n']} | "
+                f"| {_method(run, m)} | {m['nfe']} | {m.get('corrector', 0.0):g} | {m['n']} | "
                 f"{_pct(m['structural_validity'])} | "
                 f"{_pct(m['compositional_validity'])} | {_pct(m['coverage_recall'])} | "
                 f"{_pct(m['coverage_precision'])} | {_num(m['wdist_density'])} | "
@@ -246,6 +265,13 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="skip uniqueness and novelty (StructureMatcher fits, the slowest metrics)",
     )
+    parser.add_argument(
+        "--noise-scale",
+        type=float,
+        default=1.0,
+        help="the sampler's noise scale (pipeline.samplers.SamplerConfig); 1, the learnt law, is "
+        "what the published rows sample",
+    )
     parser.add_argument("--notes", default="", help="a Markdown file or paragraph under the table")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -260,12 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     ref = None
     for run in args.runs:
         for nfe in args.nfe:
-            path = args.results / f"{run.name}-nfe{nfe}{_suffix(args.corrector)}.json"
+            suffix = _suffix(args.corrector, args.noise_scale)
+            path = args.results / f"{run.name}-nfe{nfe}{suffix}.json"
             if path.exists():
                 continue
             ref = ref or reference(dataset, args.split, not args.no_coverage)
             print(f"{run.name}: sampling {args.n} crystals at {nfe} NFE", flush=True)
-            sampler = SamplerConfig(nfe=nfe, corrector=args.corrector)
+            sampler = SamplerConfig(nfe=nfe, corrector=args.corrector, noise_scale=args.noise_scale)
             metrics = evaluate(
                 run, sampler, args.n, args.batch, args.seed, *ref, cutoffs, not args.no_matching
             )
@@ -280,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "python -m benchmarks.quality.crystals --runs "
         + " ".join(str(r) for r in args.runs)
         + f" --nfe {' '.join(map(str, args.nfe))} --n {args.n} --corrector {args.corrector:g}"
+        + f" --noise-scale {args.noise_scale:g}"
         + (" --no-matching" if args.no_matching else "")
         + (" --no-coverage" if args.no_coverage else "")
     )
@@ -296,11 +324,12 @@ def csp_main(args: argparse.Namespace, dataset: str) -> int:
     """The ``--csp`` branch of :func:`main`: evaluate, tabulate, write section csp-<dataset>."""
     for run in args.runs:
         for nfe in args.nfe:
-            path = args.results / f"{run.name}-csp-nfe{nfe}{_suffix(args.corrector)}.json"
+            suffix = _suffix(args.corrector, args.noise_scale)
+            path = args.results / f"{run.name}-csp-nfe{nfe}{suffix}.json"
             if path.exists():
                 continue
             print(f"{run.name}: predicting {args.n} {dataset} structures at {nfe} NFE", flush=True)
-            sampler = SamplerConfig(nfe=nfe, corrector=args.corrector)
+            sampler = SamplerConfig(nfe=nfe, corrector=args.corrector, noise_scale=args.noise_scale)
             metrics = csp_evaluate(run, sampler, args.n, args.batch, args.seed, args.split)
             path.write_text(json.dumps(metrics, indent=2) + "\n")
             print(json.dumps(metrics), flush=True)
@@ -313,6 +342,7 @@ def csp_main(args: argparse.Namespace, dataset: str) -> int:
         "python -m benchmarks.quality.crystals --csp --runs "
         + " ".join(str(r) for r in args.runs)
         + f" --nfe {' '.join(map(str, args.nfe))} --n {args.n} --corrector {args.corrector:g}"
+        + f" --noise-scale {args.noise_scale:g}"
     )
     write_section(
         f"csp-{dataset}",

@@ -210,6 +210,7 @@ def evaluate(checkpoint: Path, sampler: SamplerConfig, n: int, seed: int, known)
         sampler=sampler.kind,
         nfe=sampler.nfe,
         grid_power=sampler.grid_power,
+        noise_scale=sampler.noise_scale,
         n=n,
         denoising=denoising_error(trained),
         # the checkpoint may be replaced later (the shipped one is): keep what was scored
@@ -274,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in [] if args.table_only else args.configs:
         checkpoint = ensure_trained(name, args.runs, args.minutes)
         samplers = [
-            SamplerConfig(kind=kind, nfe=nfe, grid_power=power)
+            SamplerConfig(kind=kind, nfe=nfe, grid_power=power, noise_scale=1.0)
             for kind in args.sampler
             for nfe in args.nfe
             for power in args.grid_power

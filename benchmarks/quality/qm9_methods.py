@@ -87,7 +87,7 @@ def evaluate(
         chunk, used = trained.recipe.sample(
             trained.model,
             counts[start : start + batch],
-            SamplerConfig(nfe=nfe, grid_power=grid_power),
+            SamplerConfig(nfe=nfe, grid_power=grid_power, noise_scale=1.0),
             gen,
             prefix=f"s{start}",
         )
