@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
@@ -30,6 +32,28 @@ from pipeline.metrics import CRYSTAL_KEYS as CRYSTAL_METRICS  # noqa: E402
 
 KEYS = ("atom_stability", "molecule_stability", "validity", "edm_validity", "uniqueness", "novelty")
 CRYSTAL_KEYS = CRYSTAL_METRICS[1:7]  # validity, uniqueness, novelty and coverage (not "n")
+
+
+def sdf_metrics(path: Path) -> dict:
+    """EDM's atom / molecule stability and validity of the molecules in ``path``, read back with
+    RDKit (elements and coordinates only, bonds ignored) and judged by EDM's distance tables
+    (:mod:`pipeline.molecule_checks`), independently of the design's screening flow."""
+    from rdkit import Chem
+
+    from pipeline import molecule_checks as mc
+
+    mols = [m for m in Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)]
+    if any(m is None for m in mols):
+        raise SystemExit(f"{path}: a record RDKit cannot read")
+    pairs = [
+        (np.array([a.GetAtomicNum() for a in m.GetAtoms()]), m.GetConformer().GetPositions())
+        for m in mols
+    ]
+    verdicts = mc.edm_stability_many(pairs)
+    atoms, molecules = mc.stability_fractions(verdicts)
+    valid = sum(mc.rdkit_validity(z, pos).ok for z, pos in pairs) / len(pairs)
+    return {"n": len(pairs), "atom_stability": atoms, "molecule_stability": molecules,
+            "edm_validity": valid}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
         wall = time.perf_counter() - started
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         metrics = json.loads((out / "metrics.json").read_text())
+        sdf = None if args.dataset else sdf_metrics(out / "samples" / "samples.sdf")
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     part, keys = ("crystals", CRYSTAL_KEYS) if args.dataset else ("molecules", KEYS)
     found = metrics[part]
@@ -60,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     body = (
         f"{what}, {found['n']} {part} at {sampler['nfe']} NFE ({sampler['kind']}, grid power "
-        f"{sampler.get('grid_power', 1.0):g}), screening, report with plots. One fresh process, "
+        f"{sampler.get('grid_power', 1.0):g}, noise scale {sampler.get('noise_scale', 1.0):g}), "
+        f"sampled in {metrics['generation']['seconds']:.0f} s, then screening, report "
+        "with plots. One fresh process, "
         f"Prefect's ephemeral server included; load average before the run {load:.1f} on 2 "
         "cores.\n\n"
         "| wall s | CPU s | " + " | ".join(keys) + " |\n"
@@ -69,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
         + " | ".join("n/a" if found.get(k) is None else f"{100 * found[k]:.1f}" for k in keys)
         + " |"
     )
+    if sdf is not None:
+        body += (
+            f"\n\nRead back from `samples/samples.sdf` with RDKit and judged by EDM's distance "
+            f"tables apart from the screen: {sdf['n']} molecules, atom stability "
+            f"{100 * sdf['atom_stability']:.1f} %, molecule stability "
+            f"{100 * sdf['molecule_stability']:.1f} %, EDM validity {100 * sdf['edm_validity']:.1f} %."
+        )
     print(body)
     write_section(
         f"design-{args.dataset}" if args.dataset else "design",

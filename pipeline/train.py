@@ -298,7 +298,8 @@ def _training_data(config: TrainConfig, recipe: Recipe):
 def grow_from_checkpoint(model: nn.Module, recipe: Recipe, path: str) -> dict:
     """Load the trained checkpoint ``path`` and grow its network into ``model`` (in place,
     :func:`models.grow.grow_egnn`); returns its provenance ``{"checkpoint", "step",
-    "cpu_seconds"}`` (CPU seconds of all the training behind it).
+    "cpu_seconds"}`` (steps and CPU seconds of all the training behind it, the checkpoint's own
+    ``init_from`` included).
 
     The checkpoint's recipe must equal ``recipe`` except for the network's ``hidden`` and
     ``layers`` and the ``loss`` (which times and weights train the network, not what it
@@ -316,9 +317,11 @@ def grow_from_checkpoint(model: nn.Module, recipe: Recipe, path: str) -> dict:
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from err
     info = trained.info
-    # CPU seconds of all the training behind the checkpoint, its own ancestors included.
-    cpu = info.get("cpu_seconds", 0.0) + (info.get("init_from") or {}).get("cpu_seconds", 0.0)
-    return {"checkpoint": str(path), "step": info.get("step"), "cpu_seconds": round(cpu, 1)}
+    # Steps and CPU seconds of all the training behind the checkpoint, its ancestors included.
+    origin = info.get("init_from") or {}
+    step = (info.get("step") or 0) + (origin.get("step") or 0)
+    cpu = info.get("cpu_seconds", 0.0) + origin.get("cpu_seconds", 0.0)
+    return {"checkpoint": str(path), "step": step, "cpu_seconds": round(cpu, 1)}
 
 
 def setup_run(config: TrainConfig, run_dir: str | Path, resume: bool = False) -> Run:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -16,7 +17,14 @@ from torch_geometric.data import Batch
 from models.config import EGNNConfig
 from pipeline.molecule_recipe import MoleculeRecipeConfig
 from pipeline.recipes import load_trained
-from pipeline.train import TrainConfig, batch_indices, learning_rate, setup_run, train
+from pipeline.train import (
+    TrainConfig,
+    batch_indices,
+    grow_from_checkpoint,
+    learning_rate,
+    setup_run,
+    train,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = MoleculeRecipeConfig(model=EGNNConfig(hidden=16, layers=2)).model_dump(mode="json")
@@ -126,10 +134,17 @@ def test_a_run_grown_from_a_checkpoint_starts_at_its_function_and_records_it(tmp
     ).model_dump(mode="json")
     with pytest.raises(ValueError, match="differs from this run's in preconditioning"):
         setup_run(tiny_config(recipe=other, init_from=str(small.checkpoint)), tmp_path / "other")
-    # A fine-tune may train the same network on other times (the loss is not the network).
-    tuned = MoleculeRecipeConfig(loss={"time_power": 2.0}).model_dump(mode="json")
-    run = setup_run(tiny_config(recipe=tuned, init_from=str(small.checkpoint)), tmp_path / "tuned")
-    torch.testing.assert_close(run.model(x, t, batch.batch), before.model(x, t, batch.batch))
+    # A fine-tune may train the same network on other times (the loss is not the network), and
+    # its provenance counts the steps of every ancestor (8 of the grown run, 4 before it).
+    tuned = MoleculeRecipeConfig(
+        model=EGNNConfig(hidden=24, layers=3), loss={"time_power": 2.0}
+    ).model_dump(mode="json")
+    grown_last = tmp_path / "grown" / "checkpoints" / "last.pt"
+    run = setup_run(tiny_config(recipe=tuned, init_from=str(grown_last)), tmp_path / "tuned")
+    after = load_trained(grown_last)
+    torch.testing.assert_close(run.model(x, t, batch.batch), after.model(x, t, batch.batch))
+    recipe = load_trained(grown_last).recipe
+    assert grow_from_checkpoint(copy.deepcopy(after.model), recipe, str(grown_last))["step"] == 12
 
 
 def test_non_finite_steps_are_skipped_and_never_saved(tmp_path):
