@@ -112,10 +112,10 @@ def _generate(checkpoint: str, config: GenerateConfig, out: str, threads: int) -
         info["cifs"] = str(Path(out) / "cifs")
         info["cifs_unwritten"] = write_cifs(result.structures, Path(out) / "cifs")
     summary = write_samples(result.structures, out, trained.recipe.config.kind, info)
+    noise = "" if config.sampler.kind == "ode" else f" (noise scale {config.sampler.noise_scale:g})"
     print(
-        f"generated {summary['n']} {summary['kind']}s at {result.nfe} NFE (noise scale "
-        f"{config.sampler.noise_scale:g}) in {len(chunks)} chunks: "
-        f"{summary['seconds_per_structure']} s each; "
+        f"generated {summary['n']} {summary['kind']}s at {result.nfe} NFE{noise} in {len(chunks)} "
+        f"chunks: {summary['seconds_per_structure']} s each; "
         f"{len(summary['degenerate'])} degenerate"
     )
     return summary
