@@ -42,7 +42,7 @@ def sdf_metrics(path: Path) -> dict:
 
     from pipeline import molecule_checks as mc
 
-    mols = [m for m in Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False)]
+    mols = list(Chem.SDMolSupplier(str(path), removeHs=False, sanitize=False))
     if any(m is None for m in mols):
         raise SystemExit(f"{path}: a record RDKit cannot read")
     pairs = [
