@@ -24,10 +24,11 @@ GENERATE = dict(
     n=100, sampler="auto", nfe=100, grid_power=4.0, corrector=0.0, noise_scale=0.8,
     batch_size=250, seed=0,
 )  # fmt: skip
-SAMPLERS = ("auto", "sde", "ode", "ancestral")  # pipeline.samplers.SamplerConfig.kind
+SAMPLERS = ("auto", "sde", "ode", "ancestral", "split")  # pipeline.samplers.SamplerConfig.kind
 SAMPLER_HELP = (
-    "reverse SDE (Euler-Maruyama), probability-flow ODE (Heun) or ancestral (EDM's posterior "
-    "steps; linear-process models only); auto: ancestral for a linear-process model, else sde"
+    "reverse SDE (Euler-Maruyama), probability-flow ODE (Heun), ancestral (EDM's posterior "
+    "steps; linear-process models only) or split (ancestral steps of any drift, its pair term "
+    "frozen over a step); auto: ancestral for a linear-process model, else sde"
 )
 DESIGN = dict(out="runs/design", n=200, nfe=100, reference_size=1000, relax="none")
 

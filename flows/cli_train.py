@@ -107,10 +107,11 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--preconditioning",
-        choices=["sigma", "edm"],
+        choices=["sigma", "edm", "edm-stationary"],
         default=d["preconditioning"],
-        help="molecule score network: noise prediction (sigma) or Karras et al.'s EDM "
-        "preconditioning with unit weight on the network output (edm)",
+        help="molecule score network: noise prediction (sigma), Karras et al.'s EDM "
+        "preconditioning with unit weight on the network output (edm), or edm with the "
+        "physical drift's stationary score as its reference near t = 1 (edm-stationary)",
     )
     g.add_argument("--hidden", type=positive_int, default=d["hidden"], help="network width")
     g.add_argument("--layers", type=positive_int, default=d["layers"], help="network depth")
@@ -118,8 +119,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "--init-from",
         default=None,
         metavar="CHECKPOINT",
-        help="start from a trained molecule checkpoint of the same recipe, its EGNN grown "
-        "function-preservingly to --hidden x --layers (None: a fresh network)",
+        help="start from a trained molecule checkpoint of the same recipe (its loss and process "
+        "may differ: a fine-tune or warm start), its EGNN grown function-preservingly to "
+        "--hidden x --layers (None: a fresh network)",
     )
     g.add_argument("--recipe", default=None, help="a recipe JSON file (overrides the above)")
     g.add_argument(

@@ -178,7 +178,7 @@ def check_sampler(kind: str, trained: Trained, corrector: float = 0.0) -> None:
     if kind == "ancestral" and config.kind == "molecule" and config.process.drift != "linear":
         raise UsageError(
             f"--sampler ancestral needs a model of the linear process; this one uses the "
-            f"{config.process.drift} drift (use --sampler sde or ode)"
+            f"{config.process.drift} drift (use --sampler split, sde or ode)"
         )
     if corrector and config.kind == "molecule":
         raise UsageError(

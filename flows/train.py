@@ -72,7 +72,7 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
         # The output weight (1 / c_out^2, about 1e5 at t -> 1) suits exact DSM only: the local
         # target's noise does not vanish there, and local-DSM's loss started at 5e4 with it.
         weight="output"
-        if args.preconditioning == "edm" and args.loss == "exact-dsm"
+        if args.preconditioning != "sigma" and args.loss == "exact-dsm"
         else LossConfig().weight,
     )
     drift = "linear" if args.loss == "exact-dsm" else args.drift
@@ -81,7 +81,9 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
         from pipeline.datasets import load_dataset
 
         if args.preconditioning != "sigma":
-            raise SystemExit("ldsm train: --preconditioning edm is for molecules only")
+            raise SystemExit(
+                f"ldsm train: --preconditioning {args.preconditioning} is for molecules only"
+            )
 
         base = CrystalRecipeConfig()
         model = CSPNetConfig(

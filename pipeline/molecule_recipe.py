@@ -95,6 +95,37 @@ class EDMPreconditioned(nn.Module):
         return self._coefficients(t)[1].pow(-2)
 
 
+class StationaryReference(nn.Module):
+    """``preconditioning="edm-stationary"``: :class:`EDMPreconditioned` whose Gaussian reference
+    score on the positions (the first 3 columns) moves to the process's stationary score as
+    t -> 1: ``score = edm(x) + sigma^2(t) P (2 F(x) + x)`` with ``sigma^2 = 1 - e^{-B_t}``.
+
+    For a gradient process (``F = -1/2 grad U``, stationary law ``exp(-U)``) ``2 F(x) + x`` is
+    ``-grad U - (-x)``: the stationary score minus the N(0, I) one, so at t = 1 (``v = 1``,
+    ``sigma = 1``) the reference is ``-grad U``, the exact score of the prior, pair repulsion
+    included, where EDM's ``c(t)`` leaves the network almost no say. With EDM's reference alone a
+    physical-drift model's score at t = 1 is ``-x`` (its network term vanishes) and misses the
+    pair part, about a third of ``|grad U|^2`` on QM9-sized priors (ad hoc, 2026-12-01). On the
+    linear process the correction is 0: the same score as ``edm``. The network weights are
+    ``EDMPreconditioned``'s; ``output_weight`` is its.
+    """
+
+    def __init__(self, score: EDMPreconditioned, positions: GradientProcess):
+        super().__init__()
+        self.score, self.positions = score, positions
+
+    def forward(self, x: Tensor, t: Tensor, batch: Tensor) -> Tensor:
+        out = self.score(x, t, batch)
+        pos = x[:, :3].double()
+        total = self.score.schedule.integral(torch.zeros_like(t), t.double())
+        sigma2 = (-torch.expm1(-total))[batch, None]
+        shift = self.positions.project(2 * self.positions.drift_field(pos, batch) + pos, batch)
+        return torch.cat([out[:, :3] + (sigma2 * shift).to(out.dtype), out[:, 3:]], dim=1)
+
+    def output_weight(self, t: Tensor, schedule: Schedule) -> Tensor:
+        return self.score.output_weight(t, schedule)
+
+
 class ProcessConfig(BaseModel):
     """The forward process on atom positions: ``U = k/2 sum |x_i|^2 + sum_{i<j} phi(r_ij)``.
 
@@ -135,8 +166,9 @@ class MoleculeRecipeConfig(BaseModel):
     type_scale: PositiveFloat = 0.25  # EDM's one-hot scale
     # "sigma": score = net / sigma_VP(t) (noise prediction); "edm": EDMPreconditioned with
     # sigma_data = (positions, types): QM9's rms of centred coordinates (1.40 A) and of the
-    # 0.25-scaled one-hot (0.11)
-    preconditioning: Literal["sigma", "edm"] = "sigma"
+    # 0.25-scaled one-hot (0.11); "edm-stationary": that with the process's stationary score as
+    # the reference near t = 1 (StationaryReference; the same as "edm" on the linear process)
+    preconditioning: Literal["sigma", "edm", "edm-stationary"] = "sigma"
     sigma_data: tuple[PositiveFloat, PositiveFloat] = (1.4, 0.11)
     model: EGNNConfig = Field(default_factory=lambda: EGNNConfig(hidden=64, layers=4))
     process: ProcessConfig = Field(default_factory=ProcessConfig)
@@ -165,14 +197,17 @@ class MoleculeRecipe:
     def build_model(self) -> nn.Module:
         return EGNN(self.config.model)
 
-    def score(self, model: nn.Module) -> SigmaScaled | EDMPreconditioned:
+    def score(self, model: nn.Module) -> SigmaScaled | EDMPreconditioned | StationaryReference:
         """The score function that losses and samplers call."""
         if self.config.preconditioning == "sigma":
             return SigmaScaled(model, self.process.schedule)
         pos, types = self.config.sigma_data
         k = len(self.config.elements)
         sigma_data = torch.tensor([pos] * 3 + [types] * k, dtype=torch.float64)
-        return EDMPreconditioned(model, self.process.schedule, sigma_data)
+        edm = EDMPreconditioned(model, self.process.schedule, sigma_data)
+        if self.config.preconditioning == "edm-stationary":
+            return StationaryReference(edm, self.positions)
+        return edm
 
     def encode(self, batch: Batch) -> MoleculeState:
         """The float32 state of a Batch, positions centred per molecule."""
@@ -204,8 +239,14 @@ class MoleculeRecipe:
     def prior(
         self, batch: Tensor, generator: torch.Generator | None, budget: float = 0.1
     ) -> MoleculeState:
-        """A draw of the stationary law at t = 1 (Langevin steps of rate ``budget``): float64."""
-        pos = prior_sample(self.positions, batch, 3, max_budget=budget, generator=generator)
+        """A draw of the stationary law at t = 1 (Langevin steps of rate ``budget``): float64.
+
+        The steps are ``split`` ones, the confinement exact: on 250 QM9-sized priors of the
+        physical drift they cost 1.3 CPU-s against 13.6 for ``expm`` (an eigh of every Hessian),
+        mean |x|^2 3.188 against 3.205 (ad hoc, 2026-12-01)."""
+        pos = prior_sample(
+            self.positions, batch, 3, max_budget=budget, mode="split", generator=generator
+        )
         types = torch.randn(
             (batch.numel(), len(self.config.elements)), generator=generator, dtype=torch.float64
         )
@@ -235,4 +276,5 @@ __all__ = [
     "MoleculeState",
     "ProcessConfig",
     "SigmaScaled",
+    "StationaryReference",
 ]

@@ -302,12 +302,18 @@ def grow_from_checkpoint(model: nn.Module, recipe: Recipe, path: str) -> dict:
     ``init_from`` included).
 
     The checkpoint's recipe must equal ``recipe`` except for the network's ``hidden`` and
-    ``layers`` and the ``loss`` (which times and weights train the network, not what it
-    computes: a fine-tune may change them): ``ValueError`` names the field that differs
-    (``CheckpointError`` an unreadable checkpoint)."""
+    ``layers``, the ``loss`` (which times and weights train the network, not what it computes),
+    the forward ``process`` and the ``preconditioning`` (a warm start: the same network trained on
+    to the score of another process or parameterisation, e.g. a linear-process model continued
+    under the physical drift with ``edm-stationary``).
+    ``ValueError`` names the field that differs (``CheckpointError`` an unreadable checkpoint)."""
     trained = load_trained(path)
     mine, theirs = recipe.config.model_dump(), trained.recipe.config.model_dump()
-    differ = sorted(k for k in mine if k not in ("model", "loss") and mine[k] != theirs.get(k))
+    differ = sorted(
+        k
+        for k in mine
+        if k not in ("model", "loss", "process", "preconditioning") and mine[k] != theirs.get(k)
+    )
     if differ:
         raise ValueError(f"{path}: its recipe differs from this run's in {', '.join(differ)}")
     if not isinstance(model, EGNN) or not isinstance(trained.model, EGNN):

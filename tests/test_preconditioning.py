@@ -71,3 +71,29 @@ def test_output_weight_makes_the_loss_the_squared_error_of_the_network_output():
     model = EDMPreconditioned(lambda *_: b, schedule, SIGMA_DATA)
     weighted = model.output_weight(t, schedule) * (sa - model(x, t, batch)) ** 2
     assert torch.allclose(weighted, (a - b) ** 2, rtol=1e-8)
+
+
+def test_stationary_reference_is_the_exact_prior_score_at_t_1_and_edm_on_the_linear_process():
+    """With F = 0 the ``edm-stationary`` score at t = 1 is ``-grad U`` of the physical drift's
+    stationary law exp(-U) (autograd of U, confinement and soft spheres), the pair part
+    included; on the linear process it is EDM's score at every t."""
+    from pipeline.molecule_recipe import MoleculeRecipe, MoleculeRecipeConfig
+
+    gen = torch.Generator().manual_seed(3)
+    batch = torch.arange(4).repeat_interleave(7)
+    pos = torch.randn(28, 3, generator=gen, dtype=F64) * 0.7
+    pos = pos - torch.zeros(4, 3, dtype=F64).index_add_(0, batch, pos)[batch] / 7
+    x = torch.cat([pos, torch.randn(28, 5, generator=gen, dtype=F64)], 1)
+    physical = MoleculeRecipe(MoleculeRecipeConfig(preconditioning="edm-stationary"))
+    score = physical.score(zero_net)(x, torch.ones(4, dtype=F64), batch)[:, :3]
+    exact = pos.clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(physical.positions.potential(exact, batch).sum(), exact)
+    assert float((grad + pos).abs().max()) > 0.1  # the pairs repel: not the N(0, I) score
+    torch.testing.assert_close(score, -grad, rtol=1e-4, atol=1e-4)
+    linear = {"preconditioning": "edm-stationary", "process": {"drift": "linear"}}
+    recipe = MoleculeRecipe(MoleculeRecipeConfig(**linear))
+    edm = MoleculeRecipe(MoleculeRecipeConfig(**{**linear, "preconditioning": "edm"}))
+    t = torch.rand(4, generator=gen, dtype=F64)
+    torch.testing.assert_close(
+        recipe.score(zero_net)(x, t, batch), edm.score(zero_net)(x, t, batch)
+    )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipeline.energies import Energy, GaussianMixturePotential
+from pipeline.energies import Energy, GaussianMixturePotential, HarmonicConfinement, SoftSphere
 from pipeline.node_parts import NodeParts
 from pipeline.processes import GradientProcess, vp_process
 from pipeline.samplers import (
@@ -18,6 +18,7 @@ from pipeline.samplers import (
     reverse_ancestral,
     reverse_first_order,
     reverse_sde_euler,
+    reverse_split,
     run_sampler,
     time_grid,
 )
@@ -128,6 +129,76 @@ def test_noise_scale_gives_the_variance_of_its_linear_recursion(kind, noise_scal
         assert float(out.x.std()) == pytest.approx(STD, abs=0.03)
     else:
         assert float(var.sqrt()) < 0.8 * STD  # a clearly narrower law than the data's
+
+
+def test_split_sampler_is_the_ancestral_sampler_on_the_vp_process():
+    process = vp_process(PolynomialSchedule())
+    batch = torch.arange(500)
+    x1 = prior_sample(process, batch, 2, generator=torch.Generator().manual_seed(6))
+    runs = [
+        sampler(
+            gaussian_data_score(process), process, x1, batch, 50, generator=gen, grid_power=4.0,
+            noise_scale=0.8,
+        ).x
+        for sampler, gen in (
+            (reverse_ancestral, torch.Generator().manual_seed(7)),
+            (reverse_split, torch.Generator().manual_seed(7)),
+        )
+    ]  # fmt: skip
+    torch.testing.assert_close(runs[1], runs[0], rtol=1e-9, atol=1e-9)
+
+
+def test_split_sampler_recovers_gaussian_data_under_a_stiffer_confinement():
+    """``U = k/2 x^2`` with k = 4 (a = -2): data N(MU, STD^2) has marginals
+    ``N(e^{aB} MU, e^{2aB} STD^2 + (1 - e^{-kB}) / k)``, so the exact score is known; 400 split
+    steps from the stationary law N(0, 1/k) recover the data's mean and std."""
+    k = 4.0
+    process = GradientProcess(
+        Energy([HarmonicConfinement(k, centred=False)]), schedule=PolynomialSchedule()
+    )
+
+    def score(x, t, batch):
+        b = process.schedule.integral(torch.zeros_like(t), t)[batch, None]
+        var = torch.exp(-k * b) * STD**2 - torch.expm1(-k * b) / k
+        return -(x - torch.exp(-k * b / 2) * MU) / var
+
+    gen = torch.Generator().manual_seed(8)
+    batch = torch.arange(10_000)
+    x1 = torch.randn(10_000, 2, generator=gen, dtype=F64) / k**0.5
+    out = run_sampler(
+        SamplerConfig(kind="split", nfe=400, grid_power=1.0, noise_scale=1.0),
+        score, process, x1, batch, gen,
+    )  # fmt: skip
+    assert out.nfe == 400
+    assert float(out.x.mean()) == pytest.approx(MU, abs=0.02)
+    assert float(out.x.std()) == pytest.approx(STD, abs=0.02)
+
+
+def test_split_step_freezes_the_pair_term_to_second_order():
+    """With no score and no noise a split step from t to s is the backward exponential Euler
+    step ``e^{-aB} (x_t - B phi1(aB) R(x_t))``: it undoes the forward split mean
+    ``e^{aB} x + B phi1(aB) R(x)`` up to O(B^2) (R frozen at the other end), so halving the
+    step quarters the round-trip error. Every pair is inside the soft sphere's range (sigma = 5),
+    where R is smooth."""
+    from pipeline.transitions import local_step
+
+    energy = Energy([HarmonicConfinement(1.0, centred=True), SoftSphere(1.0, 5.0)])
+    process = GradientProcess(energy, schedule=LinearSchedule(), com_free=True)
+    gen = torch.Generator().manual_seed(9)
+    batch = torch.arange(3).repeat_interleave(6)
+    x = process.project(torch.randn(18, 3, generator=gen, dtype=F64) * 0.8, batch)
+    errors = []
+    for t in (0.0025, 0.00125):
+        ones = torch.ones(3, dtype=F64)
+        budget = process.schedule.integral((1 - t) * ones, ones)  # the reverse step 1 -> 1 - t
+        forward, _ = local_step(process, x, budget, batch, torch.zeros_like(x), mode="split")
+        back = reverse_split(
+            lambda y, tt, b: torch.zeros_like(y), process, forward, batch, 1, t_end=1 - t,
+            noise_scale=0.0,
+        ).x  # fmt: skip
+        errors.append(float((back - x).abs().max()))
+    assert errors[0] > 1e-4  # the pair term acts
+    assert errors[0] / errors[1] == pytest.approx(4.0, rel=0.15)
 
 
 def test_ancestral_sampler_refuses_a_process_without_closed_form():

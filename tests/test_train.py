@@ -129,10 +129,10 @@ def test_a_run_grown_from_a_checkpoint_starts_at_its_function_and_records_it(tmp
         progress=False,
     )
     assert load_trained(tmp_path / "grown" / "checkpoints" / "last.pt").info["init_from"] == origin
-    other = MoleculeRecipeConfig(
-        model=EGNNConfig(hidden=24, layers=3), preconditioning="edm"
-    ).model_dump(mode="json")
-    with pytest.raises(ValueError, match="differs from this run's in preconditioning"):
+    other = MoleculeRecipeConfig(model=EGNNConfig(hidden=24, layers=3), type_scale=0.5).model_dump(
+        mode="json"
+    )
+    with pytest.raises(ValueError, match="differs from this run's in type_scale"):
         setup_run(tiny_config(recipe=other, init_from=str(small.checkpoint)), tmp_path / "other")
     # A fine-tune may train the same network on other times (the loss is not the network), and
     # its provenance counts the steps of every ancestor (8 of the grown run, 4 before it).
@@ -145,6 +145,16 @@ def test_a_run_grown_from_a_checkpoint_starts_at_its_function_and_records_it(tmp
     torch.testing.assert_close(run.model(x, t, batch.batch), after.model(x, t, batch.batch))
     origin = grow_from_checkpoint(copy.deepcopy(after.model), after.recipe, str(grown_last))
     assert origin["step"] == 12
+    # A warm start may train the same network on under another process and preconditioning.
+    linear = MoleculeRecipeConfig(
+        model=EGNNConfig(hidden=24, layers=3),
+        process={"drift": "linear"},
+        preconditioning="edm-stationary",
+        loss={"kind": "exact-dsm"},
+    ).model_dump(mode="json")
+    run = setup_run(tiny_config(recipe=linear, init_from=str(grown_last)), tmp_path / "warm")
+    assert run.recipe.config.process.drift == "linear" != after.recipe.config.process.drift
+    torch.testing.assert_close(run.model(x, t, batch.batch), after.model(x, t, batch.batch))
 
 
 def test_non_finite_steps_are_skipped_and_never_saved(tmp_path):

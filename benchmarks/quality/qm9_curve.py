@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--snapshots", type=Path, default=Path("runs/qm9-curve"))
     parser.add_argument("--nfe", nargs="+", type=int, default=[100])
     parser.add_argument(
-        "--sampler", nargs="+", default=["sde"], choices=["sde", "ode", "ancestral"]
+        "--sampler", nargs="+", default=["sde"], choices=["sde", "ode", "ancestral", "split"]
     )
     parser.add_argument("--grid-power", nargs="+", type=float, default=[SamplerConfig().grid_power])
     parser.add_argument("--noise-scale", nargs="+", type=float, default=[1.0])
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(metrics, indent=2) + "\n")
         print(json.dumps(metrics), flush=True)
     found = [json.loads(p.read_text()) for p in args.results.glob("step-*.json")]
-    order = {"sde": 0, "ancestral": 1, "ode": 2}
+    order = {"sde": 0, "ancestral": 1, "split": 2, "ode": 3}
     found.sort(
         key=lambda m: (
             m["step"],

@@ -55,9 +55,12 @@ def training_summary(run: Path) -> dict:
     last = rows[-1]
     config = json.loads((run / "config.json").read_text())
     info = json.loads((run / "checkpoints" / "last.json").read_text())["run"]
+    origin = info.get("init_from") or {"cpu_seconds": 0.0}
     return {
         "steps": info["step"],
         "cpu_minutes": round(info["cpu_seconds"] / 60, 1),
+        # with the training of the checkpoint it started from (--init-from), if any
+        "cpu_hours_in_all": (info["cpu_seconds"] + origin["cpu_seconds"]) / 3600,
         "wall_minutes": round(info["seconds"] / 60, 1),
         "skipped": int(last["skipped"]),
         "loss": config["recipe"]["loss"]["kind"],
@@ -70,11 +73,19 @@ def training_summary(run: Path) -> dict:
 
 
 def evaluate(
-    run: Path, nfe: int, n: int, batch: int, seed: int, known: set[str], grid_power: float
+    run: Path,
+    nfe: int,
+    n: int,
+    batch: int,
+    seed: int,
+    known: set[str],
+    grid_power: float,
+    sampler: str = "auto",
+    noise_scale: float = 1.0,
 ) -> dict:
-    """Sample ``n`` molecules from ``run``'s EMA checkpoint with the default sampler (``auto``:
-    ancestral steps for the linear process, the reverse SDE otherwise) at ``nfe`` on the time
-    grid of ``grid_power``, and screen them."""
+    """Sample ``n`` molecules from ``run``'s EMA checkpoint with ``sampler`` (``auto``: ancestral
+    steps for the linear process, the reverse SDE otherwise) at ``nfe`` on the time grid of
+    ``grid_power``, the fresh noise times ``noise_scale``, and screen them."""
     trained = load_trained(run / "checkpoints" / "last.pt")
     sizes = np.array(sorted(trained.num_atoms))
     freq = np.array([trained.num_atoms[s] for s in sizes], dtype=float)
@@ -87,7 +98,7 @@ def evaluate(
         chunk, used = trained.recipe.sample(
             trained.model,
             counts[start : start + batch],
-            SamplerConfig(nfe=nfe, grid_power=grid_power, noise_scale=1.0),
+            SamplerConfig(kind=sampler, nfe=nfe, grid_power=grid_power, noise_scale=noise_scale),
             gen,
             prefix=f"s{start}",
         )
@@ -103,17 +114,27 @@ def evaluate(
     uniq = metrics.get("uniqueness")
     valid = metrics["edm_validity"]  # EDM's number (distance-table bonds), as the anchors
     metrics["validity_x_uniqueness"] = None if uniq is None or valid is None else valid * uniq
-    drift = trained.recipe.config.process.drift
-    sampler = "ancestral" if drift == "linear" else "sde"  # what `auto` resolves to
+    if sampler == "auto":  # what `auto` resolves to
+        sampler = "ancestral" if trained.recipe.config.process.drift == "linear" else "sde"
     metrics.update(
-        nfe=used, seconds_per_molecule=seconds / n, n=n, sampler=sampler, grid_power=grid_power
+        nfe=used,
+        seconds_per_molecule=seconds / n,
+        n=n,
+        sampler=sampler,
+        grid_power=grid_power,
+        noise_scale=noise_scale,
     )
     return metrics
 
 
-def result_name(run: Path, nfe: int, grid_power: float) -> str:
-    """``RUN-nfeK.json`` on the default grid, ``RUN-nfeK-gridP.json`` on another."""
+def result_name(
+    run: Path, nfe: int, grid_power: float, sampler: str = "auto", noise_scale: float = 1.0
+) -> str:
+    """``RUN-nfeK.json`` for the default sampler and grid at noise scale 1, else with
+    ``-gridP``, ``-SAMPLER`` and ``-noiseC`` for what differs."""
     extra = "" if grid_power == SamplerConfig().grid_power else f"-grid{grid_power:g}"
+    extra += "" if sampler == "auto" else f"-{sampler}"
+    extra += "" if noise_scale == 1.0 else f"-noise{noise_scale:g}"
     return f"{run.name}-nfe{nfe}{extra}.json"
 
 
@@ -121,35 +142,44 @@ def pct(value) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}"
 
 
+def _row_order(m: dict) -> tuple:
+    return m["nfe"], -m.get("noise_scale", 1.0), m.get("sampler", "sde"), m.get("grid_power", 1.0)
+
+
 def table(runs: list[Path], results: Path) -> str:
     """The training table and the sample-quality table (every result present, by run and NFE)."""
     head = (
-        "| method | sampler | grid | NFE | n | atom stab. | mol. stab. | valid | V x U | novel | "
-        "PoseBusters | s / molecule |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| method | sampler | grid | noise scale | NFE | n | atom stab. | mol. stab. | valid | "
+        "V x U | novel | PoseBusters | s / molecule |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for run in runs:
         found = [json.loads(p.read_text()) for p in results.glob(f"{run.name}-nfe*.json")]
-        for m in sorted(found, key=lambda m: (m["nfe"], m.get("grid_power", 1.0))):
+        for m in sorted(found, key=_row_order):
             # Results without a sampler are of 2026-11-24, sampled by the then default.
             lines.append(
                 f"| {run.name} | {m.get('sampler', 'sde')} | {m.get('grid_power', 1.0):g} | "
-                f"{m['nfe']} | {m['n']} | {pct(m['atom_stability'])} | "
+                f"{m.get('noise_scale', 1.0):g} | {m['nfe']} | {m['n']} | {pct(m['atom_stability'])} | "
                 f"{pct(m['molecule_stability'])} | {pct(m.get('edm_validity', m['validity']))} | "
                 f"{pct(m['validity_x_uniqueness'])} | {pct(m['novelty'])} | "
                 f"{pct(m['posebusters_pass'])} | {m['seconds_per_molecule']:.3f} |"
             )
     for name, (a, mol, v, vu) in ANCHORS.items():
-        lines.append(f"| {name} (published) | | | 1000 | 10000 | {a} | {mol} | {v} | {vu} | | | |")
+        lines.append(
+            f"| {name} (published) | | | 1 | 1000 | 10000 | {a} | {mol} | {v} | {vu} | | | |"
+        )
     return training_table(runs, "EGNN") + "\n\n" + head + "\n".join(lines)
 
 
 def training_table(runs: list[Path], network: str) -> str:
     """One Markdown row per training run: loss, drift, network size (and CSPNet's radial edge
-    features, where it has them), steps and time spent."""
+    features, where it has them), steps and time spent (CPU-h in all: with the training of the
+    checkpoint a run started from, ``--init-from``)."""
     lines = [
-        "| run | loss | drift | network | batch | steps | CPU min | wall min | skipped |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| run | loss | drift | network | batch | steps | CPU min | wall min | CPU-h in all |"
+        " skipped |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         s = training_summary(run)
@@ -158,7 +188,7 @@ def training_table(runs: list[Path], network: str) -> str:
             f"| {run.name} | {s['loss']} | {s['drift']} | {network} {s['layers']}x{s['hidden']}"
             f"{radial} | "
             f"{s['batch_size']} | {s['steps']} | {s['cpu_minutes']} | {s['wall_minutes']} | "
-            f"{s['skipped']} |"
+            f"{s['cpu_hours_in_all']:.2f} | {s['skipped']} |"
         )
     return "\n".join(lines)
 
@@ -169,6 +199,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nfe", nargs="+", type=int, default=[50, 100, 500])
     parser.add_argument("--n", type=int, default=1000, help="molecules per (run, NFE)")
     parser.add_argument("--grid-power", nargs="+", type=float, default=[SamplerConfig().grid_power])
+    parser.add_argument(
+        "--sampler", nargs="+", default=["auto"], choices=["auto", "sde", "ancestral", "split"]
+    )
+    parser.add_argument("--noise-scale", nargs="+", type=float, default=[1.0])
     parser.add_argument("--batch", type=int, default=250, help="molecules sampled together")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--results", type=Path, default=RESULTS)
@@ -178,16 +212,23 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     args.results.mkdir(parents=True, exist_ok=True)
     known = None
-    for run, nfe, power in (
-        (r, k, g) for r in args.runs for k in args.nfe for g in args.grid_power
+    for run, nfe, power, kind, noise in (
+        (r, k, g, s, c)
+        for r in args.runs
+        for k in args.nfe
+        for g in args.grid_power
+        for s in args.sampler
+        for c in args.noise_scale
     ):
-        path = args.results / result_name(run, nfe, power)
+        path = args.results / result_name(run, nfe, power, kind, noise)
         if not path.exists():
             known = known if known is not None else train_smiles()
             print(
-                f"{run.name}: sampling {args.n} molecules at {nfe} NFE, grid {power:g}", flush=True
+                f"{run.name}: sampling {args.n} molecules at {nfe} NFE, {kind}, grid {power:g}, "
+                f"noise scale {noise:g}",
+                flush=True,
             )
-            metrics = evaluate(run, nfe, args.n, args.batch, args.seed, known, power)
+            metrics = evaluate(run, nfe, args.n, args.batch, args.seed, known, power, kind, noise)
             path.write_text(json.dumps(metrics, indent=2) + "\n")
             print(json.dumps(metrics), flush=True)
     body = table(args.runs, args.results)
@@ -200,6 +241,12 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(str(r) for r in args.runs)
         + f" --nfe {' '.join(map(str, args.nfe))} --n {args.n}"
         + f" --grid-power {' '.join(f'{g:g}' for g in args.grid_power)}"
+        + (f" --sampler {' '.join(args.sampler)}" if args.sampler != ["auto"] else "")
+        + (
+            f" --noise-scale {' '.join(f'{c:g}' for c in args.noise_scale)}"
+            if args.noise_scale != [1.0]
+            else ""
+        )
     )
     write_section("quality-qm9", "Quality: QM9, exact DSM vs local-DSM vs ISM", command, body)
     return 0
