@@ -371,9 +371,10 @@ def prior_sample(
 # The default noise scale of SamplerConfig, so of ``ldsm generate`` and ``ldsm design``. On the
 # shipped QM9 model (8 x 64 EGNN, step 101,827; 500 molecules at 100 NFE, ancestral, grid power 4;
 # BENCHMARKS quality-curve) atom / molecule stability and EDM validity are 95.1 / 48.0 / 83.6 % at
-# 1 and 96.5 / 57.4 / 91.4 % at 0.8, novelty 79.0 and 72.2 %; on the shipped Perov-5 and Carbon-24
-# models structural validity goes from 89.0 to 90.3 % and from 97.0 to 99.0 % (quality-perov-5,
-# quality-carbon-24), uniqueness falls by 4 and 3 points.
+# 1 and 96.5 / 57.4 / 91.4 % at 0.8, novelty 79.0 and 72.2 %; on the Perov-5 model shipped until
+# 2026-12-01 and the shipped Carbon-24 one structural validity goes from 89.0 to 90.3 % and from
+# 97.0 to 99.0 % (quality-perov-5, quality-carbon-24), uniqueness falls by 4 and 3 points (the
+# radial Perov-5 model shipped since: 95.4 % at 1, 94.9 % at 0.8).
 DESIGN_NOISE_SCALE = 0.8
 
 
