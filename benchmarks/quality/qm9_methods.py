@@ -208,13 +208,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--notes", default="", help="a Markdown paragraph placed under the table")
+    parser.add_argument("--table-only", action="store_true", help="write the table and stop")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     args.results.mkdir(parents=True, exist_ok=True)
     known = None
     for run, nfe, power, kind, noise in (
         (r, k, g, s, c)
-        for r in args.runs
+        for r in ([] if args.table_only else args.runs)
         for k in args.nfe
         for g in args.grid_power
         for s in args.sampler
