@@ -256,14 +256,15 @@ def _split_reverse_step(
 ) -> Tensor:
     """One :func:`reverse_split` step of one part, from ``B_t = total_t`` to ``B_s = total_s``
     (scalar float64 tensors); ``score`` and the noise ``z`` already projected."""
-    a = torch.tensor(process.linear_rate(), dtype=torch.float64)
+    rate = process.linear_rate()
+    a = torch.tensor(rate, dtype=torch.float64)
     g2 = process.noise_scale(x.shape[1], x).double() ** 2
     step = total_t - total_s
     var = step * phi1(2 * a * step) * g2
     marginal_t = total_t * phi1(2 * a * total_t) * g2
     marginal_s = total_s * phi1(2 * a * total_s) * g2
     std = noise_scale * (var * marginal_s / marginal_t).sqrt()
-    rest = process.drift_field(x, batch, types) - process.linear_rate() * x
+    rest = process.drift_field(x, batch, types) - rate * x
     mean = x - (step * phi1(a * step)).to(x.dtype) * rest + var.to(x.dtype) * score
     return torch.exp(-a * step).to(x.dtype) * mean + std.to(x.dtype) * z
 
@@ -459,8 +460,9 @@ def run_sampler(
     kind = cfg.kind
     if kind == "auto":
         kind = "sde" if no_closed_form(process, x1) is not None else "ancestral"
-    if kind == "sde":
-        return reverse_sde_euler(
+    first_order = {"sde": reverse_sde_euler, "split": reverse_split, "ancestral": reverse_ancestral}
+    if kind in first_order:
+        return first_order[kind](
             model,
             process,
             x1,
@@ -470,30 +472,6 @@ def run_sampler(
             generator=generator,
             grid_power=cfg.grid_power,
             noise_scale=cfg.noise_scale,
-        )
-    if kind == "split":
-        return reverse_split(
-            model,
-            process,
-            x1,
-            batch,
-            cfg.steps(second_order=False),
-            cfg.t_end,
-            generator,
-            cfg.grid_power,
-            cfg.noise_scale,
-        )
-    if kind == "ancestral":
-        return reverse_ancestral(
-            model,
-            process,
-            x1,
-            batch,
-            cfg.steps(second_order=False),
-            cfg.t_end,
-            generator,
-            cfg.grid_power,
-            cfg.noise_scale,
         )
     return probability_flow_heun(
         model,

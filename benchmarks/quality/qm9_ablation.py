@@ -131,7 +131,7 @@ CONFIGS: dict[str, tuple[dict, dict]] = {
         {"steps": 3577, "max_minutes": None},
     ),
     # The same with a constant step (int_s^t beta = min(int_0^t beta, 0.5)): s = 0 wherever
-    # int_0^t beta <= 0.5 (t < 0.45 on EDM's schedule), where the split step from the data is the
+    # int_0^t beta <= 0.5 (t < 0.47 on EDM's schedule), where the split step from the data is the
     # exact transition and the target is exact DSM's; elsewhere the step of the row above.
     "local-dsm-linear-split-budget": (
         _recipe(
