@@ -119,9 +119,9 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         "--init-from",
         default=None,
         metavar="CHECKPOINT",
-        help="start from a trained molecule checkpoint of the same recipe (its loss, process and "
-        "preconditioning may differ: a fine-tune or warm start), its EGNN grown "
-        "function-preservingly to --hidden x --layers (None: a fresh network)",
+        help="start from a trained checkpoint of the same recipe (its loss, process and "
+        "preconditioning may differ: a fine-tune or warm start): the same network's weights, or "
+        "an EGNN grown function-preservingly to --hidden x --layers (None: a fresh network)",
     )
     g.add_argument("--recipe", default=None, help="a recipe JSON file (overrides the above)")
     g.add_argument(

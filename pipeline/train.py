@@ -296,8 +296,9 @@ def _training_data(config: TrainConfig, recipe: Recipe):
 
 
 def grow_from_checkpoint(model: nn.Module, recipe: Recipe, path: str) -> dict:
-    """Load the trained checkpoint ``path`` and grow its network into ``model`` (in place,
-    :func:`models.grow.grow_egnn`); returns its provenance ``{"checkpoint", "step",
+    """Load the trained checkpoint ``path`` into ``model`` (in place): its weights where the
+    networks' configs are equal (any network, e.g. a CSPNet), else its EGNN grown into ``model``'s
+    (:func:`models.grow.grow_egnn`); returns its provenance ``{"checkpoint", "step",
     "cpu_seconds"}`` (steps and CPU seconds of all the training behind it, the checkpoint's own
     ``init_from`` included).
 
@@ -316,12 +317,15 @@ def grow_from_checkpoint(model: nn.Module, recipe: Recipe, path: str) -> dict:
     )
     if differ:
         raise ValueError(f"{path}: its recipe differs from this run's in {', '.join(differ)}")
-    if not isinstance(model, EGNN) or not isinstance(trained.model, EGNN):
-        raise ValueError(f"{path}: only EGNN networks can be grown (models.grow)")
-    try:
-        grow_egnn(trained.model, model)
-    except ValueError as err:
-        raise ValueError(f"{path}: {err}") from err
+    if mine["model"] == theirs["model"]:  # the same network: its weights as they are
+        model.load_state_dict(trained.model.state_dict())
+    elif not isinstance(model, EGNN) or not isinstance(trained.model, EGNN):
+        raise ValueError(f"{path}: its network differs, and only EGNNs can be grown (models.grow)")
+    else:
+        try:
+            grow_egnn(trained.model, model)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err
     info = trained.info
     # Steps and CPU seconds of all the training behind the checkpoint, its ancestors included.
     origin = info.get("init_from") or {}
