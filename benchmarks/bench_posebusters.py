@@ -206,6 +206,14 @@ def main() -> None:
         "",
         f"Before: {passing} / {n} valid molecules and {passing_strained} / {n} strained copies pass.",
     ]
+    chosen = runs[f"{args.conformers} conformers, 1 process"]
+    for name in ("verdicts", "strained"):
+        for k, (now, then) in enumerate(zip(chosen[name], before[name], strict=True)):
+            if judgement(now) != judgement(then):
+                lines.append(
+                    f"- {args.conformers} conformers changed {name} molecule {k}: "
+                    f"before `{then[1][:120]}`, now `{now[1][:120]}`."
+                )
     body = "\n".join(lines)
     print(body)
     command = (

@@ -24,10 +24,11 @@ MIN_REFERENCE_ENERGY = 0.1  # kcal/mol, well below kT at 300 K (0.6 kcal/mol)
 # The conformers of the energy ratio's reference ensemble (ETKDGv3 + UFF, seed 42). PoseBusters'
 # "mol" config uses 50; the ensemble is most of PoseBusters' time on QM9-sized molecules, and an
 # ensemble ETKDG cannot embed (strained polycyclic QM9 molecules: the check is then not
-# applicable) costs seconds per conformer asked for. 10 gave the verdicts of 50 on a fixed set of
-# real and strained QM9 molecules at a fifth of the CPU time (BENCHMARKS.md, "PoseBusters
-# throughput", counts the verdicts each size changes).
-POSEBUSTERS_CONFORMERS = 10
+# applicable) costs seconds per conformer asked for. On 100 valid QM9 test molecules 10 and 5 gave
+# the verdicts of 50; on 100 strained copies 10 gave all of them and 5 changed one. 5 checks 12.2
+# valid molecules per second on one process (10: 8.0) on an idle 2-core machine (BENCHMARKS.md,
+# "PoseBusters throughput", counts the verdicts each size changes and lists the changed ones).
+POSEBUSTERS_CONFORMERS = 5
 # Bump when the reading of PoseBusters' table below changes: cached verdicts of older rules are
 # then not reused (pipeline.posebusters_cache).
 VERDICT_RULES = 1
