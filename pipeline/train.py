@@ -295,7 +295,7 @@ def _training_data(config: TrainConfig, recipe: Recipe):
     return data, val, histogram
 
 
-def grow_from_checkpoint(model: nn.Module, recipe: Recipe, path: str) -> dict:
+def start_from_checkpoint(model: nn.Module, recipe: Recipe, path: str) -> dict:
     """Load the trained checkpoint ``path`` into ``model`` (in place): its weights where the
     networks' configs are equal (any network, e.g. a CSPNet), else its EGNN grown into ``model``'s
     (:func:`models.grow.grow_egnn`); returns its provenance ``{"checkpoint", "step",
@@ -353,7 +353,7 @@ def setup_run(config: TrainConfig, run_dir: str | Path, resume: bool = False) ->
     model = recipe.build_model()
     origin = None
     if config.init_from and not resume:
-        origin = grow_from_checkpoint(model, recipe, config.init_from)
+        origin = start_from_checkpoint(model, recipe, config.init_from)
     ema = copy.deepcopy(model).requires_grad_(False)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     paths = (ckpt_dir / "state.pt", ckpt_dir / "last.pt")

@@ -20,9 +20,9 @@ from pipeline.recipes import load_trained
 from pipeline.train import (
     TrainConfig,
     batch_indices,
-    grow_from_checkpoint,
     learning_rate,
     setup_run,
+    start_from_checkpoint,
     train,
 )
 
@@ -143,7 +143,7 @@ def test_a_run_grown_from_a_checkpoint_starts_at_its_function_and_records_it(tmp
     run = setup_run(tiny_config(recipe=tuned, init_from=str(grown_last)), tmp_path / "tuned")
     after = load_trained(grown_last)
     torch.testing.assert_close(run.model(x, t, batch.batch), after.model(x, t, batch.batch))
-    origin = grow_from_checkpoint(copy.deepcopy(after.model), after.recipe, str(grown_last))
+    origin = start_from_checkpoint(copy.deepcopy(after.model), after.recipe, str(grown_last))
     assert origin["step"] == 12
     # A warm start may train the same network on under another process and preconditioning.
     linear = MoleculeRecipeConfig(
