@@ -328,14 +328,16 @@ def test_crystals_train_on_a_named_split_from_the_command_line_options(tmp_path)
     recipe = trained.recipe.config.model_dump(mode="json")
     recipe["process"]["drift"] = "physical"
     recipe["loss"].update(kind="local-dsm", mode="split")
-    warm = config.model_copy(
-        update={"threads": 1, "recipe": recipe, "init_from": str(result.checkpoint)}
-    )
-    run = setup_run(warm, tmp_path / "warm")
+
+    def warm_start(recipe: dict) -> TrainConfig:
+        fields = config.model_dump(mode="json") | {"threads": 1, "recipe": recipe}
+        return TrainConfig.model_validate(fields | {"init_from": str(result.checkpoint)})
+
+    run = setup_run(warm_start(recipe), tmp_path / "warm")
     assert run.recipe.config.process.drift == "physical"
     for name, value in trained.model.state_dict().items():
         torch.testing.assert_close(run.model.state_dict()[name], value)
     wider = copy.deepcopy(recipe)
     wider["model"]["hidden"] = 32
     with pytest.raises(ValueError, match="its network differs, and only EGNNs can be grown"):
-        setup_run(warm.model_copy(update={"recipe": wider}), tmp_path / "wider")
+        setup_run(warm_start(wider), tmp_path / "wider")
