@@ -360,8 +360,9 @@ def check_crystals(
             "structure": structure,
         }
         if fingerprints:
-            row["struct_fp"] = fp.structure_fingerprint(structure) if struct.ok else None
-            row["comp_fp"] = fp.composition_fingerprint(z) if struct.ok else None
+            # CDVAE fingerprints every constructed crystal, valid or not (Crystal.get_fingerprints)
+            row["struct_fp"] = fp.structure_fingerprint(structure)
+            row["comp_fp"] = fp.composition_fingerprint(z) if structure is not None else None
         if chgnet:
             _add_chgnet(row, lattice, frac, z)
         rows.append(row)

@@ -183,15 +183,25 @@ def test_fingerprints_and_coverage():
     assert ti[22] > 0.5 and ti[24] == pytest.approx(ti[22], rel=1e-6)
     comp = cfp.composition_fingerprint([38, 22, 8, 8, 8])
     single = cfp.composition_fingerprint([6, 6])
-    k = len(single) // 6
-    assert np.allclose(single[:k], single[k : 2 * k]) and np.allclose(single[2 * k : 3 * k], 0)
-    assert np.allclose(single[4 * k : 5 * k], 0)  # avg_dev of one element is zero
-    assert comp[3 * k] == pytest.approx((38 + 22 + 3 * 8) / 5)  # mean atomic number
-    assert comp[5 * k] == 8  # mode: the most abundant element is O
+    assert comp.shape == single.shape == (cfp.COMP_FP_DIM,) == (132,)
+    # Magpie's first property is the atomic number: min, max, range, mean, avg_dev, mode.
+    assert comp[:6] == pytest.approx([8, 38, 30, (38 + 22 + 3 * 8) / 5, 10.56, 8])
+    assert single[:6] == pytest.approx([6, 6, 0, 6, 0, 6])
+
+    # CDVAE's CompScaler: (x - mean) / std with its published first mean and std.
+    means, stds = cfp.comp_scaler()
+    assert means.shape == stds.shape == (132,)
+    assert (means[0], stds[0]) == pytest.approx((21.194441759304013, 16.35781741152948))
+    assert cfp.scale_composition([comp])[0, 3] == pytest.approx((16.8 - means[3]) / stds[3])
+    assert np.isfinite(cfp.scale_composition([single])).all()  # NaN -> 0
 
     gen_s, gen_c = [fp, fp + 1.0, None], [comp, comp, comp]
     recall, precision = cfp.coverage(gen_s, gen_c, [fp], [comp], 0.2, 4.0)
     assert recall == 1.0 and precision == pytest.approx(1 / 3)  # None counts as a miss
+    # The composition distance is the Euclidean distance of the scaled fingerprints.
+    d = float(np.linalg.norm(cfp.scale_composition([comp]) - cfp.scale_composition([single])))
+    assert cfp.coverage([fp], [single], [fp], [comp], 0.2, d * 1.001) == (1.0, 1.0)
+    assert cfp.coverage([fp], [single], [fp], [comp], 0.2, d * 0.999) == (0.0, 0.0)
     assert cfp.coverage([], [], [fp], [comp], 0.2, 4.0) == (None, None)
     assert cfp.coverage([None], [comp], [fp], [comp], 0.2, 4.0) == (None, 0.0)
 

@@ -24,6 +24,8 @@ matched ones. A prediction that fails CDVAE's structural check counts as unmatch
 from __future__ import annotations
 
 import argparse
+import hashlib
+import inspect
 import json
 import time
 from pathlib import Path
@@ -70,7 +72,8 @@ def reference(dataset: str, split: str, coverage: bool = True) -> tuple[list, tu
     structures = [s for s in structures if s is not None]
     if not coverage:
         return structures, None
-    cache = ldsm_home() / "benchmarks" / f"reference-{dataset}-{split}.npz"
+    code = hashlib.sha256(inspect.getsource(cfp).encode()).hexdigest()[:8]  # an edit recomputes
+    cache = ldsm_home() / "benchmarks" / f"reference-{dataset}-{split}-{code}.npz"
     if cache.exists():
         data = np.load(cache)
         return structures, (list(data["struct"]), list(data["comp"]))
