@@ -21,7 +21,7 @@ from flows.cli_train import add_training_options
 
 DESIGN_ENTRYPOINT = "flows.design:design"
 GENERATE = dict(
-    n=100, sampler="auto", nfe=100, grid_power=4.0, corrector=0.0, noise_scale=0.8,
+    n=100, sampler="auto", nfe=None, grid_power=4.0, corrector=None, noise_scale=0.8,
     batch_size=250, seed=0,
 )  # fmt: skip
 SAMPLERS = ("auto", "sde", "ode", "ancestral", "split")  # pipeline.samplers.SamplerConfig.kind
@@ -30,7 +30,7 @@ SAMPLER_HELP = (
     "steps; linear-process models only) or split (ancestral steps of any drift, its pair term "
     "frozen over a step); auto: ancestral for a linear-process model, else sde"
 )
-DESIGN = dict(out="runs/design", n=200, nfe=100, reference_size=1000, relax="none")
+DESIGN = dict(out="runs/design", n=200, nfe=None, reference_size=1000, relax="none")
 
 
 def add_sampler_options(parser: argparse.ArgumentParser, nfe: int) -> None:
@@ -39,7 +39,11 @@ def add_sampler_options(parser: argparse.ArgumentParser, nfe: int) -> None:
         "--sampler", choices=SAMPLERS, default=GENERATE["sampler"], help=SAMPLER_HELP
     )
     parser.add_argument(
-        "--nfe", type=positive_int, default=nfe, help="network evaluations per sample"
+        "--nfe",
+        type=positive_int,
+        default=nfe,
+        help="network evaluations per sample; None: 100 for molecules, 200 for crystals (100 "
+        "predictor steps, each after a corrector move)",
     )
     parser.add_argument(
         "--grid-power",
@@ -52,7 +56,8 @@ def add_sampler_options(parser: argparse.ArgumentParser, nfe: int) -> None:
         type=nonnegative_float,
         default=GENERATE["corrector"],
         help="crystals: a Langevin corrector of step C sigma_t^2 on the coordinates before every "
-        "step (DiffCSP's 1e-5 / 0.005^2 = 0.4; NFE = 2 steps); 0: none",
+        "step (DiffCSP's 1e-5 / 0.005^2 = 0.4; NFE = 2 steps); 0: none; None: 1 for crystals "
+        "(Perov-5: 98.6 %% structurally valid against 95.4 without), none for molecules",
     )
     parser.add_argument(
         "--noise-scale",

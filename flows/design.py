@@ -77,7 +77,7 @@ class DesignConfig(BaseModel):
     checkpoint: str = str(DEFAULT_CHECKPOINT)
     train: TrainConfig | None = None
     n: PositiveInt = 200
-    sampler: SamplerConfig = Field(default_factory=lambda: SamplerConfig(nfe=100))
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     num_atoms: NumAtoms | None = None  # a size, or a range (low, high) of the histogram's
     seed: int = 0
     dataset_path: str | None = None  # source of the reference data set (as --path of ingest)

@@ -108,9 +108,7 @@ def coverage(
     if n_gen == 0 or not ref_struct_fps or not keep:
         return None, (0.0 if n_gen and ref_struct_fps else None)
     s_d = cdist(np.asarray([struct_fps[k] for k in keep]), np.asarray(ref_struct_fps))
-    c_d = cdist(
-        scale_composition([comp_fps[k] for k in keep]), scale_composition(ref_comp_fps)
-    )
+    c_d = cdist(scale_composition([comp_fps[k] for k in keep]), scale_composition(ref_comp_fps))
     close = (s_d <= struc_cutoff) & (c_d <= comp_cutoff)
     recall = float(np.mean(close.any(axis=0)))
     precision = float(close.any(axis=1).sum() / n_gen)

@@ -57,6 +57,17 @@ def _noise(like: Tensor, generator: torch.Generator | None) -> Tensor:
     return torch.randn(like.shape, generator=generator, dtype=torch.float64)
 
 
+# The default sampler of crystals (``SamplerConfig`` with ``nfe`` and ``corrector`` None): 100
+# predictor steps, each after a Langevin corrector move of 1.0 sigma_t^2 on the coordinates, so 200
+# NFE. On the shipped Perov-5 model (1,000 crystals, learnt law, BENCHMARKS quality-perov-5)
+# structural / compositional validity is 95.4 / 97.1 % at 100 NFE without a corrector (96.8 % at
+# 500 NFE on a longer-trained one), 97.2 / 95.4 with DiffCSP's 0.4, 98.6 / 97.3 with 1.0, 97.7 /
+# 96.3 with 2.0, and at 200 NFE 99.2 / 98.0 with 1.0 and 99.5 / 96.8 with 2.0: the corrector
+# moves an atom off a site two of them share, which more predictor steps do not.
+CRYSTAL_CORRECTOR = 1.0
+CRYSTAL_NFE = 200
+
+
 class CrystalProcess:
     """The joint forward process of :class:`CrystalState` (module docstring).
 
@@ -64,6 +75,9 @@ class CrystalProcess:
     zero drift), ``lattice`` the cell map of the lattice state, ``types_given`` keeps ``h`` fixed
     (target 0) and ``type_scale`` bounds its denoised value when it is not.
     """
+
+    default_corrector = CRYSTAL_CORRECTOR  # pipeline.samplers.SamplerConfig.corrector = None
+    default_nfe = CRYSTAL_NFE  # pipeline.samplers.SamplerConfig.nfe = None
 
     def __init__(
         self,
@@ -260,4 +274,4 @@ class CrystalProcess:
         return self.wrap(x._replace(u=u))
 
 
-__all__ = ["CrystalProcess", "CrystalState", "noise_scales"]
+__all__ = ["CRYSTAL_CORRECTOR", "CRYSTAL_NFE", "CrystalProcess", "CrystalState", "noise_scales"]

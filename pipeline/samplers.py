@@ -377,6 +377,7 @@ def prior_sample(
 # 97.0 to 99.0 % (quality-perov-5, quality-carbon-24), uniqueness falls by 4 and 3 points (the
 # radial Perov-5 model shipped since: 95.4 % at 1, 94.9 % at 0.8).
 DESIGN_NOISE_SCALE = 0.8
+DEFAULT_NFE = 100  # network evaluations per sample where the process names no default_nfe
 
 
 class SamplerConfig(BaseModel):
@@ -393,9 +394,12 @@ class SamplerConfig(BaseModel):
     (crystals: :meth:`pipeline.crystal_process.CrystalProcess.langevin_correct`), of step size
     ``corrector x sigma_t^2`` on the coordinates, so NFE = 2 steps. In DiffCSP's terms ``corrector =
     step_lr / sigma_begin^2`` (Jiao et al. 2023, Algorithm 2; ``step_lr = 1e-5`` and
-    ``sigma_begin = 0.005`` give 0.4); on two Perov-5 snapshots at 100 NFE it added 0.4 and 2.1
-    points of structural validity (BENCHMARKS quality-perov-5), so it is off by default. A positive value on a process
-    without a corrector is a ``ValueError`` from :func:`run_sampler`.
+    ``sigma_begin = 0.005`` give 0.4). ``None`` (the default) takes the process's own
+    ``default_corrector`` (crystals: :data:`pipeline.crystal_process.CRYSTAL_CORRECTOR`), none
+    where it has no corrector (molecules); ``nfe = None`` likewise its ``default_nfe`` (crystals
+    :data:`pipeline.crystal_process.CRYSTAL_NFE`, else :data:`DEFAULT_NFE`), see
+    :func:`resolve_defaults`. A positive value on a process without a corrector is a
+    ``ValueError`` from :func:`run_sampler`.
 
     ``noise_scale`` multiplies the fresh Gaussian noise of every reverse step (``sde``,
     ``ancestral``, the crystals' posterior steps), the drift and the denoised point unchanged: the
@@ -410,11 +414,11 @@ class SamplerConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     kind: Literal["auto", "sde", "ode", "ancestral", "split"] = "auto"
-    nfe: PositiveInt = 100
+    nfe: PositiveInt | None = None  # network evaluations; None: the process's default_nfe
     t_end: PositiveFloat = 1e-3
     prior_budget: PositiveFloat = 0.1  # Langevin step of the prior (physical drifts)
     grid_power: PositiveFloat = 4.0  # time grid t_end + (1 - t_end) u^power (time_grid)
-    corrector: NonNegativeFloat = 0.0  # Langevin corrector step / sigma_t^2 (0: none)
+    corrector: NonNegativeFloat | None = None  # corrector step / sigma_t^2 (0: none; None: default)
     noise_scale: NonNegativeFloat = DESIGN_NOISE_SCALE  # fresh noise of each step x this
 
     def steps(self, second_order: bool, corrected: bool = False) -> int:
@@ -424,6 +428,20 @@ class SamplerConfig(BaseModel):
         if corrected:
             return max(1, self.nfe // 2)
         return max(1, (self.nfe + 1) // 2) if second_order else self.nfe
+
+
+def resolve_defaults(cfg: SamplerConfig, process) -> SamplerConfig:
+    """``cfg`` with ``nfe`` and ``corrector`` left at None set to ``process``'s own
+    ``default_nfe`` and ``default_corrector`` (:data:`DEFAULT_NFE` and no corrector where it has
+    none: molecules; crystals: :mod:`pipeline.crystal_process`)."""
+    return cfg.model_copy(
+        update={
+            "nfe": cfg.nfe if cfg.nfe is not None else getattr(process, "default_nfe", DEFAULT_NFE),
+            "corrector": cfg.corrector
+            if cfg.corrector is not None
+            else getattr(process, "default_corrector", 0.0),
+        }
+    )
 
 
 def run_sampler(
@@ -445,17 +463,19 @@ def run_sampler(
     :func:`probability_flow_heun` or :func:`reverse_ancestral` (on a process without a
     closed-form transition: :class:`ValueError`).
     """
-    if cfg.corrector > 0 and not hasattr(process, "langevin_correct"):
+    if cfg.corrector and not hasattr(process, "langevin_correct"):
         raise ValueError(f"corrector={cfg.corrector}: this process has no Langevin corrector")
+    cfg = resolve_defaults(cfg, process)
+    corrector = cfg.corrector
     if hasattr(process, "reverse_step"):
 
         def step(x, t: Tensor, s: Tensor, eta: float):
             return process.reverse_step(model, x, t, s, batch, generator, eta, cfg.noise_scale)
 
         def correct(x, t: Tensor):
-            return process.langevin_correct(model, x, t, batch, generator, cfg.corrector)
+            return process.langevin_correct(model, x, t, batch, generator, corrector)
 
-        x, nfe = reverse_first_order(step, x1, cfg, correct if cfg.corrector > 0 else None)
+        x, nfe = reverse_first_order(step, x1, cfg, correct if corrector > 0 else None)
         return SampleResult(x=x, nfe=nfe)
     kind = cfg.kind
     if kind == "auto":

@@ -15,7 +15,7 @@ from torch_geometric.data import Batch
 from models.config import CSPNetConfig
 from models.cspnet import CrystalScore
 from pipeline.batching import counts
-from pipeline.crystal_process import CrystalState, noise_scales
+from pipeline.crystal_process import CRYSTAL_CORRECTOR, CRYSTAL_NFE, CrystalState, noise_scales
 from pipeline.crystal_recipe import (
     CrystalProcessConfig,
     CrystalRecipe,
@@ -23,7 +23,7 @@ from pipeline.crystal_recipe import (
     fit_to_data,
 )
 from pipeline.losses import LossConfig
-from pipeline.samplers import SamplerConfig
+from pipeline.samplers import DEFAULT_NFE, SamplerConfig, resolve_defaults
 from pipeline.torus import wrapped_normal_score
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -167,6 +167,22 @@ def test_predictor_corrector_with_the_exact_score_returns_the_data_point():
     d = torch.remainder(recipe.scale * x.u, 1.0) - _cells()[0].frac.double().repeat(8, 1)
     assert (d - torch.round(d)).abs().max() < 5e-2
     torch.testing.assert_close(x.lattice, x0.lattice, rtol=0, atol=5e-2)
+
+
+def test_the_default_sampler_of_crystals_is_corrected_and_of_molecules_not():
+    """``SamplerConfig()`` leaves NFE and corrector to the process: 200 NFE, 100 of them corrector
+    moves of 1.0 sigma_t^2, for crystals; 100 NFE and no corrector for a process without
+    defaults; explicit values stay."""
+    recipe, x0, batch, exact = _point_mass("exact-dsm", 2)
+    crystal = resolve_defaults(SamplerConfig(), recipe.process)
+    assert (crystal.nfe, crystal.corrector) == (CRYSTAL_NFE, CRYSTAL_CORRECTOR) == (200, 1.0)
+    other = resolve_defaults(SamplerConfig(), object())
+    assert (other.nfe, other.corrector) == (DEFAULT_NFE, 0.0) == (100, 0.0)
+    kept = resolve_defaults(SamplerConfig(nfe=30, corrector=0.0), recipe.process)
+    assert (kept.nfe, kept.corrector) == (30, 0.0)
+    x1 = recipe.prior(batch, torch.Generator().manual_seed(8))
+    _, used = recipe.reverse(exact, x1, batch, SamplerConfig(), torch.Generator().manual_seed(9))
+    assert used == 200
 
 
 def test_forward_lattice_law_is_mattergens():

@@ -39,6 +39,7 @@ from pipeline import crystal_checks as cc
 from pipeline import crystal_fingerprints as cfp
 from pipeline import metrics as pm
 from pipeline.cache import ldsm_home
+from pipeline.crystal_process import CRYSTAL_CORRECTOR
 from pipeline.datasets import load_dataset
 from pipeline.recipes import load_trained
 from pipeline.samplers import SamplerConfig
@@ -257,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--corrector",
         type=float,
-        default=SamplerConfig().corrector,
+        default=CRYSTAL_CORRECTOR,
         help="Langevin corrector step / sigma_t^2 (pipeline.samplers.SamplerConfig; 0: none)",
     )
     parser.add_argument(
