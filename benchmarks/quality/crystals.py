@@ -127,6 +127,20 @@ def evaluate(
     return metrics
 
 
+def data_evaluate(dataset: str, split: str, ref: list, ref_fps, cutoffs: dict) -> dict:
+    """The cells of ``split`` (the training data) scored as if generated: the ceiling of the
+    distribution metrics (coverage, Wasserstein distances) a model of that split can reach."""
+    records = load_dataset(dataset).split_set(split).to_data_list()
+    rows = pm.check_crystals(
+        [f"{split}-{k}" for k in range(len(records))],
+        [d.lattice.numpy().reshape(3, 3).astype(np.float64) for d in records],
+        [d.frac.numpy().astype(np.float64) for d in records],
+        [d.z.numpy() for d in records],
+        fingerprints=ref_fps is not None,
+    )
+    return pm.crystal_set_metrics(rows, ref, ref_fps, cutoffs, matching=False)
+
+
 def csp_evaluate(
     run: Path, sampler: SamplerConfig, n: int, batch: int, seed: int, split: str
 ) -> dict:
@@ -218,8 +232,9 @@ def _num(value) -> str:
     return "n/a" if value is None else f"{value:.3f}"
 
 
-def table(runs: list[Path], results: Path, dataset: str) -> str:
-    """The training table and the sample-quality table (every result present, by run and NFE)."""
+def table(runs: list[Path], results: Path, dataset: str, data: dict | None = None) -> str:
+    """The training table and the sample-quality table (every result present, by run and NFE;
+    ``data``: the row of :func:`data_evaluate` under its ``split`` key)."""
     lines = [
         "| method | NFE | corrector | n | struct. valid | comp. valid | COV-R | COV-P | W density "
         "| W #elements | unique | novel | s / crystal |",
@@ -236,6 +251,14 @@ def table(runs: list[Path], results: Path, dataset: str) -> str:
                 f"{_num(m['wdist_num_elements'])} | {_pct(m['uniqueness'])} | "
                 f"{_pct(m['novelty'])} | {m['seconds_per_crystal']:.4f} |"
             )
+    if data is not None:
+        m = data
+        lines.append(
+            f"| {m['split']}.csv cells (the training data) | | | {m['n']} | "
+            f"{_pct(m['structural_validity'])} | {_pct(m['compositional_validity'])} | "
+            f"{_pct(m['coverage_recall'])} | {_pct(m['coverage_precision'])} | "
+            f"{_num(m['wdist_density'])} | {_num(m['wdist_num_elements'])} | | | |"
+        )
     for name, (sv, cv, cr, cp, wd, we) in ANCHORS.get(dataset, {}).items():
         lines.append(
             f"| {name} (published) | 1000 | | 10000 | {sv} | {cv} | {cr} | {cp} | {wd} | {we} "
@@ -276,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the sampler's noise scale (pipeline.samplers.SamplerConfig); 1, the learnt law, is "
         "what the published rows sample",
     )
+    parser.add_argument(
+        "--data-row",
+        metavar="SPLIT",
+        help="also score the cells of SPLIT (the training split, val) as if generated: the "
+        "ceiling of coverage and the Wasserstein distances",
+    )
     parser.add_argument("--notes", default="", help="a Markdown file or paragraph under the table")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -302,7 +331,16 @@ def main(argv: list[str] | None = None) -> int:
             )
             path.write_text(json.dumps(metrics, indent=2) + "\n")
             print(json.dumps(metrics), flush=True)
-    body = table(args.runs, args.results, dataset)
+    data = None
+    if args.data_row:
+        path = args.results / f"data-{dataset}-{args.data_row}.json"
+        if not path.exists():
+            ref = ref or reference(dataset, args.split, not args.no_coverage)
+            print(f"scoring the {dataset} {args.data_row} cells as samples", flush=True)
+            data = data_evaluate(dataset, args.data_row, *ref, cutoffs) | {"split": args.data_row}
+            path.write_text(json.dumps(data, indent=2) + "\n")
+        data = json.loads(path.read_text())
+    body = table(args.runs, args.results, dataset, data)
     if args.notes:
         notes = Path(args.notes)
         body += "\n\n" + (notes.read_text() if notes.exists() else args.notes)
@@ -314,6 +352,7 @@ def main(argv: list[str] | None = None) -> int:
         + f" --noise-scale {args.noise_scale:g}"
         + (" --no-matching" if args.no_matching else "")
         + (" --no-coverage" if args.no_coverage else "")
+        + (f" --data-row {args.data_row}" if args.data_row else "")
     )
     write_section(
         f"quality-{dataset}",
