@@ -95,11 +95,13 @@ def coverage(
 ) -> tuple[float | None, float | None]:
     """CDVAE COV-R and COV-P: (recall, precision), None when either set is empty.
 
-    Recall: fraction of reference crystals with a generated one within both cutoffs (structure
-    distance in the 61-dim CrystalNN space, composition distance in the 132-dim Magpie space
-    scaled by :func:`scale_composition`); precision: generated crystals within both cutoffs of
-    some reference one, over all generated crystals (those without a fingerprint count as misses,
-    as in CDVAE's ``compute_cov`` with ``num_gen_crystals`` before ``filter_fps``).
+    As CDVAE's ``compute_cov``, the nearest structure and the nearest composition are found
+    separately (structure distance in the 61-dim CrystalNN space, composition distance in the
+    132-dim Magpie space scaled by :func:`scale_composition`), not as one crystal. Recall: the
+    fraction of reference crystals whose nearest generated structure is within ``struc_cutoff``
+    and whose nearest generated composition is within ``comp_cutoff``; precision: the same for
+    generated crystals against the reference, over all generated crystals (those without a
+    fingerprint count as misses: ``num_gen_crystals`` before ``filter_fps``).
     """
     from scipy.spatial.distance import cdist
 
@@ -109,7 +111,6 @@ def coverage(
         return None, (0.0 if n_gen and ref_struct_fps else None)
     s_d = cdist(np.asarray([struct_fps[k] for k in keep]), np.asarray(ref_struct_fps))
     c_d = cdist(scale_composition([comp_fps[k] for k in keep]), scale_composition(ref_comp_fps))
-    close = (s_d <= struc_cutoff) & (c_d <= comp_cutoff)
-    recall = float(np.mean(close.any(axis=0)))
-    precision = float(close.any(axis=1).sum() / n_gen)
-    return recall, precision
+    recall = np.mean((s_d.min(axis=0) <= struc_cutoff) & (c_d.min(axis=0) <= comp_cutoff))
+    precision = np.sum((s_d.min(axis=1) <= struc_cutoff) & (c_d.min(axis=1) <= comp_cutoff))
+    return float(recall), float(precision / n_gen)

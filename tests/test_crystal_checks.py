@@ -202,6 +202,10 @@ def test_fingerprints_and_coverage():
     d = float(np.linalg.norm(cfp.scale_composition([comp]) - cfp.scale_composition([single])))
     assert cfp.coverage([fp], [single], [fp], [comp], 0.2, d * 1.001) == (1.0, 1.0)
     assert cfp.coverage([fp], [single], [fp], [comp], 0.2, d * 0.999) == (0.0, 0.0)
+    # CDVAE's rule: the nearest structure and the nearest composition may be different crystals
+    # (precision 1 here); neither reference crystal has both near a generated one (recall 0).
+    far = fp + 1.0
+    assert cfp.coverage([fp], [comp], [far, fp], [comp, single], 0.2, 1.0) == (0.0, 1.0)
     assert cfp.coverage([], [], [fp], [comp], 0.2, 4.0) == (None, None)
     assert cfp.coverage([None], [comp], [fp], [comp], 0.2, 4.0) == (None, 0.0)
 
