@@ -49,7 +49,7 @@ from pipeline.generate import (
     write_cifs,
     write_samples,
 )
-from pipeline.samplers import SamplerConfig
+from pipeline.samplers import SamplerConfig, resolve_defaults
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "models" / "weights"
 
@@ -85,6 +85,9 @@ def generate_flow(checkpoint: str, config: GenerateConfig, out: str, threads: in
 
 def _generate(checkpoint: str, config: GenerateConfig, out: str, threads: int) -> dict:
     trained = load_cached(checkpoint)
+    # the model's own NFE and corrector where the config leaves them None, as the summary says
+    sampler = resolve_defaults(config.sampler, trained.recipe.process)
+    config = config.model_copy(update={"sampler": sampler})
     chunks = plan(config, trained.num_atoms)
     started = time.perf_counter()
     calls = [

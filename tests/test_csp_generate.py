@@ -17,6 +17,7 @@ from pymatgen.io.cif import CifParser
 from flows.cli import main
 from models.config import CSPNetConfig
 from pipeline.compositions import CompositionRecord, parse_formula, read_compositions
+from pipeline.crystal_process import CRYSTAL_CORRECTOR
 from pipeline.crystal_recipe import CrystalRecipe, CrystalRecipeConfig, fit_to_data
 from pipeline.datasets import shared_data_dir
 from pipeline.generate import GenerateConfig, generate, plan
@@ -118,6 +119,8 @@ def test_cli_writes_one_cif_per_structure_named_by_its_record(
         assert sorted(e.Z for e, k in stated.items() for _ in range(int(k))) == sorted(want)
     summary = json.loads((out / "generation.json").read_text())
     assert summary["n"] == 4 and summary["compositions"] == 2 and not summary["cifs_unwritten"]
+    # The summary names the sampler that ran: the crystal model's corrector, not "None".
+    assert summary["sampler"]["corrector"] == CRYSTAL_CORRECTOR and summary["nfe"] == 4
     # The flow's chunks give what the library gives in one process.
     records = read_compositions(formulas)
     config = GenerateConfig(n=2, compositions=records, sampler=SamplerConfig(nfe=4), batch_size=3)
