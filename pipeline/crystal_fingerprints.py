@@ -68,6 +68,15 @@ def composition_fingerprint(z) -> np.ndarray:
         return np.asarray(element_property.featurize(comp), dtype=np.float64)
 
 
+def fingerprint_code() -> bytes:
+    """The source of the fingerprint functions: a cache key of stored fingerprints (an edit of
+    them, not of the coverage rule, recomputes)."""
+    import inspect
+
+    parts = (_featurizers, structure_fingerprint, composition_fingerprint)
+    return "".join(inspect.getsource(f) for f in parts).encode()
+
+
 def scale_composition(fps) -> np.ndarray:
     """Composition fingerprints (M, 132) standardised by CDVAE's ``CompScaler`` (NaN -> 0)."""
     means, stds = comp_scaler()

@@ -11,7 +11,6 @@ read back in a second. :func:`read_train_smiles` reads the molecules' reference,
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import multiprocessing
 import os
@@ -45,11 +44,6 @@ def guess_cutoffs(reference: str | None) -> str | None:
     return None
 
 
-def _fingerprint_code() -> bytes:
-    """The source of the fingerprint code, part of the cache key (an edit recomputes)."""
-    return inspect.getsource(fp).encode()
-
-
 def reference_structures(records: Sequence) -> tuple[list, str]:
     """The crystals of ``records`` (``Data``, as :func:`pipeline.io.read_structures` gives them) as
     pymatgen Structures (degenerate cells left out), and the 16-hex-digit content key of their
@@ -61,7 +55,7 @@ def reference_structures(records: Sequence) -> tuple[list, str]:
             s = cc.to_structure(d.lattice.numpy().reshape(3, 3), d.frac.numpy(), d.z.numpy())
             if s is not None:
                 structures.append(s)
-    digest = hashlib.sha256(_fingerprint_code())
+    digest = hashlib.sha256(fp.fingerprint_code())
     for s in structures:
         digest.update(np.asarray(s.atomic_numbers).tobytes())
         digest.update(np.round(s.lattice.matrix, 5).tobytes())

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import inspect
 import json
 import time
 from pathlib import Path
@@ -73,7 +72,7 @@ def reference(dataset: str, split: str, coverage: bool = True) -> tuple[list, tu
     structures = [s for s in structures if s is not None]
     if not coverage:
         return structures, None
-    code = hashlib.sha256(inspect.getsource(cfp).encode()).hexdigest()[:8]  # an edit recomputes
+    code = hashlib.sha256(cfp.fingerprint_code()).hexdigest()[:8]  # an edit recomputes
     cache = ldsm_home() / "benchmarks" / f"reference-{dataset}-{split}-{code}.npz"
     if cache.exists():
         data = np.load(cache)
