@@ -57,7 +57,7 @@ def add_sampler_options(parser: argparse.ArgumentParser, nfe: int) -> None:
         default=GENERATE["corrector"],
         help="crystals: a Langevin corrector of step C sigma_t^2 on the coordinates before every "
         "step (DiffCSP's 1e-5 / 0.005^2 = 0.4; NFE = 2 steps); 0: none; None: 1 for crystals "
-        "(Perov-5: 98.6 %% structurally valid against 95.4 without), none for molecules",
+        "(Perov-5: 99.2 %% structurally valid at 200 NFE, 95.4 at 100 without), none for molecules",
     )
     parser.add_argument(
         "--noise-scale",
