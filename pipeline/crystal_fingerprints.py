@@ -11,6 +11,7 @@ so the distances, and with them CDVAE's cut-offs, are on CDVAE's scale. Structur
 
 from __future__ import annotations
 
+import inspect
 import json
 import warnings
 from collections import Counter
@@ -71,8 +72,6 @@ def composition_fingerprint(z) -> np.ndarray:
 def fingerprint_code() -> bytes:
     """The source of the fingerprint functions: a cache key of stored fingerprints (an edit of
     them, not of the coverage rule, recomputes)."""
-    import inspect
-
     parts = (_featurizers, structure_fingerprint, composition_fingerprint)
     return "".join(inspect.getsource(f) for f in parts).encode()
 

@@ -466,16 +466,15 @@ def run_sampler(
     if cfg.corrector and not hasattr(process, "langevin_correct"):
         raise ValueError(f"corrector={cfg.corrector}: this process has no Langevin corrector")
     cfg = resolve_defaults(cfg, process)
-    corrector = cfg.corrector
     if hasattr(process, "reverse_step"):
 
         def step(x, t: Tensor, s: Tensor, eta: float):
             return process.reverse_step(model, x, t, s, batch, generator, eta, cfg.noise_scale)
 
         def correct(x, t: Tensor):
-            return process.langevin_correct(model, x, t, batch, generator, corrector)
+            return process.langevin_correct(model, x, t, batch, generator, cfg.corrector)
 
-        x, nfe = reverse_first_order(step, x1, cfg, correct if corrector > 0 else None)
+        x, nfe = reverse_first_order(step, x1, cfg, correct if cfg.corrector > 0 else None)
         return SampleResult(x=x, nfe=nfe)
     kind = cfg.kind
     if kind == "auto":

@@ -336,8 +336,8 @@ def main(argv: list[str] | None = None) -> int:
         if not path.exists():
             ref = ref or reference(dataset, args.split, not args.no_coverage)
             print(f"scoring the {dataset} {args.data_row} cells as samples", flush=True)
-            data = data_evaluate(dataset, args.data_row, *ref, cutoffs) | {"split": args.data_row}
-            path.write_text(json.dumps(data, indent=2) + "\n")
+            scored = data_evaluate(dataset, args.data_row, *ref, cutoffs)
+            path.write_text(json.dumps(scored | {"split": args.data_row}, indent=2) + "\n")
         data = json.loads(path.read_text())
     body = table(args.runs, args.results, dataset, data)
     if args.notes:
