@@ -17,7 +17,7 @@ TRAIN = dict(
     loss="local-dsm", drift="physical", mode="expm", step="fraction", budget=0.5,
     sim_mode="euler", sim_budget=0.25,
     hidden=64, layers=4, time_power=1.0, preconditioning="sigma", type_weight=20.0,
-    distance_features=32,
+    distance_features=32, lattice="as-read",
 )  # fmt: skip
 
 
@@ -98,6 +98,13 @@ def add_training_options(parser: argparse.ArgumentParser) -> None:
         help="crystals: Gaussian radial basis functions of each CSPNet edge's minimum-image length "
         "(0: DiffCSP's features only; 32 gave +14 points of structural validity at equal CPU, "
         "BENCHMARKS quality-carbon-24 and quality-perov-5)",
+    )
+    g.add_argument(
+        "--lattice",
+        choices=["as-read", "symmetric"],
+        default=d["lattice"],
+        help="crystals: cells as the data orient them, or MatterGen's symmetric cells with "
+        "symmetric lattice noise (pipeline.lattice.LatticePrior)",
     )
     g.add_argument(
         "--time-power",

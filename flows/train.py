@@ -79,6 +79,7 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
     if args.dataset in CRYSTAL_DATASETS:
         from pipeline.crystal_recipe import CrystalRecipeConfig, PartWeights, fit_to_data
         from pipeline.datasets import load_dataset
+        from pipeline.lattice import LatticePrior
 
         if args.preconditioning != "sigma":
             raise SystemExit(
@@ -102,6 +103,7 @@ def recipe_from_args(args: argparse.Namespace) -> dict:
                 "process": process,
                 "types": "given" if args.csp else "diffuse",
                 "part_weights": PartWeights(types=args.type_weight),
+                "lattice": LatticePrior(symmetric=args.lattice == "symmetric"),
             }
         )
         # Elements and lattice prior from the training split: a checkpoint never generates an

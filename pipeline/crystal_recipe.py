@@ -16,8 +16,9 @@ State (per crystal with N atoms):
   the torus: the forward process is simulated unwrapped, and the network only ever sees the wrapped
   ``frac``. In ``u`` the noise is the unit ``sqrt(beta) dW`` of every other process here, so
   :func:`pipeline.transitions.local_step` applies unchanged.
-* ``lattice (B, 3, 3)``: rows are the lattice vectors in Angstrom; DiffCSP's VP process on the raw
-  matrix (``dL = -1/2 beta L dt + sqrt(beta) dW``, prior N(0, I)).
+* ``lattice (B, 3, 3)``: the lattice state of :class:`pipeline.lattice.LatticePrior` (rows of its
+  cell are the lattice vectors in Angstrom); DiffCSP's VP process on it (``dl = -1/2 beta l dt +
+  sqrt(beta) dW``, prior N(0, I)); on MatterGen's symmetric lattice, states and noise symmetric.
 * ``h (N, K)``: ``type_scale * onehot(element)``, EDM's/DiffCSP's VP process (prior N(0, I)),
   decoded by argmax.
 
@@ -61,7 +62,7 @@ see :class:`CrystalScoreFn`), per graph
   ``frac_0`` by summing images (:func:`pipeline.torus.wrapped_normal_score`); closed-form VP for
   lattice and types.
 * ``ism``: Hyvarinen's implicit score matching with a Hutchinson divergence over all three parts; on
-  the torus integration by parts has no boundary term.
+  the torus integration by parts has no boundary term. Not on a symmetric lattice.
 
 Sampling: prior at t = 1: ``frac`` uniform on the torus (the stationary law of the wrapped Brownian
 motion), lattice and types N(0, I) (the lattice state; its cell is :class:`LatticePrior`'s, a cube
@@ -170,7 +171,7 @@ def fit_to_data(config: CrystalRecipeConfig, structures: Sequence[Data]) -> Crys
 
     The one-hot spans exactly the elements present (sorted by Z), so no other element can be
     generated, and the network's type width follows; the lattice prior becomes
-    :func:`fit_lattice_prior` of the cells.
+    :func:`fit_lattice_prior` of the cells (symmetric where ``config.lattice`` is).
     """
     elements = tuple(sorted({int(z) for d in structures for z in d[K.Z].tolist()}))
     lattices = torch.stack([d[K.LATTICE].double().reshape(3, 3) for d in structures])
@@ -180,7 +181,7 @@ def fit_to_data(config: CrystalRecipeConfig, structures: Sequence[Data]) -> Crys
         update={
             "elements": elements,
             "model": model,
-            "lattice": fit_lattice_prior(lattices, num_atoms),
+            "lattice": fit_lattice_prior(lattices, num_atoms, config.lattice.symmetric),
         }
     )
 
@@ -199,7 +200,8 @@ class CrystalScoreFn:
     ``score_u = net_frac / sigma_u(t)`` with ``sigma_u^2 = int_0^t beta`` (u's variance under the
     zero drift); ``score_L = net_lattice / sigma_VP(t)``, ``score_h = net_h / sigma_VP(t)``. The
     network thus predicts O(1) "negative noise" in every part (EDM's preconditioning, as
-    :class:`pipeline.molecule_recipe.SigmaScaled`). In fractional units ``grad_F log q = score_u / c``.
+    :class:`pipeline.molecule_recipe.SigmaScaled`). On a symmetric lattice
+    (:class:`LatticePrior` ``symmetric``) the lattice score is the symmetric part of the output. In fractional units ``grad_F log q = score_u / c``.
     """
 
     def __init__(self, net: nn.Module, scale: float, schedule: Schedule, cell: LatticePrior):
@@ -211,9 +213,12 @@ class CrystalScoreFn:
         lattice = self.cell.cell(state.lattice, counts(batch, t.shape[0]))
         out = self.net(frac, lattice.to(dtype), state.h.to(dtype), t.to(dtype), batch)
         sig_u, sig_vp = (s.to(dtype) for s in noise_scales(self.schedule, t))
+        lattice_score = out.lattice
+        if self.cell.symmetric:  # the score of a symmetric state: the symmetric part
+            lattice_score = 0.5 * (lattice_score + lattice_score.transpose(1, 2))
         return CrystalState(
             out.frac / sig_u[batch, None],
-            out.lattice / sig_vp[:, None, None],
+            lattice_score / sig_vp[:, None, None],
             out.h / sig_vp[batch, None],
         )
 
@@ -229,6 +234,9 @@ class CrystalRecipe:
             )
         if cfg.loss.kind == "exact-dsm" and cfg.process.drift != "linear":
             raise ValueError("exact-dsm needs the closed-form transition: use drift='linear'")
+        if cfg.loss.kind == "ism" and cfg.lattice.symmetric:
+            # Hutchinson's divergence would need a probe on the 6-dim symmetric subspace.
+            raise ValueError("ism does not train a symmetric lattice: use local-dsm or exact-dsm")
         self.schedule = cfg.process.schedule()
         self.scale = cfg.process.scale()
         self.pair = cfg.process.pair_term()
@@ -367,7 +375,9 @@ class CrystalRecipe:
         """
         nb, n = num_graphs(batch), batch.numel()
         u = torch.rand((n, 3), generator=generator, dtype=torch.float64) / self.scale
-        lattice = torch.randn((nb, 3, 3), generator=generator, dtype=torch.float64)
+        lattice = self.config.lattice.symmetrized(
+            torch.randn((nb, 3, 3), generator=generator, dtype=torch.float64)
+        )
         h = torch.randn((n, len(self.config.elements)), generator=generator, dtype=torch.float64)
         if types is not None:
             h = self.onehot(types)

@@ -278,6 +278,7 @@ def posterior_step(
     generator: torch.Generator | None,
     clip: Callable[[Tensor], Tensor] | None = None,
     noise_scale: float = 1.0,
+    shape_noise: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """One DDIM step (Song, Meng & Ermon 2021, eq. 12) of one part of a state, from t to s < t.
 
@@ -293,7 +294,9 @@ def posterior_step(
     (DPM-Solver-1). Both are exact for a point mass and stable at any step size. VP parts have
     ``alpha^2 = e^{-B_t}``, ``sigma^2 = 1 - alpha^2``; variance-exploding ones ``alpha = 1``,
     ``sigma^2 = B_t``. ``z`` (only when ``eta > 0``) is drawn in float64, and the noise term is
-    ``noise_scale c z`` (:class:`SamplerConfig`). Returns float64.
+    ``noise_scale c z`` (:class:`SamplerConfig`), ``z`` passed through ``shape_noise`` where given
+    (a symmetric lattice's noise, :meth:`pipeline.lattice.LatticePrior.symmetrized`). Returns
+    float64.
     """
     alpha_t, alpha_s, var_t, var_s, v = marginals
     shape = (-1,) + (1,) * (x.dim() - 1)
@@ -304,11 +307,10 @@ def posterior_step(
         x0 = clip(x0)
     eps = (x - a_t * x0) / sig_t
     c2 = eta**2 * (v * var_s / var_t)[index].reshape(shape)
-    noise = (
-        noise_scale * c2.sqrt() * torch.randn(x.shape, generator=generator, dtype=torch.float64)
-        if eta
-        else 0.0
-    )
+    noise = 0.0
+    if eta:
+        z = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+        noise = noise_scale * c2.sqrt() * (shape_noise(z) if shape_noise is not None else z)
     return a_s * x0 + (sig_s2 - c2).clamp(min=0.0).sqrt() * eps + noise
 
 

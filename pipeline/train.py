@@ -304,16 +304,18 @@ def start_from_checkpoint(model: nn.Module, recipe: Recipe, path: str) -> dict:
 
     The checkpoint's recipe must equal ``recipe`` except for the network's ``hidden`` and
     ``layers``, the ``loss`` (which times and weights train the network, not what it computes),
-    the forward ``process`` and the ``preconditioning`` (a warm start: the same network trained on
-    to the score of another process or parameterisation, e.g. a linear-process model continued
-    under the physical drift with ``edm-stationary``).
+    the forward ``process``, the ``preconditioning`` and a crystal's ``lattice`` prior (a warm start:
+    the same network trained on to the score of another process or parameterisation, e.g. a
+    linear-process model continued under the physical drift with ``edm-stationary``, or on
+    MatterGen's symmetric cells).
     ``ValueError`` names the field that differs (``CheckpointError`` an unreadable checkpoint)."""
     trained = load_trained(path)
     mine, theirs = recipe.config.model_dump(), trained.recipe.config.model_dump()
     differ = sorted(
         k
         for k in mine
-        if k not in ("model", "loss", "process", "preconditioning") and mine[k] != theirs.get(k)
+        if k not in ("model", "loss", "process", "preconditioning", "lattice")
+        and mine[k] != theirs.get(k)
     )
     if differ:
         raise ValueError(f"{path}: its recipe differs from this run's in {', '.join(differ)}")

@@ -22,6 +22,7 @@ from pipeline.crystal_recipe import (
     CrystalRecipeConfig,
     fit_to_data,
 )
+from pipeline.lattice import LatticePrior, symmetric_cell
 from pipeline.losses import LossConfig
 from pipeline.samplers import DEFAULT_NFE, SamplerConfig, resolve_defaults
 from pipeline.torus import wrapped_normal_score
@@ -60,15 +61,17 @@ class PointMassScore(nn.Module):
         )
 
 
-def _point_mass(kind: str, copies: int, fitted: bool = False):
+def _point_mass(kind: str, copies: int, fitted: bool = False, symmetric: bool = False):
     """A recipe, ``copies`` of NaCl encoded, their batch index and the exact score. ``fitted``:
-    the cubic lattice prior fitted to NaCl alone, whose data box is that one cell."""
-    cell = _cells()[0]  # NaCl, 2 atoms
+    the cubic lattice prior fitted to NaCl alone, whose data box is that one cell. ``symmetric``:
+    wurtzite ZnO (a cell that is not symmetric) on MatterGen's symmetric lattice."""
+    cell = _cells()[2 if symmetric else 0]  # wurtzite ZnO, 4 atoms; NaCl, 2 atoms
     config = CrystalRecipeConfig(
-        elements=(11, 17),
+        elements=(8, 30) if symmetric else (11, 17),
         model=CSPNetConfig(num_types=2, hidden=8, layers=1),
         process=CrystalProcessConfig(drift="linear"),
         loss=LossConfig(kind=kind, step="budget", budget=0.05),
+        lattice=LatticePrior(symmetric=symmetric),
     )
     recipe = CrystalRecipe(fit_to_data(config, [cell]) if fitted else config)
     batch = Batch.from_data_list([cell] * copies)
@@ -108,19 +111,23 @@ def test_ism_at_the_exact_score_is_minus_the_weights():
     assert abs(float(loss.mean()) - want) < 4 * float(loss.std()) / math.sqrt(4000)
 
 
-@pytest.mark.parametrize("fitted", [False, True])
+@pytest.mark.parametrize("fitted,symmetric", [(False, False), (True, False), (True, True)])
 @pytest.mark.parametrize("kind,nfe,tol", [("sde", 200, 5e-2), ("ode", 100, 5e-3)])
-def test_sampler_with_the_exact_score_returns_the_data_point(kind, nfe, tol, fitted):
+def test_sampler_with_the_exact_score_returns_the_data_point(kind, nfe, tol, fitted, symmetric):
     """Reverse dynamics driven by a point mass's exact score end at that crystal (to the
     error of the torus, where the lifted point mass is only approximately the wrapped one; the
     ancestral and DDIM steps are exact for the lattice and the types), with either lattice prior;
-    the fitted prior's box (one point here) agrees."""
-    recipe, x0, batch, exact = _point_mass("local-dsm", 8, fitted)
+    the fitted prior's box (one point here) agrees. On the symmetric lattice every state stays
+    symmetric and the crystal comes back in its symmetric orientation."""
+    recipe, x0, batch, exact = _point_mass("local-dsm", 8, fitted, symmetric)
     x1 = recipe.prior(batch, torch.Generator().manual_seed(7))
     x, used = recipe.reverse(exact, x1, batch, SamplerConfig(kind=kind, nfe=nfe), None)
     assert used == nfe
     out = recipe.decode(x, batch)
-    cell = _cells()[0]
+    cell = _cells()[2 if symmetric else 0]
+    if symmetric:
+        assert torch.equal(x1.lattice, x1.lattice.transpose(1, 2))
+        assert torch.equal(x.lattice, x.lattice.transpose(1, 2))
     for crystal in out:
         assert crystal.z.tolist() == cell.z.tolist()
         d = crystal.frac - cell.frac
@@ -201,3 +208,88 @@ def test_forward_lattice_law_is_mattergens():
     std = prior.spread * a * sigma
     assert (cells.mean(0) - mean).abs().max() < 5 * std / math.sqrt(4000)
     assert abs(float(cells.std(0).mean()) / std - 1) < 0.02
+
+
+# ---------------------------------------------------------------------------------------------
+# MatterGen's symmetric lattice
+# ---------------------------------------------------------------------------------------------
+
+
+def test_symmetric_cell_is_the_same_crystal_rotated():
+    """``S = (L L^T)^(1/2)``: symmetric, ``S S^T = L L^T``, ``S = L W^T`` with ``W`` a proper
+    rotation, so the same fractional coordinates give the same interatomic distances."""
+    from pymatgen.core import Lattice, Structure
+
+    for cell in _cells():
+        lattice = cell.lattice.double().reshape(3, 3)
+        sym = symmetric_cell(lattice[None])[0]
+        torch.testing.assert_close(sym, sym.T, rtol=0, atol=1e-12)
+        assert bool((torch.linalg.eigvalsh(sym) > 0).all())
+        torch.testing.assert_close(sym @ sym.T, lattice @ lattice.T)
+        w = torch.linalg.solve(sym, lattice)  # L = S W
+        torch.testing.assert_close(w @ w.T, torch.eye(3, dtype=torch.float64))
+        assert math.isclose(float(torch.linalg.det(w)), 1.0, rel_tol=1e-12)
+        frac, z = cell.frac.double().numpy(), cell.z.tolist()
+        before = Structure(Lattice(lattice.numpy()), z, frac).distance_matrix
+        after = Structure(Lattice(sym.numpy()), z, frac).distance_matrix
+        assert abs(before - after).max() < 1e-10
+    wurtzite = _cells()[2].lattice.double().reshape(3, 3)
+    assert (wurtzite - wurtzite.T).abs().max() > 1  # the case that is not symmetric already
+    with pytest.raises(ValueError, match="singular"):
+        symmetric_cell(torch.zeros(1, 3, 3, dtype=torch.float64))
+
+
+def test_symmetrized_noise_is_symmetric_with_unit_variance():
+    """Each entry of the symmetric noise is N(0, 1): the mirrored pair one draw, independent of
+    the others (sample variance and correlation of 20,000 draws, 5 sigma)."""
+    prior = LatticePrior(symmetric=True)
+    n = 20_000
+    z = prior.symmetrized(torch.randn((n, 3, 3), generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(z, z.transpose(1, 2))
+    flat = z.reshape(n, 9)
+    assert (flat.var(0) - 1).abs().max() < 5 * math.sqrt(2 / n)
+    independent = flat[:, [0, 1, 2, 4, 5, 8]]  # the diagonal and the upper triangle
+    corr = torch.corrcoef(independent.T) - torch.eye(6, dtype=torch.float64)
+    assert corr.abs().max() < 5 / math.sqrt(n)
+    plain = torch.randn((2, 3, 3))
+    assert LatticePrior().symmetrized(plain) is plain
+
+
+def test_symmetric_lattice_exact_dsm_at_the_exact_score_is_zero_and_its_law_is_mattergens():
+    """On the symmetric lattice the exact-DSM target is still the point mass's exact score, and
+    the forward cells are symmetric with MatterGen's law: mean ``alpha S_0 + (1 - alpha) a_n I``,
+    std ``spread a_n sigma`` in every entry (4,000 draws at t = 0.6, 5 sigma)."""
+    recipe, x0, batch, exact = _point_mass("exact-dsm", 4000, fitted=True, symmetric=True)
+    t = torch.full((4000,), 0.6, dtype=torch.float64)
+    loss = recipe.loss_at(exact, x0, batch, t, torch.Generator().manual_seed(4))
+    assert loss.abs().max() < 1e-18
+    xt = recipe.process.simulate(x0, batch, t, torch.Generator().manual_seed(2))
+    cells = recipe.cell(xt.lattice, batch)
+    assert torch.equal(cells, cells.transpose(1, 2))
+    prior = recipe.config.lattice
+    a = float(prior.side(torch.tensor([4])))
+    total = float(recipe.schedule.integral(t[:1] * 0, t[:1]))
+    alpha, sigma = math.exp(-total / 2), math.sqrt(1 - math.exp(-total))
+    cell0 = symmetric_cell(_cells()[2].lattice.double().reshape(1, 3, 3))[0]
+    mean = alpha * cell0 + (1 - alpha) * a * torch.eye(3, dtype=torch.float64)
+    std = prior.spread * a * sigma
+    assert (cells.mean(0) - mean).abs().max() < 5 * std / math.sqrt(4000)
+    assert (cells.reshape(-1, 9).std(0) / std - 1).abs().max() < 0.05
+
+
+def test_ism_refuses_the_symmetric_lattice():
+    with pytest.raises(ValueError, match="ism does not train a symmetric lattice"):
+        _point_mass("ism", 2, symmetric=True)
+
+
+def test_network_lattice_score_is_symmetric_on_the_symmetric_lattice():
+    """CSPNet's lattice output ``M L`` is not symmetric; the score of a symmetric state is its
+    symmetric part (and the output as it is without ``symmetric``)."""
+    torch.manual_seed(0)
+    for symmetric in (False, True):
+        recipe, x0, batch, _ = _point_mass("exact-dsm", 3, fitted=True, symmetric=symmetric)
+        model = recipe.build_model().double()
+        t = torch.tensor([0.2, 0.5, 0.9], dtype=torch.float64)
+        lattice = recipe.score(model)(x0, t, batch).lattice
+        asymmetry = (lattice - lattice.transpose(1, 2)).abs().max()
+        assert (asymmetry == 0) if symmetric else (asymmetry > 1e-3)
