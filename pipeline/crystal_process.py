@@ -95,10 +95,10 @@ class CrystalProcess:
         """Cells ``L (B, 3, 3)`` of lattice states ``lattice (B, 3, 3)``; ``batch (N,)``."""
         return self.lattice.cell(lattice, counts(batch, lattice.shape[0]))
 
-    def _lattice_noise(self, x: CrystalState, generator: torch.Generator | None) -> Tensor:
-        """Standard normal noise of ``x``'s lattice part, symmetric on a symmetric lattice
-        (:meth:`pipeline.lattice.LatticePrior.symmetrized`)."""
-        return self.lattice.symmetrized(_noise(x.lattice, generator))
+    def _lattice_noise(self, lattice: Tensor, generator: torch.Generator | None) -> Tensor:
+        """Standard normal noise shaped like ``lattice (B, 3, 3)``, symmetric on a symmetric
+        lattice (:meth:`pipeline.lattice.LatticePrior.symmetrized`)."""
+        return self.lattice.symmetrized(_noise(lattice, generator))
 
     def torus(self, lattice: Tensor, batch: Tensor, schedule: Schedule | None = None):
         """``u``'s process with the cell of the lattice *state* ``lattice (B, 3, 3)`` held fixed."""
@@ -131,7 +131,7 @@ class CrystalProcess:
         if self.pair is None:
             u = x0.u + total.sqrt()[batch, None] * _noise(x0.u, generator)
             lattice, _ = vp_step(
-                x0.lattice, total[:, None, None], self._lattice_noise(x0, generator)
+                x0.lattice, total[:, None, None], self._lattice_noise(x0.lattice, generator)
             )
             return CrystalState(u, lattice, h)
         n_steps = max(1, math.ceil(float(total.max()) / max_budget)) if total.numel() else 0
@@ -140,9 +140,7 @@ class CrystalProcess:
         for _ in range(n_steps):
             eps = _noise(u, generator)
             u, _ = local_step(self.torus(lattice, batch), u, b, batch, eps, mode)
-            lattice, _ = vp_step(
-                lattice, b[:, None, None], self.lattice.symmetrized(_noise(lattice, generator))
-            )
+            lattice, _ = vp_step(lattice, b[:, None, None], self._lattice_noise(lattice, generator))
         return CrystalState(u, lattice, h)
 
     def local_step(
@@ -164,7 +162,7 @@ class CrystalProcess:
         eps = _noise(x_s.u, generator)
         u_t, target_u = local_step(self.torus(x_s.lattice, batch), x_s.u, budget, batch, eps, mode)
         lat_t, target_l = vp_step(
-            x_s.lattice, budget[:, None, None], self._lattice_noise(x_s, generator)
+            x_s.lattice, budget[:, None, None], self._lattice_noise(x_s.lattice, generator)
         )
         h_t, target_h = self._types_step(x_s.h, budget[batch, None], generator)
         return CrystalState(u_t, lat_t, h_t), CrystalState(target_u, target_l, target_h)
@@ -187,7 +185,7 @@ class CrystalProcess:
         delta = self.scale * sig_u * eps
         target_u = self.scale * wrapped_normal_score(delta, self.scale * sig_u)
         lat_t, target_l = vp_step(
-            x0.lattice, total[:, None, None], self._lattice_noise(x0, generator)
+            x0.lattice, total[:, None, None], self._lattice_noise(x0.lattice, generator)
         )
         h_t, target_h = self._types_step(x0.h, total[batch, None], generator)
         return CrystalState(u_t, lat_t, h_t), CrystalState(target_u, target_l, target_h)

@@ -201,7 +201,8 @@ class CrystalScoreFn:
     zero drift); ``score_L = net_lattice / sigma_VP(t)``, ``score_h = net_h / sigma_VP(t)``. The
     network thus predicts O(1) "negative noise" in every part (EDM's preconditioning, as
     :class:`pipeline.molecule_recipe.SigmaScaled`). On a symmetric lattice
-    (:class:`LatticePrior` ``symmetric``) the lattice score is the symmetric part of the output. In fractional units ``grad_F log q = score_u / c``.
+    (:class:`LatticePrior` ``symmetric``) the lattice score is the symmetric part of the output.
+    In fractional units ``grad_F log q = score_u / c``.
     """
 
     def __init__(self, net: nn.Module, scale: float, schedule: Schedule, cell: LatticePrior):

@@ -2,9 +2,9 @@
 
 :class:`LatticePrior` is DiffCSP's Gaussian lattice (``L = l``) or MatterGen's cubic one
 (``L = a_n (I + spread l)``, Zeni et al. 2025), optionally on MatterGen's symmetric cells
-(:func:`symmetric_cell`, :meth:`LatticePrior.symmetrized`); :func:`fit_lattice_prior` fits the cubic
-prior to training cells. Used by :mod:`pipeline.crystal_recipe` (encode, decode, the preconditioned score and
-the sampler's clipping box).
+(:func:`symmetric_cell`, :meth:`LatticePrior.symmetrized`); :func:`fit_lattice_prior` fits the
+cubic prior to training cells. Used by :mod:`pipeline.crystal_recipe` (encode, decode, the
+preconditioned score and the sampler's clipping box).
 """
 
 from __future__ import annotations

@@ -142,8 +142,8 @@ def test_crystal_training_options_build_the_cspnet_config():
     plain = recipe("--distance-features", "0", "--csp", "--type-weight", "5")
     assert plain["model"]["distance_features"] == 0 and plain["types"] == "given"
     assert plain["part_weights"]["types"] == 5.0
-    assert default["lattice"]["symmetric"] is False
-    assert recipe("--lattice", "symmetric")["lattice"]["symmetric"] is True
+    assert default["lattice"]["symmetric"] is True
+    assert recipe("--lattice", "as-read")["lattice"]["symmetric"] is False
 
 
 def test_parser_defaults_are_the_configs_defaults():
