@@ -74,8 +74,7 @@ def checked(
     """:func:`pipeline.metrics.check_crystals` of the crystals, in order, on ``processes`` spawned
     processes (chunks of :data:`CHECK_CHUNK`; 1: this process)."""
     parts = [
-        (names[k : k + CHECK_CHUNK], lattices[k : k + CHECK_CHUNK], fracs[k : k + CHECK_CHUNK])
-        + (zs[k : k + CHECK_CHUNK],)
+        tuple(column[k : k + CHECK_CHUNK] for column in (names, lattices, fracs, zs))
         for k in range(0, len(names), CHECK_CHUNK)
     ]
     if processes <= 1 or len(parts) < 2:
