@@ -50,6 +50,7 @@ from pipeline.reference import fingerprints_in_parallel
 from pipeline.samplers import SamplerConfig
 
 CHECK_CHUNK = 100  # crystals checked per task of a process pool
+COVERAGE_PREFIXES = (100, 200, 500, 1000, 2000, 5000)  # coverage_by_n's sample counts
 RESULTS = Path(__file__).resolve().parent / "results" / "crystals"
 # Published Perov-5 numbers (structural / compositional validity %, COV-R %, COV-P %, W density,
 # W #elements): CDVAE (Xie et al. 2022, Table 3) and DiffCSP (Jiao et al. 2023, Table 4), each
@@ -144,6 +145,8 @@ def evaluate(
         processes,
     )
     metrics = pm.crystal_set_metrics(rows, ref, ref_fps, cutoffs, matching=matching)
+    if ref_fps is not None:
+        metrics["coverage_by_n"] = coverage_by_n(rows, ref_fps, cutoffs)
     metrics.update(
         nfe=used,
         corrector=sampler.corrector,
@@ -152,6 +155,25 @@ def evaluate(
         n=n,
     )
     return metrics
+
+
+def coverage_by_n(rows: list[dict], ref_fps: tuple, cutoffs: dict) -> dict[str, list[float]]:
+    """COV-R and COV-P (:func:`pipeline.crystal_fingerprints.coverage`) of the first ``k`` rows for
+    every ``k`` of :data:`COVERAGE_PREFIXES` below ``len(rows)``: ``{str(k): [recall,
+    precision]}``. The rows are drawn independently, so a prefix is a sample of ``k`` crystals:
+    this is how recall grows with the number of samples at the same model and sampler."""
+    out = {}
+    for k in (k for k in COVERAGE_PREFIXES if k < len(rows)):
+        out[str(k)] = list(
+            cfp.coverage(
+                [r.get("struct_fp") for r in rows[:k]],
+                [r.get("comp_fp") for r in rows[:k]],
+                *ref_fps,
+                cutoffs["struc"],
+                cutoffs["comp"],
+            )
+        )
+    return out
 
 
 def data_evaluate(
