@@ -110,11 +110,14 @@ def encode(value, arrays: list[np.ndarray]):
 
     Raises ``TypeError`` for anything that is not data (an object array, an unknown class)."""
 
-    def array(a: np.ndarray, tag: str = "ndarray") -> dict:
+    def stored(a: np.ndarray) -> int:
         if a.dtype == object:
             raise TypeError("object arrays are not data")
         arrays.append(np.ascontiguousarray(a))
-        return {"__t": tag, "i": len(arrays) - 1}
+        return len(arrays) - 1
+
+    def array(a: np.ndarray, tag: str = "ndarray") -> dict:
+        return {"__t": tag, "i": stored(a)}
 
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
@@ -154,7 +157,7 @@ def encode(value, arrays: list[np.ndarray]):
             "z": np.array(list(value.atomic_numbers)),
             "frac": np.array(value.frac_coords),
         }
-        return {"__t": "Structure", **{k: array(v) for k, v in parts.items()}}
+        return {"__t": "Structure", **{k: stored(v) for k, v in parts.items()}}
     raise TypeError(f"{name} is not stored as data")
 
 
