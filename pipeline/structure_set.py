@@ -1,10 +1,11 @@
-"""Many structures stored flat for torch: :class:`StructureSet`, the data set cache.
+"""Structures for torch: many of them stored flat (:class:`StructureSet`), one as a ``Data``.
 
 The readers give :class:`pipeline.structures.Record` objects (numpy, so that reading and screening
 never import torch); a data set keeps them collated into flat tensors plus per-graph row counts,
 and an item of the set is a ``torch_geometric.data.Data`` of tensors, ready for
-``Batch.from_data_list``: this is where structures cross from files to networks. The library's
-checks, writers and reports read either kind (their fields through ``numpy.asarray``).
+``Batch.from_data_list``: this is where structures cross from files to networks. Generated
+structures come back the same way, as ``Data`` (:func:`to_data` of the recipes' records). The
+library's checks, writers and reports read either kind (their fields through ``numpy.asarray``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,17 @@ from torch_geometric.data import Data
 
 from pipeline import keys as K
 from pipeline.structures import Record
+
+
+def to_data(record: Record) -> Data:
+    """``record`` as a ``Data``: every set array as a tensor of the same dtype and shape (sharing
+    its memory), every string as an attribute."""
+    return Data(
+        **{
+            key: torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+            for key, value in ((key, record[key]) for key in record.keys())
+        }
+    )
 
 
 class StructureSet(Sequence):
