@@ -530,7 +530,7 @@ def test_screen_ranks_filters_and_writes_the_relaxed_structures(
     assert "- `sa<=7` removed 1" in report and (out / "plots" / "top_molecules.png").exists()
     assert "## Relaxed molecules (GFN2-xTB)" in report and "## Relaxed crystals (CHGNet)" in report
 
-    assert list((out / ".chunks").glob("*.pt"))  # relaxations stored with the rows
+    assert list((out / ".chunks").glob("*.npz"))  # relaxations stored with the rows
     before = (out / "relaxed" / "molecules" / "samples.sdf").read_text()
     (out / "relaxed" / "molecules" / "samples.sdf").unlink()
     assert screen_flow(config) == metrics
