@@ -89,9 +89,7 @@ def test_densities_scale_with_the_cell(perov):
     rho = N.densities(perov)
     assert rho.shape == (30,) and (rho > 0).all()
     # Stretching every lattice vector by 1.1 keeps the mass and multiplies the volume by 1.331.
-    stretched = [
-        S.make_crystal(d.z, d.frac, d.lattice[0] * 1.1, name=d.name) for d in perov
-    ]
+    stretched = [S.make_crystal(d.z, d.frac, d.lattice[0] * 1.1, name=d.name) for d in perov]
     np.testing.assert_allclose(N.densities(stretched), rho / 1.1**3, rtol=1e-5)
     collapsed = S.make_crystal(perov[0].z, perov[0].frac, np.zeros((3, 3)), name="flat")
     assert N.densities([collapsed]).size == 0
@@ -156,9 +154,7 @@ def test_molecule_report(qm9_head, tmp_path):
 
 
 def test_crystal_report_and_grid_fallback(perov, tmp_path):
-    generated = [
-        S.make_crystal(d.z, d.frac, d.lattice[0] * 1.05, name=d.name) for d in perov[:20]
-    ]
+    generated = [S.make_crystal(d.z, d.frac, d.lattice[0] * 1.05, name=d.name) for d in perov[:20]]
     path = R.design_report(tmp_path, generated, perov, {}, metrics_csv=None)
     report = path.read_text()
     assert _images(report) == ["plots/atoms.png", "plots/density.png"]
@@ -207,9 +203,7 @@ def test_crystal_report_numbers_agree_with_the_screen_metrics(perov, tmp_path):
         crystal(perov[6], frac=np.full((5, 3), np.nan), name="nan"),
     ]
     reference = perov[10:30]
-    ref_structures = [
-        cc.to_structure(d.lattice[0], d.frac, d.z) for d in reference
-    ]
+    ref_structures = [cc.to_structure(d.lattice[0], d.frac, d.z) for d in reference]
     rows = pm.check_crystals(
         [d.name for d in generated],
         [d.lattice[0].astype(np.float64) for d in generated],
