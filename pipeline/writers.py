@@ -220,7 +220,6 @@ def write_passing(folder: str | Path, rows: list[dict]) -> None:
     bonds, 3-D; SD tags :func:`passing_tags`), crystals one CIF each,
     ``folder/<rank, 6 digits>_<name>.cif`` (the row's pymatgen structure), so that a listing is in
     rank order."""
-    from pymatgen.io.cif import CifWriter
     from rdkit import Chem
 
     folder = Path(folder)
@@ -237,6 +236,8 @@ def write_passing(folder: str | Path, rows: list[dict]) -> None:
                 mol.SetProp(key, value)
             writer.write(mol)
         else:
+            from pymatgen.io.cif import CifWriter  # here: a screen of molecules never needs it
+
             CifWriter(row["structure"]).write_file(
                 folder / f"{row['rank']:06d}_{_safe(row['name'])}.cif"
             )
