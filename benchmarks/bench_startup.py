@@ -147,13 +147,19 @@ def main() -> None:
         f"Wall time of a fresh `python -m flows.cli` process to its exit, median of "
         f"{args.repeats} runs per cell, before (`{before_ref[:10]}`) and after (this checkout) "
         "alternating in one run, same Python environment (so the same Prefect). 'No server "
-        "configured': before, Prefect's own temporary server; after, `flows.api_server`'s, "
-        "started while the command imports its libraries. 'A local server running': "
+        "configured': the command's temporary server (`flows.api_server`'s, started while the "
+        "command imports its libraries, where the version has it; else Prefect's own). 'A local "
+        "server running': "
         "`PREFECT_API_URL` set to a `prefect server start` on this machine. Screen with its "
         f"defaults (PoseBusters on). 1-minute load average {load[0]:.1f} at the start, "
         f"{load[1]:.1f} at the end (the machine is shared).\n\n" + "\n".join(rows) + "\n\n"
-        "After: `--help` imports only argparse (the options live in `flows/cli_*.py`; "
-        "`tests/test_cli.py` holds their defaults equal to the configs')."
+        "`--help` imports only argparse (the options live in `flows/cli_*.py`; "
+        "`tests/test_cli.py` holds their defaults equal to the configs'). A screen imports "
+        "neither torch nor torch_geometric (its records are numpy `pipeline.structures.Record`s "
+        "and its chunks `.npz` files; `tests/test_screen_flow.py` holds it) and draws its plots "
+        "without pyplot. What remains: Prefect's import and flow-run calls, the temporary "
+        "server where none runs, and the libraries the outputs need (ASE, which imports SciPy, "
+        "for XYZ; PoseBusters; matplotlib)."
     )
     write_section(
         "startup",

@@ -13,8 +13,6 @@ import io
 import re
 from pathlib import Path
 
-from torch_geometric.data import Data
-
 from pipeline import converters as C
 from pipeline import structures as S
 from pipeline.records import (
@@ -27,6 +25,7 @@ from pipeline.records import (
     read_records,
     stem,
 )
+from pipeline.structures import Record
 
 
 def read_xyz(path: str | Path, min_distance: float = S.MIN_DISTANCE) -> ReadResult:
@@ -70,7 +69,7 @@ def _split_xyz(path: Path, text: str):
         k += 1
 
 
-def _from_frame(frame: str, default_name: str) -> Data:
+def _from_frame(frame: str, default_name: str) -> Record:
     import ase.io
 
     frame, note = _xyz_isotopes_to_hydrogen(frame)
@@ -117,7 +116,7 @@ def _split_poscar(path: Path, text: str):
     yield "0", lambda: _from_poscar(text, name)
 
 
-def _from_poscar(text: str, name: str) -> Data:
+def _from_poscar(text: str, name: str) -> Record:
     import ase.io
 
     lines = text.splitlines()

@@ -15,8 +15,6 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-import torch
-
 # Bump when the stored layout or the parsers' output changes, so old entries are not reused.
 FORMAT_VERSION = 1
 CHUNK = 1 << 22
@@ -47,6 +45,8 @@ def cache_file(name: str, digest: str) -> Path:
 
 def save(path: Path, payload: dict) -> Path:
     """Write ``payload`` atomically (a crash never leaves a half-written entry that later loads)."""
+    import torch  # here, not at the top: the screen reads ldsm_home() without loading torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".pt.part")
     torch.save({"format_version": FORMAT_VERSION, **payload}, partial)
@@ -56,6 +56,8 @@ def save(path: Path, payload: dict) -> Path:
 
 def load(path: Path) -> dict | None:
     """The payload at ``path``, or None when there is none or it is from another format version."""
+    import torch
+
     if not path.exists():
         return None
     payload = torch.load(path, weights_only=True)

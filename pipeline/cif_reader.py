@@ -20,13 +20,12 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from torch_geometric.data import Data
-
 from pipeline import converters as C
 from pipeline import keys as K
 from pipeline import structures as S
 from pipeline.cif_symmetry import hm_fallback, parser_notes, prepare_cif_block, stated_group
 from pipeline.records import ReadResult, RecordError, Reject, float_row, noted, read_records, stem
+from pipeline.structures import Record
 
 
 def _cif_blocks(text: str) -> list[tuple[str, str]]:
@@ -40,8 +39,8 @@ def _cif_blocks(text: str) -> list[tuple[str, str]]:
     return blocks
 
 
-def parse_cif_block(block: str, name: str) -> Data:
-    """One CIF block -> crystal Data, with its symmetry applied.
+def parse_cif_block(block: str, name: str) -> Record:
+    """One CIF block -> crystal Record, with its symmetry applied.
 
     The space group may be given by a list of operations, an H-M symbol, a Hall symbol or an
     International Tables number, in CIF 1 or DDLm spelling. A block that states a space group
@@ -142,7 +141,7 @@ def _split_csv(path: Path, text: str, properties: Sequence[str]):
         yield record, lambda r=row, n=name: _from_csv_row(r, n, properties)
 
 
-def _from_csv_row(row: dict, name: str, properties: Sequence[str]) -> Data:
+def _from_csv_row(row: dict, name: str, properties: Sequence[str]) -> Record:
     cif = row.get("cif") or ""
     if not cif.strip():
         raise ValueError("empty 'cif' field")

@@ -1,18 +1,19 @@
-"""Converters between a structure ``Data`` (:mod:`pipeline.structures`) and RDKit, ASE, pymatgen.
+"""Converters between a structure (:mod:`pipeline.structures`) and RDKit, ASE, pymatgen.
 
-Round trips are lossless: ``from_X(to_X(d))`` gives back the same tensors bit for bit (float32
-values survive float64 exactly; fractional coordinates are handed over as such, never re-derived
-from Cartesian ones). The other direction keeps what a Data can hold: elements, coordinates,
-cell, bonds with their orders and formal charges (not stereo flags, isotopes or partial occupancy).
+``to_X`` reads a :class:`~pipeline.structures.Record` or a ``torch_geometric`` ``Data`` (the
+fields of :mod:`pipeline.keys`, through ``numpy.asarray``); ``from_X`` gives a Record. Round trips
+are lossless: ``from_X(to_X(d))`` gives back the same arrays bit for bit (float32 values survive
+float64 exactly; fractional coordinates are handed over as such, never re-derived from Cartesian
+ones). The other direction keeps what a record can hold: elements, coordinates, cell, bonds with
+their orders and formal charges (not stereo flags, isotopes or partial occupancy).
 """
 
 from __future__ import annotations
 
 import numpy as np
-from torch_geometric.data import Data
 
 from pipeline import keys as K
-from pipeline.structures import MAX_Z, is_crystal, make_crystal, make_molecule
+from pipeline.structures import MAX_Z, Record, is_crystal, make_crystal, make_molecule
 
 RDKIT_BOND_ORDERS = {"SINGLE": 1.0, "DOUBLE": 2.0, "TRIPLE": 3.0, "AROMATIC": 1.5}
 
@@ -21,19 +22,20 @@ RDKIT_BOND_ORDERS = {"SINGLE": 1.0, "DOUBLE": 2.0, "TRIPLE": 3.0, "AROMATIC": 1.
 # ---------------------------------------------------------------------------------------------
 
 
-def to_rdkit(data: Data):
-    """Data (molecule) -> ``rdkit.Chem.Mol`` with one conformer, bonds and formal charges.
+def to_rdkit(data: Record):
+    """A molecule -> ``rdkit.Chem.Mol`` with one conformer, bonds and formal charges.
 
-    Atoms are ``NoImplicit`` so RDKit adds no hydrogens the Data does not have. A Data without
+    Atoms are ``NoImplicit`` so RDKit adds no hydrogens the record does not have. One without
     ``edge_index`` gives a Mol without bonds. The Mol is not sanitised (that is a validity check,
     see ``pipeline.molecule_checks``); ring info and valences are computed leniently.
     """
     from rdkit import Chem
     from rdkit.Geometry import Point3D
 
-    z = data.z.tolist()
-    pos = data.pos.double().numpy()
-    charge = data.charge.tolist() if getattr(data, K.CHARGE, None) is not None else [0] * len(z)
+    z = np.asarray(data.z).tolist()
+    pos = np.asarray(data.pos, dtype=np.float64)
+    charge = getattr(data, K.CHARGE, None)
+    charge = [0] * len(z) if charge is None else np.asarray(charge).tolist()
     mol = Chem.RWMol()
     for atomic_number, q in zip(z, charge, strict=True):
         atom = Chem.Atom(int(atomic_number))
@@ -43,7 +45,8 @@ def to_rdkit(data: Data):
     edge_index = getattr(data, K.EDGE_INDEX, None)
     if edge_index is not None:
         types = {v: getattr(Chem.BondType, k) for k, v in RDKIT_BOND_ORDERS.items()}
-        for (i, j), order in zip(edge_index.t().tolist(), data.bond_order.tolist(), strict=True):
+        pairs = np.asarray(edge_index).T.tolist()
+        for (i, j), order in zip(pairs, np.asarray(data.bond_order).tolist(), strict=True):
             if i < j:
                 mol.AddBond(int(i), int(j), types[float(order)])
                 if order == 1.5:
@@ -65,8 +68,8 @@ def to_rdkit(data: Data):
     return mol
 
 
-def from_rdkit(mol, name: str | None = None) -> Data:
-    """``rdkit.Chem.Mol`` with a conformer -> Data (molecule) with bonds and formal charges.
+def from_rdkit(mol, name: str | None = None) -> Record:
+    """``rdkit.Chem.Mol`` with a conformer -> a molecule Record with bonds and formal charges.
 
     Only the atoms in the Mol become nodes: implicit hydrogens are not invented. Bond k gives edge
     columns 2k = (i, j) and 2k + 1 = (j, i) with i < j, which :func:`to_rdkit` reads back in the
@@ -101,8 +104,8 @@ def from_rdkit(mol, name: str | None = None) -> Data:
 # ---------------------------------------------------------------------------------------------
 
 
-def to_ase(data: Data):
-    """Data -> ``ase.Atoms``; crystals get ``cell = lattice`` and ``pbc = True``.
+def to_ase(data: Record):
+    """A structure -> ``ase.Atoms``; crystals get ``cell = lattice`` and ``pbc = True``.
 
     The name (and SMILES) go to ``atoms.info``; ``y`` to ``atoms.info["y"]`` as a (P,) array.
     """
@@ -114,20 +117,21 @@ def to_ase(data: Data):
         info["smiles"] = smiles
     y = getattr(data, K.Y, None)
     if y is not None:
-        info["y"] = y.double().numpy().reshape(-1)
+        info["y"] = np.asarray(y, dtype=np.float64).reshape(-1)
+    z = np.asarray(data.z)
     if is_crystal(data):
         return Atoms(
-            numbers=data.z.numpy(),
-            scaled_positions=data.frac.double().numpy(),
-            cell=data.lattice.double().numpy().reshape(3, 3),
+            numbers=z,
+            scaled_positions=np.asarray(data.frac, dtype=np.float64),
+            cell=np.asarray(data.lattice, dtype=np.float64).reshape(3, 3),
             pbc=True,
             info=info,
         )
-    return Atoms(numbers=data.z.numpy(), positions=data.pos.double().numpy(), info=info)
+    return Atoms(numbers=z, positions=np.asarray(data.pos, dtype=np.float64), info=info)
 
 
-def from_ase(atoms, name: str | None = None) -> Data:
-    """``ase.Atoms`` -> Data: a crystal when all three directions are periodic, else a molecule.
+def from_ase(atoms, name: str | None = None) -> Record:
+    """``ase.Atoms`` -> Record: a crystal when all three directions are periodic, else a molecule.
 
     Raises ``ValueError`` for partial periodicity (slabs, wires), which neither kind represents.
     """
@@ -159,25 +163,26 @@ def from_ase(atoms, name: str | None = None) -> Data:
 # ---------------------------------------------------------------------------------------------
 
 
-def to_pymatgen(data: Data):
-    """Data -> ``pymatgen.core.Structure`` (crystal, fractional coordinates) or ``Molecule``."""
+def to_pymatgen(data: Record):
+    """A structure -> ``pymatgen.core.Structure`` (crystal, fractional coordinates) or
+    ``Molecule``."""
     from pymatgen.core import Lattice, Molecule, Structure
 
-    species = data.z.tolist()
+    species = np.asarray(data.z).tolist()
     props = {"name": str(getattr(data, K.NAME, ""))}
     if is_crystal(data):
         return Structure(
-            Lattice(data.lattice.double().numpy().reshape(3, 3)),
+            Lattice(np.asarray(data.lattice, dtype=np.float64).reshape(3, 3)),
             species,
-            data.frac.double().numpy(),
+            np.asarray(data.frac, dtype=np.float64),
             coords_are_cartesian=False,
             properties=props,
         )
-    return Molecule(species, data.pos.double().numpy(), properties=props)
+    return Molecule(species, np.asarray(data.pos, dtype=np.float64), properties=props)
 
 
-def from_pymatgen(obj, name: str | None = None) -> Data:
-    """``pymatgen`` ``Structure`` / ``Molecule`` -> Data.
+def from_pymatgen(obj, name: str | None = None) -> Record:
+    """``pymatgen`` ``Structure`` / ``Molecule`` -> Record.
 
     Raises ``ValueError`` for a disordered structure (partial occupancy) or a dummy species.
     """

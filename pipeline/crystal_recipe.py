@@ -99,6 +99,7 @@ from pipeline.lattice import LatticePrior, fit_lattice_prior
 from pipeline.losses import LossConfig, PartError, parts_error, parts_errors, time_sampler
 from pipeline.samplers import SamplerConfig, run_sampler
 from pipeline.schedules import ConstantSchedule, PolynomialSchedule, Schedule
+from pipeline.structure_set import to_data
 from pipeline.structures import make_crystal
 from pipeline.transitions import simulate_forward
 
@@ -275,21 +276,18 @@ class CrystalRecipe:
         return self.config.type_scale * onehot
 
     def decode(self, state: CrystalState, batch: Tensor, prefix: str = "sample") -> list[Data]:
-        """Crystals via :func:`pipeline.structures.make_crystal` (``frac`` wrapped into [0, 1))."""
+        """Crystals via :func:`pipeline.structures.make_crystal` (``frac`` wrapped into [0, 1)),
+        as ``Data`` (:func:`pipeline.structure_set.to_data`)."""
         z = self.elements.decode(state.h)
         frac = torch.remainder(self.scale * state.u.double(), 1.0)
         cells = self.cell(state.lattice.double(), batch)
         out = []
         for g in range(state.lattice.shape[0]):
             rows = batch == g
-            out.append(
-                make_crystal(
-                    z[rows],
-                    frac[rows].numpy(),
-                    cells[g].numpy(),
-                    name=f"{prefix}_{g:06d}",
-                )
+            crystal = make_crystal(
+                z[rows], frac[rows].numpy(), cells[g].numpy(), name=f"{prefix}_{g:06d}"
             )
+            out.append(to_data(crystal))
         return out
 
     def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator | None) -> Tensor:

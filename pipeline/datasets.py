@@ -33,7 +33,7 @@ from pipeline import cache
 from pipeline import keys as K
 from pipeline import qm9 as qm9_module
 from pipeline.io import ReadResult, Reject, list_files, read_cdvae_csv, read_structures
-from pipeline.structures import StructureSet
+from pipeline.structure_set import StructureSet
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CARDS_DIR = PROJECT_ROOT / "datasets"

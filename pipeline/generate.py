@@ -280,19 +280,20 @@ def generate(trained: Trained, config: GenerateConfig, progress: bool = False) -
 
 
 def degenerate_reason(data: Data) -> str | None:
-    """Why a sample is degenerate (non-finite, all atoms on one point, a flat cell), or None."""
+    """Why a sample (a ``Data``, or a ``Record``) is degenerate (non-finite, all atoms on one
+    point, a flat cell), or None."""
     crystal = is_crystal(data)
-    coords = data[K.FRAC] if crystal else data[K.POS]
-    if not bool(torch.isfinite(coords).all()):
+    coords = np.asarray(data[K.FRAC] if crystal else data[K.POS])
+    if not np.isfinite(coords).all():
         return "non-finite coordinates"
     if crystal:
-        lattice = data[K.LATTICE].reshape(3, 3).double()
-        if not bool(torch.isfinite(lattice).all()):
+        lattice = np.asarray(data[K.LATTICE], dtype=np.float64).reshape(3, 3)
+        if not np.isfinite(lattice).all():
             return "non-finite lattice"
-        volume = abs(float(torch.linalg.det(lattice)))
+        volume = abs(float(np.linalg.det(lattice)))
         if volume < 1e-6:
             return f"flat cell (volume {volume:.1e} A^3)"
-    if len(coords) > 1 and float((coords - coords[0]).abs().max()) < 1e-6:
+    if len(coords) > 1 and float(np.abs(coords - coords[0]).max()) < 1e-6:
         return "all atoms at one point"
     return None
 

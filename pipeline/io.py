@@ -1,7 +1,7 @@
 """Read and write any supported structure file: SDF, XYZ, extended XYZ, CIF, CDVAE CSV, POSCAR.
 
 ``read_structures(path)`` reads one file or every file of a folder (dispatching on the name)
-into a :class:`ReadResult`: the good records as ``Data`` (fields of :mod:`pipeline.keys`) and one
+into a :class:`ReadResult`: the good records as ``Record`` (fields of :mod:`pipeline.keys`) and one
 :class:`Reject` ``(file, record, reason)`` for everything that could not be used. Readers never
 raise on bad input: an empty or binary file, a file that is not in the format its suffix claims,
 a truncated SDF record, a broken CIF block, NaN coordinates, an unknown element, two atoms on top
@@ -24,7 +24,7 @@ Writers are in :mod:`pipeline.writers`; :func:`write_structures` chooses one by 
 
 Isotopes, one rule for every reader: deuterium and tritium (``D``, ``T``) are read as hydrogen
 (atomic number 1) and the note says so; other isotope labels (an SDF's ``13C``) are dropped with
-a note. A ``Data`` has no isotope field, and every check downstream judges elements.
+a note. A ``Record`` has no isotope field, and every check downstream judges elements.
 
 Structures are stored as the file gives them (no Niggli reduction, no re-orientation): what a
 cell means is the data set's business. CIF stores lattice parameters, not the orientation, so a
@@ -132,7 +132,7 @@ def read_structures(
 ) -> ReadResult:
     """Read a file or a folder of SDF / MOL / XYZ / extxyz / CIF / CDVAE CSV files.
 
-    Returns every good record (``Data`` with the fields of :mod:`pipeline.keys`) in file order and
+    Returns every good record (``Record`` with the fields of :mod:`pipeline.keys`) in file order and
     a Reject for every bad file or record; never raises on bad input. ``properties`` names the
     CSV columns that become ``y (1, P)``. Atoms closer than ``min_distance`` (Angstrom, default
     0.1: the same atom written twice) reject the record; a screening step that wants to judge

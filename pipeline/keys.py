@@ -1,8 +1,11 @@
-"""Field names of one structure (a ``torch_geometric.data.Data``) with their shapes and dtypes.
+"""Field names of one structure with their shapes and dtypes.
 
-Every module that builds or reads a structure uses these constants, so a renamed field is a
-one-line change. A ``Batch`` concatenates node and edge rows and stacks graph rows, so the shapes
-below become ``(total_nodes, ...)`` and ``(num_graphs, ...)`` with ``batch: (total_nodes,)``.
+A structure is a :class:`pipeline.structures.Record` of numpy arrays (what readers give) or a
+``torch_geometric.data.Data`` of tensors (what a data set gives a network, what a network
+generates); both have exactly these fields. Every module that builds or reads a structure uses
+these constants, so a renamed field is a one-line change. A ``Batch`` concatenates node and edge
+rows and stacks graph rows, so the shapes below become ``(total_nodes, ...)`` and
+``(num_graphs, ...)`` with ``batch: (total_nodes,)``.
 """
 
 from __future__ import annotations

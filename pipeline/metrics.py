@@ -1,6 +1,6 @@
 """Screening rows and set metrics: per-candidate verdicts into table rows, rows into metrics.json.
 
-Pure functions over plain arrays (or the ``Data`` records the readers give:
+Pure functions over plain arrays (or structures, the readers' ``Record`` or a generated ``Data``:
 ``check_molecule_records`` / ``check_crystal_records``); the Prefect flow (``flows/screen.py``)
 maps those over chunks and calls the set metrics once.
 
@@ -25,7 +25,6 @@ from collections.abc import Sequence
 
 import numpy as np
 from rdkit import Chem
-from torch_geometric.data import Data
 
 from pipeline import converters as C
 from pipeline import crystal_checks as cc
@@ -87,30 +86,30 @@ def _read_row(kind: str, name: str, note: str | None) -> dict:
     }
 
 
-def record_names(records: Sequence[Data]) -> list[str]:
+def record_names(records: Sequence[S.Record]) -> list[str]:
     """The records' names, ``record<k>`` (k: position in ``records``) for a record without one."""
     return [str(getattr(d, K.NAME, "")) or f"record{k}" for k, d in enumerate(records)]
 
 
-def _file_mol(data: Data):
+def _file_mol(data: S.Record):
     """The record's own bonds and formal charges as an RDKit molecule; None without bonds."""
     edges = getattr(data, K.EDGE_INDEX, None)
     return None if edges is None or edges.shape[1] == 0 else C.to_rdkit(data)
 
 
 def check_molecule_records(
-    records: Sequence[Data],
+    records: Sequence[S.Record],
     posebusters: bool = True,
     xtb: bool = False,
     posebusters_conformers: int = m3d.POSEBUSTERS_CONFORMERS,
     posebusters_cache: str | None = None,
 ) -> list[dict]:
-    """:func:`check_molecules` of molecule ``Data`` records (as :mod:`pipeline.io` reads them):
+    """:func:`check_molecules` of molecule records (as :mod:`pipeline.io` reads them):
     their names, ``z``, ``pos``, the bonds their file gives and the reader's note."""
     return check_molecules(
         record_names(records),
-        [d.z.numpy() for d in records],
-        [d.pos.numpy() for d in records],
+        [np.asarray(d.z) for d in records],
+        [np.asarray(d.pos) for d in records],
         posebusters=posebusters,
         xtb=xtb,
         file_mols=[_file_mol(d) for d in records],
@@ -121,15 +120,15 @@ def check_molecule_records(
 
 
 def check_crystal_records(
-    records: Sequence[Data], fingerprints: bool = False, chgnet: bool = False
+    records: Sequence[S.Record], fingerprints: bool = False, chgnet: bool = False
 ) -> list[dict]:
-    """:func:`check_crystals` of crystal ``Data`` records: names, ``lattice`` (1, 3, 3),
+    """:func:`check_crystals` of crystal records: names, ``lattice`` (1, 3, 3),
     ``frac``, ``z`` and the reader's note."""
     return check_crystals(
         record_names(records),
-        [d.lattice.numpy().reshape(3, 3) for d in records],
-        [d.frac.numpy() for d in records],
-        [d.z.numpy() for d in records],
+        [np.asarray(d.lattice).reshape(3, 3) for d in records],
+        [np.asarray(d.frac) for d in records],
+        [np.asarray(d.z) for d in records],
         fingerprints=fingerprints,
         chgnet=chgnet,
         notes=[getattr(d, K.NOTE, None) for d in records],

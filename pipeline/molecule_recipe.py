@@ -30,6 +30,7 @@ from pipeline.node_parts import NodeParts
 from pipeline.processes import GradientProcess, vp_process
 from pipeline.samplers import SamplerConfig, prior_sample, run_sampler
 from pipeline.schedules import PolynomialSchedule, Schedule, vp_signal_variance
+from pipeline.structure_set import to_data
 from pipeline.structures import make_molecule
 
 QM9_ELEMENTS = (1, 6, 7, 8, 9)  # H, C, N, O, F
@@ -227,7 +228,8 @@ class MoleculeRecipe:
         out = []
         for g in range(int(batch.max()) + 1 if batch.numel() else 0):
             rows = batch == g
-            out.append(make_molecule(z[rows], x.pos[rows].float(), name=f"{prefix}_{g:06d}"))
+            molecule = make_molecule(z[rows], x.pos[rows].float(), name=f"{prefix}_{g:06d}")
+            out.append(to_data(molecule))
         return out
 
     def loss(self, model: nn.Module, batch: Batch, generator: torch.Generator | None) -> Tensor:

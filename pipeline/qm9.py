@@ -10,7 +10,7 @@ Two sources give the same 130,831 molecules (QM9's 133,885 minus its 3,054 "unch
 
 Parsing is vectorised: the coordinate and element columns of all molecules are joined into one
 string each and converted in a single NumPy call, and the result is a flat
-:class:`pipeline.structures.StructureSet` (no per-molecule Python objects).
+:class:`pipeline.structure_set.StructureSet` (no per-molecule Python objects).
 
 Each molecule: ``z (N,)``, ``pos (N, 3)`` in Angstrom (B3LYP/6-31G(2df,p) geometry), ``y (1, 15)``
 with :data:`PROPERTIES` in QM9's own units (GHz, Debye, bohr^3, Hartree, bohr^2, cal/mol/K),
@@ -37,7 +37,8 @@ import torch
 from pipeline import keys as K
 from pipeline.cache import ldsm_home
 from pipeline.records import Reject
-from pipeline.structures import MIN_DISTANCE, StructureSet
+from pipeline.structure_set import StructureSet
+from pipeline.structures import MIN_DISTANCE
 
 NUM_MOLECULES = 130_831
 NUM_TRAIN, NUM_VAL, NUM_TEST = 100_000, 17_748, 13_083

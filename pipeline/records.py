@@ -1,7 +1,7 @@
 """The shape every reader shares: records, rejects, and reading a file into them.
 
-A reader turns one file into a :class:`ReadResult`: the good records as ``Data`` (fields of
-:mod:`pipeline.keys`) and one :class:`Reject` ``(file, record, reason)`` for everything that could
+A reader turns one file into a :class:`ReadResult`: the good records as
+:class:`pipeline.structures.Record` (numpy arrays with the fields of :mod:`pipeline.keys`) and one :class:`Reject` ``(file, record, reason)`` for everything that could
 not be used. :func:`read_records` is the whole shape: the file's text (decompressed; an
 unreadable, empty or binary file is one Reject), cut into records by the format's own ``split``,
 each record built by :func:`accept` (a parser error or a failed
@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from torch_geometric.data import Data
+import numpy as np
 
 from pipeline import keys as K
 from pipeline import structures as S
+from pipeline.structures import Record
 
 SUFFIXES = (".sdf", ".mol", ".xyz", ".extxyz", ".cif", ".csv", ".vasp", ".poscar")
 # VASP structure files are also known by name alone (POSCAR, CONTCAR, POSCAR_relaxed, ...).
@@ -50,7 +51,7 @@ class Reject:
 class ReadResult:
     """``records``: the good structures in file order; ``rejects``: everything else."""
 
-    records: list[Data] = field(default_factory=list)
+    records: list[Record] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
 
     def extend(self, other: ReadResult) -> None:
@@ -97,7 +98,7 @@ def stem(path: Path) -> str:
 
 
 def accept(
-    result: ReadResult, file: str, record: str, make: Callable[[], Data], min_distance: float
+    result: ReadResult, file: str, record: str, make: Callable[[], Record], min_distance: float
 ) -> None:
     """Build one record with ``make``; a failure or a failed structure check becomes a Reject,
     a warning a parser raised while building it becomes part of its note."""
@@ -133,7 +134,7 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def noted(data: Data, *notes: str | None) -> Data:
+def noted(data: Record, *notes: str | None) -> Record:
     """``data`` with ``notes`` appended to its ``note`` ("; "-joined, empty ones skipped)."""
     old = getattr(data, K.NOTE, None)
     kept = [n for n in (old, *notes) if n]
@@ -153,16 +154,14 @@ def isotope_note(symbols: Sequence[str], unit: str = "atom") -> str | None:
     return f"{' and '.join(parts)} read as hydrogen (isotopes are not kept)"
 
 
-def float_row(values: Sequence[str]):
+def float_row(values: Sequence[str]) -> np.ndarray:
     """``values`` as a ``y`` row: (1, P) float32."""
-    import torch
-
-    return torch.tensor([float(v) for v in values], dtype=torch.float32).reshape(1, -1)
+    return np.array([float(v) for v in values], dtype=np.float32).reshape(1, -1)
 
 
 # A format's ``split(path, text)`` yields, in file order, ``(record, make)`` for every record
-# (``make()`` builds its Data) and a Reject for what cannot even be cut into a record.
-Split = Callable[[Path, str], Iterable["tuple[str, Callable[[], Data]] | Reject"]]
+# (``make()`` builds its Record) and a Reject for what cannot even be cut into a record.
+Split = Callable[[Path, str], Iterable["tuple[str, Callable[[], Record]] | Reject"]]
 
 
 def read_records(path: str | Path, what: str, split: Split, min_distance: float) -> ReadResult:

@@ -45,14 +45,16 @@ def guess_cutoffs(reference: str | None) -> str | None:
 
 
 def reference_structures(records: Sequence) -> tuple[list, str]:
-    """The crystals of ``records`` (``Data``, as :func:`pipeline.io.read_structures` gives them) as
+    """The crystals of ``records`` (``Record``, as :func:`pipeline.io.read_structures` gives them) as
     pymatgen Structures (degenerate cells left out), and the 16-hex-digit content key of their
     fingerprints (atomic numbers, lattice and fractional coordinates rounded to 1e-5, and the
     fingerprint code)."""
     structures = []
     for d in records:
         if is_crystal(d):
-            s = cc.to_structure(d.lattice.numpy().reshape(3, 3), d.frac.numpy(), d.z.numpy())
+            s = cc.to_structure(
+                np.asarray(d.lattice).reshape(3, 3), np.asarray(d.frac), np.asarray(d.z)
+            )
             if s is not None:
                 structures.append(s)
     digest = hashlib.sha256(fp.fingerprint_code())

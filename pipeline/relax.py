@@ -30,11 +30,10 @@ from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from torch_geometric.data import Data
 
 from pipeline import crystal_checks as cc
 from pipeline import keys as K
-from pipeline.structures import make_crystal, make_molecule
+from pipeline.structures import Record, make_crystal, make_molecule
 
 COLUMNS = ["name", "relaxed", "reason", "energy_per_atom", "relaxed_energy_per_atom", "steps"]
 
@@ -50,7 +49,7 @@ class Relaxed:
     energy_per_atom: float | None
     relaxed_energy_per_atom: float | None
     steps: int
-    structure: Data
+    structure: Record
 
 
 @lru_cache(maxsize=1)
@@ -71,7 +70,9 @@ def _optimizer():
         return StructOptimizer(model=_chgnet())
 
 
-def relax_crystals(crystals: Sequence[Data], steps: int = 100, fmax: float = 0.1) -> list[Relaxed]:
+def relax_crystals(
+    crystals: Sequence[Record], steps: int = 100, fmax: float = 0.1
+) -> list[Relaxed]:
     """Relax every structurally valid crystal of ``crystals`` (in order, names kept).
 
     ``reason`` is ``"ok"`` when FIRE stopped before ``steps`` steps (converged), else it says that
@@ -79,8 +80,8 @@ def relax_crystals(crystals: Sequence[Data], steps: int = 100, fmax: float = 0.1
     out = []
     for data in crystals:
         name = str(data[K.NAME])
-        lattice = data[K.LATTICE].numpy().reshape(3, 3).astype(np.float64)
-        frac, z = data[K.FRAC].numpy().astype(np.float64), data[K.Z].numpy()
+        lattice = np.asarray(data[K.LATTICE], dtype=np.float64).reshape(3, 3)
+        frac, z = np.asarray(data[K.FRAC], dtype=np.float64), np.asarray(data[K.Z])
         verdict = cc.structural_validity(lattice, frac, z)
         if not verdict.ok:
             reason = f"not relaxed: {verdict.reason}"
@@ -180,7 +181,7 @@ class RelaxedMolecule:
     steps: int
     xtb_gap: float | None
     xtb_dipole: float | None
-    structure: Data
+    structure: Record
 
 
 def xtb_properties(z: np.ndarray, pos: np.ndarray) -> tuple[float, float, float]:
@@ -201,7 +202,7 @@ def xtb_properties(z: np.ndarray, pos: np.ndarray) -> tuple[float, float, float]
     return float(result.get("energy")) * units.Hartree, float(gap) * units.Hartree, dipole
 
 
-def relax_molecule(data: Data, steps: int = 200, fmax: float = 0.05) -> RelaxedMolecule:
+def relax_molecule(data: Record, steps: int = 200, fmax: float = 0.05) -> RelaxedMolecule:
     """Relax one molecule with GFN2-xTB (BFGS, ``fmax`` eV/A, at most ``steps`` steps)."""
     from ase import Atoms
     from ase.optimize import BFGS
@@ -210,7 +211,7 @@ def relax_molecule(data: Data, steps: int = 200, fmax: float = 0.05) -> RelaxedM
     from pipeline.molecule_3d_checks import kabsch_rmsd
 
     name = str(data[K.NAME])
-    z, pos = data[K.Z].numpy(), data[K.POS].numpy().astype(np.float64)
+    z, pos = np.asarray(data[K.Z]), np.asarray(data[K.POS], dtype=np.float64)
     if len(z) < 2:
         reason = "not relaxed: fewer than 2 atoms"
         return RelaxedMolecule(name, False, reason, None, None, None, 0, None, None, data)
@@ -241,7 +242,7 @@ def relax_molecule(data: Data, steps: int = 200, fmax: float = 0.05) -> RelaxedM
 
 
 def relax_molecules(
-    molecules: Sequence[Data], steps: int = 200, fmax: float = 0.05, log=None
+    molecules: Sequence[Record], steps: int = 200, fmax: float = 0.05, log=None
 ) -> list[RelaxedMolecule]:
     """:func:`relax_molecule` on every molecule (in order, names kept); ``log`` (a callable
     taking one line) hears about progress every tenth of the set."""

@@ -23,7 +23,6 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from torch_geometric.data import Data
 
 from pipeline import plots
 from pipeline.report_numbers import (
@@ -37,7 +36,7 @@ from pipeline.report_numbers import (
     unmeasurable,
     valid_crystals,
 )
-from pipeline.structures import is_crystal
+from pipeline.structures import Record, is_crystal
 
 
 def _fmt(value) -> str:
@@ -95,8 +94,8 @@ def relaxation_section(generated: dict, relaxed: dict) -> list[str]:
 
 def design_report(
     run_dir: str | Path,
-    generated: list[Data],
-    reference: list[Data],
+    generated: list[Record],
+    reference: list[Record],
     metrics: dict,
     metrics_csv: str | Path | None = None,
     title: str = "Design run",

@@ -9,7 +9,8 @@
 
 A structure that cannot be measured (non-finite coordinates, a degenerate cell) is counted as
 such (:func:`unmeasurable`), never a crash: generated samples are exactly where such structures
-appear. Structures are ``Data`` with the fields of :mod:`pipeline.keys`.
+appear. Structures are records (:class:`pipeline.structures.Record`, or a generated ``Data``)
+with the fields of :mod:`pipeline.keys`.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-from torch_geometric.data import Data
 
 from pipeline import keys as K
 from pipeline import molecule_checks as mc
+from pipeline.structures import Record
 
 
 def ema(values: np.ndarray, alpha: float = 0.05) -> np.ndarray:
@@ -51,12 +52,14 @@ def read_metrics_csv(path: str | Path) -> dict[str, np.ndarray]:
     }
 
 
-def atom_counts(structures: list[Data]) -> np.ndarray:
+def atom_counts(structures: list[Record]) -> np.ndarray:
     """(n,) int64 atoms per structure."""
-    return np.array([int(d[K.Z].numel()) for d in structures], dtype=np.int64)
+    return np.array([len(d[K.Z]) for d in structures], dtype=np.int64)
 
 
-def atom_count_table(generated: list[Data], reference: list[Data]) -> dict[int, tuple[int, int]]:
+def atom_count_table(
+    generated: list[Record], reference: list[Record]
+) -> dict[int, tuple[int, int]]:
     """``{atoms: (generated structures, reference structures)}`` over every size either set has."""
     gen, ref = Counter(atom_counts(generated).tolist()), Counter(atom_counts(reference).tolist())
     return {n: (gen.get(n, 0), ref.get(n, 0)) for n in sorted(set(gen) | set(ref))}
@@ -67,7 +70,7 @@ def _hill(symbol: str) -> tuple[int, str]:
     return ({"C": 0, "H": 1}.get(symbol, 2), symbol)
 
 
-def bond_lengths(structures: list[Data]) -> dict[str, np.ndarray]:
+def bond_lengths(structures: list[Record]) -> dict[str, np.ndarray]:
     """EDM-bonded pair distances in Angstrom by element pair (``"C-H"``, symbols in Hill order).
 
     A pair is bonded when EDM's tables give it a bond order > 0 at its distance. Molecules with
@@ -75,7 +78,7 @@ def bond_lengths(structures: list[Data]) -> dict[str, np.ndarray]:
     """
     out: dict[str, list[float]] = {}
     for d in structures:
-        z, pos = d[K.Z].numpy(), d[K.POS].double().numpy()
+        z, pos = np.asarray(d[K.Z]), np.asarray(d[K.POS], dtype=np.float64)
         if not np.isfinite(pos).all():
             continue
         orders = mc.edm_bond_orders(z, pos)
@@ -87,9 +90,9 @@ def bond_lengths(structures: list[Data]) -> dict[str, np.ndarray]:
     return {k: np.asarray(v) for k, v in sorted(out.items())}
 
 
-def unmeasurable(structures: list[Data]) -> int:
+def unmeasurable(structures: list[Record]) -> int:
     """How many structures have non-finite coordinates (no bond length, no density)."""
-    return sum(not bool(np.isfinite(d[K.POS].numpy()).all()) for d in structures)
+    return sum(not bool(np.isfinite(np.asarray(d[K.POS])).all()) for d in structures)
 
 
 def pooled(lengths: dict[str, np.ndarray], pair: str) -> np.ndarray:
@@ -114,27 +117,28 @@ def bond_length_summary(
     return out
 
 
-def valid_crystals(structures: list[Data]) -> list[Data]:
+def valid_crystals(structures: list[Record]) -> list[Record]:
     """The crystals that pass CDVAE's structural and compositional checks (the screen's ``valid``,
     :func:`pipeline.metrics.check_crystals`), in order."""
     from pipeline.crystal_checks import compositional_validity, structural_validity
 
     out = []
     for d in structures:
-        lattice = d[K.LATTICE].numpy().reshape(3, 3).astype(np.float64)
-        frac, z = d[K.FRAC].numpy().astype(np.float64), d[K.Z].numpy()
+        lattice = np.asarray(d[K.LATTICE], dtype=np.float64).reshape(3, 3)
+        frac, z = np.asarray(d[K.FRAC], dtype=np.float64), np.asarray(d[K.Z])
         if structural_validity(lattice, frac, z).ok and compositional_validity(z).ok:
             out.append(d)
     return out
 
 
-def densities(structures: list[Data]) -> np.ndarray:
+def densities(structures: list[Record]) -> np.ndarray:
     """(m,) mass densities in g/cm^3 (pymatgen) of the crystals that make a valid cell."""
     from pipeline.crystal_checks import density, to_structure
 
     out = []
     for d in structures:
-        s = to_structure(d[K.LATTICE].numpy().reshape(3, 3), d[K.FRAC].numpy(), d[K.Z].numpy())
+        lattice = np.asarray(d[K.LATTICE]).reshape(3, 3)
+        s = to_structure(lattice, np.asarray(d[K.FRAC]), np.asarray(d[K.Z]))
         if s is not None and s.volume > 0 and math.isfinite(s.density):
             out.append(density(s))
     return np.asarray(out, dtype=np.float64)
@@ -165,7 +169,7 @@ def density_axis(generated: np.ndarray, reference: np.ndarray) -> tuple[float, f
     return (low, high) if high > low else (low - 0.5, high + 0.5)
 
 
-def drawable_molecules(structures: list[Data], limit: int = 24) -> tuple[list, list[str]]:
+def drawable_molecules(structures: list[Record], limit: int = 24) -> tuple[list, list[str]]:
     """Up to ``limit`` sanitised RDKit molecules (heavy atoms, 2-D coordinates) and their names,
     in input order; molecules RDKit cannot sanitise with EDM bonds are left out."""
     from rdkit import Chem
@@ -175,7 +179,7 @@ def drawable_molecules(structures: list[Data], limit: int = 24) -> tuple[list, l
     for d in structures:
         if len(mols) == limit:
             break
-        mol, _ = mc.sanitized_mol(d[K.Z].numpy(), d[K.POS].numpy())
+        mol, _ = mc.sanitized_mol(np.asarray(d[K.Z]), np.asarray(d[K.POS]))
         if mol is None:
             continue
         mol = Chem.RemoveHs(mol)

@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from torch_geometric.data import Data
-
 from pipeline import converters as C
 from pipeline import keys as K
 from pipeline import structures as S
@@ -24,6 +22,7 @@ from pipeline.records import (
     read_records,
     stem,
 )
+from pipeline.structures import Record
 
 
 def _sdf_blocks(text: str) -> list[str]:
@@ -103,7 +102,7 @@ def _sd_properties(lines: list[str]) -> dict[str, str]:
     return props
 
 
-def _from_sd(mol, name: str, props: dict[str, str]) -> Data:
+def _from_sd(mol, name: str, props: dict[str, str]) -> Record:
     isotopes = [(a.GetSymbol(), a.GetIsotope()) for a in mol.GetAtoms() if a.GetIsotope()]
     hydrogen = [{2: "D", 3: "T"}.get(i, "") for sym, i in isotopes if sym == "H"]
     others = sorted({f"{i}{sym}" for sym, i in isotopes if sym != "H" or i not in (2, 3)})

@@ -1,4 +1,4 @@
-"""One structure = one ``torch_geometric.data.Data``: construction, checks, and many of them.
+"""One structure = one :class:`Record` of numpy arrays: construction and checks.
 
 Field names and shapes are those of :mod:`pipeline.keys`:
 
@@ -7,24 +7,22 @@ Field names and shapes are those of :mod:`pipeline.keys`:
   lattice vectors, with ``pos = frac @ lattice[0]`` (computed in float64, stored in float32);
 - molecules with bonds: ``edge_index (2, 2B) int64``, ``bond_order (2B,) float32``,
   ``charge (N,) int64`` formal charges;
-- optional ``y (1, P) float32`` and ``smiles: str``.
+- optional ``y (1, P) float32``, ``smiles: str`` and ``note: str``.
+
+Records are what readers give, checks judge, writers write and chunks store: numpy and strings
+only, so reading and screening never import torch. A network sees them as a PyG batch
+(:func:`pipeline.structure_set.to_batch`), and many of them are kept flat as a
+:class:`pipeline.structure_set.StructureSet` (the data set cache).
 
 The converters to and from RDKit, ASE and pymatgen are in :mod:`pipeline.converters`.
-
-:class:`StructureSet` is the compact collated form of many structures (flat tensors plus per-graph
-row counts) that the cache stores and that data loaders index without building 10^5 Data objects.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import Tensor
-from torch_geometric.data import Data
-
-from pipeline import keys as K
 
 MAX_Z = 118
 # Atoms closer than this are the same atom written twice (the shortest real bond, H-H, is 0.74 A).
@@ -33,6 +31,49 @@ MIN_DISTANCE = 0.1
 # The note a reader gives a molecule whose file has only 2-D coordinates (an SDF whose header
 # says 2D, or has no dimension and every z = 0: RDKit's rule); its 3-D checks cannot judge it.
 FLAT_NOTE = "2-D coordinates (the MOL block is 2D: every z is 0), no 3-D geometry to judge"
+
+
+@dataclass(slots=True, eq=False)
+class Record:
+    """One molecule or crystal; the fields are :mod:`pipeline.keys`' names, None where absent.
+
+    ``record.z`` and ``record["z"]`` are the same field (item access as ``torch_geometric``'s
+    ``Data`` has it, so code that names fields by :mod:`pipeline.keys` constants reads either).
+    Build records with :func:`make_molecule` / :func:`make_crystal`, which fix the dtypes.
+    """
+
+    z: np.ndarray  # (N,) int64 atomic numbers
+    pos: np.ndarray  # (N, 3) float32 Cartesian Angstrom
+    name: str = ""
+    frac: np.ndarray | None = None  # (N, 3) float32 in [0, 1), crystals
+    lattice: np.ndarray | None = None  # (1, 3, 3) float32, rows a, b, c in Angstrom, crystals
+    edge_index: np.ndarray | None = None  # (2, 2B) int64, both directions of every bond
+    bond_order: np.ndarray | None = None  # (2B,) float32: 1, 2, 3 or 1.5 (aromatic)
+    charge: np.ndarray | None = None  # (N,) int64 formal charges, with the bonds
+    y: np.ndarray | None = None  # (1, P) float32 properties
+    smiles: str | None = None
+    note: str | None = None  # what a reader noticed without rejecting the record
+
+    def __getitem__(self, key: str):
+        """The field ``key``; ``KeyError`` for a name that is not a field."""
+        if key not in self.__slots__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __setitem__(self, key: str, value) -> None:
+        """Set the field ``key``; ``KeyError`` for a name that is not a field."""
+        if key not in self.__slots__:
+            raise KeyError(key)
+        setattr(self, key, value)
+
+    def keys(self) -> list[str]:
+        """The fields that are set (not None), in declaration order."""
+        return [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+
+    @property
+    def num_nodes(self) -> int:
+        """Number of atoms N."""
+        return len(self.z)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -50,6 +91,10 @@ def wrap_frac(frac: np.ndarray) -> np.ndarray:
     return wrapped
 
 
+def _rows(y) -> np.ndarray | None:
+    return None if y is None else np.array(y, dtype=np.float32).reshape(1, -1)
+
+
 def make_molecule(
     z,
     pos,
@@ -60,58 +105,54 @@ def make_molecule(
     charge=None,
     y=None,
     smiles: str | None = None,
-) -> Data:
-    """A molecule Data from atomic numbers ``z (N,)`` and positions ``pos (N, 3)`` in Angstrom.
+) -> Record:
+    """A molecule from atomic numbers ``z (N,)`` and positions ``pos (N, 3)`` in Angstrom (arrays,
+    lists or CPU tensors; copied).
 
-    ``edge_index (2, 2B)``, ``bond_order (2B,)`` and ``charge (N,)`` go together (bonds known);
-    ``y`` is reshaped to ``(1, P)``.
+    ``edge_index (2, 2B)``, ``bond_order (2B,)`` and ``charge (N,)`` go together (bonds known;
+    no ``charge`` means all zero); ``y`` is reshaped to ``(1, P)``.
     """
-    data = Data(
-        z=torch.as_tensor(np.asarray(z), dtype=torch.int64),
-        pos=torch.as_tensor(np.asarray(pos, dtype=np.float32)).reshape(-1, 3),
+    record = Record(
+        z=np.array(z, dtype=np.int64).reshape(-1),
+        pos=np.array(pos, dtype=np.float32).reshape(-1, 3),
+        name=str(name),
+        y=_rows(y),
+        smiles=None if smiles is None else str(smiles),
     )
     if edge_index is not None:
-        data.edge_index = torch.as_tensor(np.asarray(edge_index), dtype=torch.int64).reshape(2, -1)
-        data.bond_order = torch.as_tensor(np.asarray(bond_order, dtype=np.float32)).reshape(-1)
-        n = data.z.numel()
-        data.charge = (
-            torch.zeros(n, dtype=torch.int64)
+        record.edge_index = np.array(edge_index, dtype=np.int64).reshape(2, -1)
+        record.bond_order = np.array(bond_order, dtype=np.float32).reshape(-1)
+        record.charge = (
+            np.zeros(len(record.z), dtype=np.int64)
             if charge is None
-            else torch.as_tensor(np.asarray(charge), dtype=torch.int64)
+            else np.array(charge, dtype=np.int64).reshape(-1)
         )
-    if y is not None:
-        data.y = torch.as_tensor(np.asarray(y, dtype=np.float32)).reshape(1, -1)
-    data.name = str(name)
-    if smiles is not None:
-        data.smiles = str(smiles)
-    return data
+    return record
 
 
-def make_crystal(z, frac, lattice, *, name: str, y=None) -> Data:
-    """A crystal Data from ``z (N,)``, fractional ``frac (N, 3)`` (wrapped into [0, 1)) and
+def make_crystal(z, frac, lattice, *, name: str, y=None) -> Record:
+    """A crystal from ``z (N,)``, fractional ``frac (N, 3)`` (wrapped into [0, 1)) and
     ``lattice (3, 3)`` whose rows are the lattice vectors (Angstrom).
 
     ``pos = frac @ lattice`` is computed in float64 from the float32 values that are stored, so
     ``pos``, ``frac`` and ``lattice`` agree to float32 rounding.
     """
     frac32 = wrap_frac(frac)
-    lat32 = np.asarray(lattice, dtype=np.float32).reshape(3, 3)
+    lat32 = np.array(lattice, dtype=np.float32).reshape(3, 3)
     pos = (frac32.astype(np.float64) @ lat32.astype(np.float64)).astype(np.float32)
-    data = Data(
-        z=torch.as_tensor(np.asarray(z), dtype=torch.int64),
-        pos=torch.from_numpy(pos),
-        frac=torch.from_numpy(frac32),
-        lattice=torch.from_numpy(lat32.copy()).reshape(1, 3, 3),
+    return Record(
+        z=np.array(z, dtype=np.int64).reshape(-1),
+        pos=pos,
+        name=str(name),
+        frac=frac32,
+        lattice=lat32.reshape(1, 3, 3),
+        y=_rows(y),
     )
-    if y is not None:
-        data.y = torch.as_tensor(np.asarray(y, dtype=np.float32)).reshape(1, -1)
-    data.name = str(name)
-    return data
 
 
-def is_crystal(data: Data) -> bool:
-    """True for a periodic structure (it has a lattice)."""
-    return getattr(data, K.LATTICE, None) is not None
+def is_crystal(data: Record) -> bool:
+    """True for a periodic structure (it has a lattice); a ``Data`` is read the same way."""
+    return getattr(data, "lattice", None) is not None
 
 
 def _min_distance_molecule(pos: np.ndarray) -> tuple[float, int, int]:
@@ -139,28 +180,28 @@ def _min_distance_periodic(frac: np.ndarray, lattice: np.ndarray) -> tuple[float
     return float(d[i, j]), int(i), int(j)
 
 
-def check_structure(data: Data, min_distance: float = MIN_DISTANCE) -> str | None:
+def check_structure(data: Record, min_distance: float = MIN_DISTANCE) -> str | None:
     """Why ``data`` is not a usable structure, or None when it is.
 
     Catches no atoms, unknown elements (z outside 1..118), non-finite coordinates or cell, a
     singular cell, and two atoms (or an atom and its periodic image) closer than ``min_distance``.
     """
-    z = data.z.numpy()
+    z = np.asarray(data.z)
     if z.size == 0:
         return "no atoms"
     bad = (z < 1) | (z > MAX_Z)
     if bad.any():
         return f"unknown element (atomic number {int(z[bad][0])}) at atom {int(np.argmax(bad))}"
-    pos = data.pos.numpy().astype(np.float64)
+    pos = np.asarray(data.pos, dtype=np.float64)
     if not np.isfinite(pos).all():
         return f"non-finite coordinates at atom {int(np.argmax(~np.isfinite(pos).all(axis=1)))}"
     if is_crystal(data):
-        lattice = data.lattice.numpy().reshape(3, 3).astype(np.float64)
+        lattice = np.asarray(data.lattice, dtype=np.float64).reshape(3, 3)
         if not np.isfinite(lattice).all():
             return "non-finite lattice"
         if abs(np.linalg.det(lattice)) < 1e-6:
             return "singular lattice (cell volume ~ 0)"
-        frac = data.frac.numpy().astype(np.float64)
+        frac = np.asarray(data.frac, dtype=np.float64)
         if not np.isfinite(frac).all():
             return "non-finite fractional coordinates"
         d, i, j = _min_distance_periodic(frac, lattice)
@@ -172,129 +213,3 @@ def check_structure(data: Data, min_distance: float = MIN_DISTANCE) -> str | Non
         what = "its own periodic image" if i == j else f"atom {j}"
         return f"overlapping atoms: atom {i} is {d:.3g} A from {what} (< {min_distance} A)"
     return None
-
-
-# ---------------------------------------------------------------------------------------------
-# Many structures
-# ---------------------------------------------------------------------------------------------
-
-
-class StructureSet(Sequence):
-    """Many structures stored flat: a ``Sequence[Data]`` that builds each Data on access.
-
-    For every tensor key of :mod:`pipeline.keys` present in at least one record the set holds
-    ``values[key]``: the records' tensors concatenated along dim 0 (nodes, edges or graphs), and
-    ``counts[key] (num_graphs,) int64``: the rows each record contributes (0 where it lacks the
-    key). Edge indices stay local to their structure. String attributes are lists with None where
-    absent. ``state_dict()`` holds only tensors, lists and strings, so it loads with
-    ``torch.load(weights_only=True)``.
-    """
-
-    def __init__(
-        self,
-        values: dict[str, Tensor],
-        counts: dict[str, Tensor],
-        strings: dict[str, list],
-        has: dict[str, Tensor] | None = None,
-    ) -> None:
-        self.values, self.counts, self.strings = values, counts, strings
-        self._len = len(next(iter(counts.values()))) if counts else 0
-        # `has` separates "absent" from "present with zero rows" (a molecule with no bonds).
-        self.has = has if has is not None else {k: c > 0 for k, c in counts.items()}
-        self.offsets = {k: torch.cumsum(c, 0) - c for k, c in counts.items()}
-
-    @classmethod
-    def from_data_list(cls, records: Sequence[Data]) -> StructureSet:
-        """Collate ``records``; raises ``ValueError`` if a key's trailing shapes disagree."""
-        present = [
-            k for k in K.TENSOR_KEYS if any(getattr(d, k, None) is not None for d in records)
-        ]
-        values, counts, has = {}, {}, {}
-        for key in present:
-            # Edge tensors lie along their last dim; store them row-wise (num_edges, ...).
-            tensors = [getattr(d, key, None) for d in records]
-            rows = [None if t is None else (t.t() if key == K.EDGE_INDEX else t) for t in tensors]
-            shapes = {tuple(t.shape[1:]) for t in rows if t is not None}
-            if len(shapes) > 1:
-                raise ValueError(f"records disagree on the shape of {key!r}: {sorted(shapes)}")
-            trailing = shapes.pop()
-            dtype = next(t.dtype for t in rows if t is not None)
-            empty = torch.zeros((0, *trailing), dtype=dtype)
-            values[key] = torch.cat([empty if t is None else t for t in rows], 0).contiguous()
-            counts[key] = torch.tensor(
-                [0 if t is None else len(t) for t in rows], dtype=torch.int64
-            )
-            has[key] = torch.tensor([t is not None for t in rows], dtype=torch.bool)
-        strings = {
-            key: [getattr(d, key, None) for d in records]
-            for key in K.STRING_KEYS
-            if any(getattr(d, key, None) is not None for d in records)
-        }
-        if not counts:
-            counts = {K.Z: torch.zeros(len(records), dtype=torch.int64)}
-            values, has = {K.Z: torch.zeros(0, dtype=torch.int64)}, {K.Z: counts[K.Z] > 0}
-        return cls(values, counts, strings, has)
-
-    def __len__(self) -> int:
-        return self._len
-
-    def _get(self, i: int) -> Data:
-        data = Data()
-        for key, vals in self.values.items():
-            if not bool(self.has[key][i]):
-                continue
-            start, n = int(self.offsets[key][i]), int(self.counts[key][i])
-            t = vals[start : start + n]
-            data[key] = t.t().contiguous() if key == K.EDGE_INDEX else t
-        for key, items in self.strings.items():
-            if items[i] is not None:
-                data[key] = items[i]
-        return data
-
-    def __getitem__(self, index):
-        """``int -> Data``; a slice, list or int tensor/array of indices -> ``StructureSet``."""
-        if isinstance(index, int | np.integer):
-            n = len(self)
-            if not -n <= index < n:
-                raise IndexError(index)
-            return self._get(int(index) % n)
-        if isinstance(index, slice):
-            index = range(*index.indices(len(self)))
-        return self.subset(torch.as_tensor(np.asarray(index), dtype=torch.int64).reshape(-1))
-
-    def __iter__(self) -> Iterator[Data]:
-        return (self._get(i) for i in range(len(self)))
-
-    def subset(self, index: Tensor) -> StructureSet:
-        """The records ``index (M,) int64`` in that order, as a new flat set (vectorised gather)."""
-        values, counts, has = {}, {}, {}
-        for key, vals in self.values.items():
-            c = self.counts[key][index]
-            start = self.offsets[key][index]
-            # Row ids of the chosen records: start_k + 0..c_k-1 for every k, without a Python loop.
-            local = torch.arange(int(c.sum())) - torch.repeat_interleave(torch.cumsum(c, 0) - c, c)
-            values[key] = vals[torch.repeat_interleave(start, c) + local]
-            counts[key], has[key] = c, self.has[key][index]
-        idx = index.tolist()
-        strings = {key: [items[i] for i in idx] for key, items in self.strings.items()}
-        return StructureSet(values, counts, strings, has)
-
-    def to_data_list(self) -> list[Data]:
-        return list(self)
-
-    def num_atoms(self) -> Tensor:
-        """Atoms per structure, ``(num_graphs,) int64``."""
-        return self.counts[K.Z]
-
-    def state_dict(self) -> dict:
-        """Plain tensors / lists / strings (``torch.load(..., weights_only=True)`` safe)."""
-        return {
-            "values": self.values,
-            "counts": self.counts,
-            "has": self.has,
-            "strings": self.strings,
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: dict) -> StructureSet:
-        return cls(state["values"], state["counts"], state["strings"], state["has"])

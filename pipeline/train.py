@@ -63,7 +63,7 @@ from pipeline.recipes import (
     recipe_from_config,
     save_trained,
 )
-from pipeline.structures import StructureSet
+from pipeline.structure_set import StructureSet
 from pipeline.train_io import MetricsLog, StopSignal, World, atomic_save, load_state
 
 # The fields a resumed run may change; every other one must equal the run's own.

@@ -11,8 +11,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-import torch
-from torch_geometric.data import Data
+import numpy as np
 
 from pipeline import converters as C
 from pipeline import keys as K
@@ -24,7 +23,7 @@ BONDS_TAG = "bonds"
 PERCEIVED = "perceived from the coordinates (RDKit rdDetermineBonds, total charge 0)"
 
 
-def write_sdf(records: Iterable[Data], path: str | Path, perceive_bonds: bool = False) -> None:
+def write_sdf(records: Iterable[S.Record], path: str | Path, perceive_bonds: bool = False) -> None:
     """Molecules to SDF: bonds (aromatic as type 4, not kekulised), charges, name, ``y``, SMILES.
 
     ``perceive_bonds``: a record without bonds (a generated sample) gets the bonds and formal
@@ -49,7 +48,7 @@ def write_sdf(records: Iterable[Data], path: str | Path, perceive_bonds: bool = 
 
 
 def _read_back(block: str):
-    """A MOL block as the screen reads it: ``sdf_reader``'s parse, then ``Data`` and back."""
+    """A MOL block as the screen reads it: ``sdf_reader``'s parse, then a ``Record``."""
     from rdkit import Chem
 
     parsed = Chem.MolFromMolBlock(block, sanitize=False, removeHs=False, strictParsing=True)
@@ -58,7 +57,7 @@ def _read_back(block: str):
     return C.from_rdkit(parsed, name="")
 
 
-def perceived_sdf_mol(data: Data):
+def perceived_sdf_mol(data: S.Record):
     """The molecule of a bond-less record, to write as SDF with the bonds the screen perceives.
 
     Perception is the screen's own (:func:`pipeline.molecule_checks.perceived_mol`, total charge
@@ -80,7 +79,7 @@ def perceived_sdf_mol(data: Data):
     name = str(getattr(data, K.NAME, ""))
     try:
         seen = _read_back(Chem.MolToMolBlock(loose, kekulize=False))
-        mol, reason = mc.perceived_mol(seen.z.numpy(), seen.pos.numpy(), charge=0)
+        mol, reason = mc.perceived_mol(seen.z, seen.pos, charge=0)
         if mol is not None:
             out = Chem.Mol(mol)
             Chem.Kekulize(out, clearAromaticFlags=True)
@@ -88,7 +87,7 @@ def perceived_sdf_mol(data: Data):
             again, _ = mc.file_mol(C.to_rdkit(back))
             if Chem.GetFormalCharge(mol) != 0:
                 mol, reason = None, "perceived formal charges do not sum to 0"
-            elif not (torch.equal(back.pos, seen.pos) and torch.equal(back.z, seen.z)):
+            elif not (np.array_equal(back.pos, seen.pos) and np.array_equal(back.z, seen.z)):
                 mol, reason = None, "written coordinates differ from the perceived ones"
             elif again is None or _full_smiles(again) != _full_smiles(mol):
                 mol, reason = None, "the written bonds read back as another molecule"
@@ -114,14 +113,14 @@ def _full_smiles(mol) -> str:
     return Chem.MolToSmiles(mol, isomericSmiles=False, allHsExplicit=True)
 
 
-def write_xyz(records: Iterable[Data], path: str | Path) -> None:
+def write_xyz(records: Iterable[S.Record], path: str | Path) -> None:
     """Structures to extended XYZ (crystals with ``Lattice`` and ``pbc``); name, SMILES, ``y``."""
     import ase.io
 
     ase.io.write(str(path), [C.to_ase(d) for d in records], format="extxyz")
 
 
-def _cif_text(data: Data) -> str:
+def _cif_text(data: S.Record) -> str:
     from pymatgen.io.cif import CifWriter
 
     if not S.is_crystal(data):
@@ -132,13 +131,13 @@ def _cif_text(data: Data) -> str:
     return re.sub(r"(?m)^data_.*$", lambda _: f"data_{block}", text, count=1)
 
 
-def write_cif(records: Iterable[Data], path: str | Path) -> None:
+def write_cif(records: Iterable[S.Record], path: str | Path) -> None:
     """Crystals to one CIF file, one ``data_<name>`` block each (pymatgen's CifWriter)."""
     Path(path).write_text("".join(_cif_text(d) for d in records))
 
 
 def write_cdvae_csv(
-    records: Iterable[Data], path: str | Path, properties: Sequence[str] = ()
+    records: Iterable[S.Record], path: str | Path, properties: Sequence[str] = ()
 ) -> None:
     """Crystals to a CDVAE CSV: columns ``material_id``, ``cif`` and ``properties`` (from ``y``)."""
     with open(path, "w", newline="") as handle:
@@ -152,7 +151,7 @@ def write_cdvae_csv(
             writer.writerow([data.name, _cif_text(data), *map(repr, values)])
 
 
-def write_structures(records: Sequence[Data], path: str | Path, **options) -> Path:
+def write_structures(records: Sequence[S.Record], path: str | Path, **options) -> Path:
     """Write ``records`` to ``path`` in the format its suffix names; returns the path.
 
     ``.sdf`` (molecules), ``.xyz`` / ``.extxyz`` (both kinds), ``.cif`` and ``.csv`` (crystals;
@@ -221,7 +220,6 @@ def write_passing(folder: str | Path, rows: list[dict]) -> None:
     bonds, 3-D; SD tags :func:`passing_tags`), crystals one CIF each,
     ``folder/<rank, 6 digits>_<name>.cif`` (the row's pymatgen structure), so that a listing is in
     rank order."""
-    from pymatgen.io.cif import CifWriter
     from rdkit import Chem
 
     folder = Path(folder)
@@ -238,6 +236,8 @@ def write_passing(folder: str | Path, rows: list[dict]) -> None:
                 mol.SetProp(key, value)
             writer.write(mol)
         else:
+            from pymatgen.io.cif import CifWriter  # here: a screen of molecules never needs it
+
             CifWriter(row["structure"]).write_file(
                 folder / f"{row['rank']:06d}_{_safe(row['name'])}.cif"
             )

@@ -99,7 +99,7 @@ def test_sigterm_stops_a_screen_with_one_line_saying_what_was_kept(tmp_path, pre
     out = tmp_path / "out"
     proc = _start_screen(tmp_path, prefect_home, out, "--chunk-size", "1")
     server = _server_of(proc)
-    while proc.poll() is None and not list((out / ".chunks").glob("*.pt")):
+    while proc.poll() is None and not list((out / ".chunks").glob("*.npz")):
         psutil.wait_procs([psutil.Process(proc.pid)], timeout=0.2)
     proc.terminate()
     err = proc.communicate(timeout=120)[1]

@@ -29,6 +29,7 @@ from pipeline.io import read_cdvae_csv
 from pipeline.losses import LossConfig
 from pipeline.recipes import load_trained, recipe_from_config, save_trained
 from pipeline.samplers import SamplerConfig
+from pipeline.structure_set import StructureSet
 
 SMALL = CSPNetConfig(hidden=32, layers=2, num_freqs=4, time_dim=16)
 PEROV = shared_data_dir() / "crystals" / "perov_5" / "val.csv"
@@ -39,7 +40,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 @pytest.fixture(scope="module")
 def perov(tmp_path_factory) -> list:
-    """The first 64 records of the real Perov-5 validation split."""
+    """The first 64 records of the real Perov-5 validation split, as a data set gives them."""
     if not PEROV.exists():
         pytest.skip(f"reference data {PEROV} absent (set LDSM_SHARED_DATA)")
     small = tmp_path_factory.mktemp("perov") / "val.csv"
@@ -50,7 +51,7 @@ def perov(tmp_path_factory) -> list:
             writer.writerow(row)
     result = read_cdvae_csv(small)
     assert len(result.records) == 64 and not result.rejects
-    return result.records
+    return StructureSet.from_data_list(result.records).to_data_list()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from ase.collections import g2
 
 from pipeline import converters as C
-from pipeline import keys as K
 from pipeline import structures as S
 from pipeline.io import Reject, read_cdvae_csv, read_structures, write_structures
+from pipeline.structure_set import StructureSet
 
 SHARED = Path(
     os.environ.get(
@@ -66,7 +65,7 @@ def _bonded_molecules() -> list:
         mol = Chem.AddHs(Chem.MolFromSmiles(smiles))
         AllChem.EmbedMolecule(mol, randomSeed=k)
         d = C.from_rdkit(mol, name=f"mol{k}")
-        d.y = torch.tensor([[0.5 * k, -1.25]])
+        d.y = np.array([[0.5 * k, -1.25]], dtype=np.float32)
         d.smiles = smiles
         out.append(d)
     return out
@@ -78,13 +77,13 @@ def test_sdf_round_trip_keeps_bonds_charges_and_properties(tmp_path):
     result = read_structures(path)
     assert not result.rejects and len(result.records) == len(records)
     for a, b in zip(records, result.records, strict=True):
-        assert b.name == a.name and torch.equal(a.z, b.z)
+        assert b.name == a.name and np.array_equal(a.z, b.z)
         # The MOL format stores 4 decimals.
-        torch.testing.assert_close(a.pos, b.pos, atol=1e-4, rtol=0)
-        if K.EDGE_INDEX in a:
-            assert torch.equal(a.edge_index, b.edge_index)
-            assert torch.equal(a.bond_order, b.bond_order) and torch.equal(a.charge, b.charge)
-            assert torch.equal(a.y, b.y) and b.smiles == a.smiles
+        np.testing.assert_allclose(a.pos, b.pos, atol=1e-4, rtol=0)
+        if a.edge_index is not None:
+            assert np.array_equal(a.edge_index, b.edge_index)
+            assert np.array_equal(a.bond_order, b.bond_order) and np.array_equal(a.charge, b.charge)
+            assert np.array_equal(a.y, b.y) and b.smiles == a.smiles
 
 
 @pytest.mark.parametrize("suffix", [".xyz", ".extxyz"])
@@ -93,13 +92,13 @@ def test_xyz_round_trip_molecules_and_crystals(tmp_path, perov, suffix):
     result = read_structures(write_structures(records, tmp_path / f"s{suffix}"))
     assert not result.rejects and len(result.records) == len(records)
     for a, b in zip(records, result.records, strict=True):
-        assert b.name == a.name and torch.equal(a.z, b.z)
-        torch.testing.assert_close(a.pos, b.pos, atol=1e-6, rtol=0)
+        assert b.name == a.name and np.array_equal(a.z, b.z)
+        np.testing.assert_allclose(a.pos, b.pos, atol=1e-6, rtol=0)
         assert S.is_crystal(a) == S.is_crystal(b)
         if S.is_crystal(a):
-            torch.testing.assert_close(a.lattice, b.lattice, atol=1e-6, rtol=0)
-            torch.testing.assert_close(a.frac, b.frac, atol=1e-6, rtol=0)
-            torch.testing.assert_close(a.y, b.y)
+            np.testing.assert_allclose(a.lattice, b.lattice, atol=1e-6, rtol=0)
+            np.testing.assert_allclose(a.frac, b.frac, atol=1e-6, rtol=0)
+            np.testing.assert_allclose(a.y, b.y)
 
 
 def test_cif_and_csv_round_trip_keep_cell_metric_and_fractions(tmp_path, perov):
@@ -115,12 +114,12 @@ def test_cif_and_csv_round_trip_keep_cell_metric_and_fractions(tmp_path, perov):
         )
         assert not result.rejects and len(result.records) == len(perov)
         for a, b in zip(perov, result.records, strict=True):
-            assert b.name == a.name and torch.equal(a.z, b.z)
-            torch.testing.assert_close(a.frac, b.frac, atol=1e-6, rtol=0)
-            la, lb = a.lattice[0].double(), b.lattice[0].double()
-            torch.testing.assert_close(la @ la.T, lb @ lb.T, atol=1e-5, rtol=1e-6)
+            assert b.name == a.name and np.array_equal(a.z, b.z)
+            np.testing.assert_allclose(a.frac, b.frac, atol=1e-6, rtol=0)
+            la, lb = a.lattice[0].astype(np.float64), b.lattice[0].astype(np.float64)
+            np.testing.assert_allclose(la @ la.T, lb @ lb.T, atol=1e-5, rtol=1e-6)
             if path.suffix == ".csv":
-                torch.testing.assert_close(a.y, b.y)
+                np.testing.assert_allclose(a.y, b.y)
 
 
 def test_writers_refuse_the_wrong_kind(tmp_path, perov):
@@ -212,7 +211,7 @@ def test_corrupted_corpus_lands_in_rejects_and_keeps_every_good_record(corpus):
     names = [d.name for d in result.records]
     assert names.count("water") == 4
     for d in result.records:
-        assert S.check_structure(d) is None and np.isfinite(d.pos.numpy()).all()
+        assert S.check_structure(d) is None and np.isfinite(d.pos).all()
 
 
 def test_missing_path_is_a_reject(tmp_path):
@@ -398,7 +397,7 @@ def test_compressed_files_of_every_format_are_read(tmp_path, perov, codec):
     assert "cannot decompress" in got.rejects[0].reason
     assert [d.name for d in got.records] == [d.name for d in want.records]
     for a, b in zip(want.records, got.records, strict=True):
-        assert torch.equal(a.z, b.z) and torch.equal(a.pos, b.pos)
+        assert np.array_equal(a.z, b.z) and np.array_equal(a.pos, b.pos)
 
 
 def test_deuterium_is_hydrogen_with_a_note_in_every_reader(tmp_path):
@@ -489,6 +488,6 @@ def test_notes_stay_out_of_the_training_set_and_batches(tmp_path):
     (tmp_path / "b_plain.cif").write_text(NACL_CELL + "_space_group_IT_number 1\n" + NACL_SITES)
     records = read_structures(tmp_path).records
     assert [bool(getattr(d, "note", None)) for d in records] == [True, False]
-    cached = S.StructureSet.from_data_list(records)
+    cached = StructureSet.from_data_list(records)
     batch = Batch.from_data_list(cached.to_data_list())
     assert batch.num_graphs == 2 and "note" not in batch

@@ -14,6 +14,7 @@ from flows.screen import check_molecules_task
 from pipeline import qm9
 from pipeline import structures as S
 from pipeline.io import read_structures, write_structures
+from pipeline.structure_set import StructureSet
 
 
 @pytest.fixture(scope="module")
@@ -86,20 +87,24 @@ class Planted:
         return (Path.touch, (self.marker,))
 
 
-def test_a_planted_pickle_is_refused_and_recomputed(
+def test_a_planted_pickle_or_an_old_chunk_is_refused_and_recomputed(
     sdf, tmp_path, monkeypatch, capfd, prefect_harness
 ):
     from flows.screen import ScreenConfig, screen_flow
 
     monkeypatch.setenv("LDSM_HOME", str(tmp_path / "home"))
     out = tmp_path / "out"
-    config = ScreenConfig(input=str(sdf), out=str(out), chunk_size=10, posebusters=False)
+    config = ScreenConfig(input=str(sdf), out=str(out), chunk_size=5, posebusters=False)
     screen_flow(config)
     table = (out / "screen.csv").read_text()
-    first, second = sorted((out / STORE).iterdir())
+    first, second, third, _ = sorted((out / STORE).iterdir())
     markers = tmp_path / "ran-a", tmp_path / "ran-b"
     first.write_bytes(pickle.dumps(Planted(markers[0])))  # a bare pickle
-    torch.save(Planted(markers[1]), second)  # a pickle inside torch's zip format
+    np.savez(second, tree=np.array([Planted(markers[1])], dtype=object))  # a pickled array
+    # A chunk of the previous format: a torch.save under the same key.
+    old = third.with_suffix(".pt")
+    torch.save({"format": "ldsm-chunk", "version": 1, "key": third.stem, "value": []}, old)
+    third.unlink()
     # Prefect's own result files name their serializer: one saying "pickle" is never read.
     legacy = out / ".prefect"
     legacy.mkdir()
@@ -107,16 +112,20 @@ def test_a_planted_pickle_is_refused_and_recomputed(
     capfd.readouterr()
     screen_flow(config)
     assert not any(m.exists() for m in markers)
-    err = capfd.readouterr().err
-    assert err.count("refused") == 2 and str(first) in err and str(second) in err
+    lines = [line for line in capfd.readouterr().err.splitlines() if "refused" in line]
+    assert len(lines) == 3
+    assert [str(p) in line for p, line in zip((first, second, old), lines, strict=True)]
+    assert "ldsm-chunk v1" in lines[2]
     assert (out / "screen.csv").read_text() == table  # recomputed, same verdicts
     found, rows = ChunkStore(out, check_molecules_task).load(first.stem)
-    assert found and len(rows) == 10  # rewritten as data
+    assert found and len(rows) == 5  # rewritten as data
+    assert ChunkStore(out, check_molecules_task).load(third.stem)[0]
 
 
 def test_chunks_round_trip_as_data_and_are_bound_to_their_key(sdf, tmp_path):
     from pymatgen.core import Lattice, Structure
     from rdkit import Chem
+    from torch_geometric.data import Data
 
     from pipeline.generate import ChunkResult
 
@@ -128,6 +137,7 @@ def test_chunks_round_trip_as_data_and_are_bound_to_their_key(sdf, tmp_path):
         "rows": [{"mol": mol, "fp": np.arange(3.0), "n": np.int64(4), "ok": True, "x": None}],
         "structure": salt,
         "chunk": ChunkResult(1, torch.arange(2), records, 8, 0.5),
+        "generated": Data(z=torch.tensor([8, 1, 1]), pos=torch.zeros(3, 3), name="water"),
         (1, "a"): 2.5,
     }
     store = ChunkStore(tmp_path, check_molecules_task)
@@ -140,6 +150,11 @@ def test_chunks_round_trip_as_data_and_are_bound_to_their_key(sdf, tmp_path):
     assert np.array_equal(back["rows"][0]["fp"], np.arange(3.0)) and back["rows"][0]["n"] == 4
     assert back["structure"] == salt and back[(1, "a")] == 2.5
     assert content_hash(back["chunk"].structures) == content_hash(records)
+    assert torch.equal(back["chunk"].rows, torch.arange(2))  # tensors come back as tensors
+    assert isinstance(back["generated"], Data)
+    assert content_hash(back["generated"]) == content_hash(value["generated"])
+    # A structure hashes the same as a read Record and as a generated Data.
+    assert content_hash(StructureSet.from_data_list(records)[0]) == content_hash(records[0])
     # A chunk copied under another chunk's name is refused.
     other = store.key({"chunk": records[:1]})
     store.path(key).rename(store.path(other))

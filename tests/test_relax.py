@@ -19,7 +19,7 @@ def test_stretched_h2_relaxes_to_the_gfn2_bond_length_and_loses_energy():
     h2 = make_molecule(np.array([1, 1]), np.array([[0.0, 0, 0], [1.0, 0, 0]]), name="h2")
     r = relax_molecule(h2, fmax=0.01)
     assert r.relaxed and r.reason == "ok" and r.steps > 0
-    pos = r.structure.pos.numpy()
+    pos = r.structure.pos
     scan = np.arange(0.70, 0.85, 0.002)
     curve = [xtb_properties(np.array([1, 1]), np.array([[0, 0, 0], [d, 0, 0]]))[0] for d in scan]
     assert abs(np.linalg.norm(pos[1] - pos[0]) - scan[int(np.argmin(curve))]) < 0.003
@@ -41,7 +41,7 @@ def test_water_dipole_and_a_distorted_ethanol_made_stable():
     data = make_molecule(ethanol.numbers, shaken, name="ethanol")
     assert not edm_stability(ethanol.numbers, shaken).ok
     r = relax_molecule(data)
-    assert r.relaxed and edm_stability(ethanol.numbers, r.structure.pos.numpy()).ok
+    assert r.relaxed and edm_stability(ethanol.numbers, r.structure.pos).ok
 
 
 def test_failures_are_kept_with_their_reason_and_written(tmp_path):

@@ -89,9 +89,7 @@ def test_densities_scale_with_the_cell(perov):
     rho = N.densities(perov)
     assert rho.shape == (30,) and (rho > 0).all()
     # Stretching every lattice vector by 1.1 keeps the mass and multiplies the volume by 1.331.
-    stretched = [
-        S.make_crystal(d.z, d.frac, d.lattice[0].numpy() * 1.1, name=d.name) for d in perov
-    ]
+    stretched = [S.make_crystal(d.z, d.frac, d.lattice[0] * 1.1, name=d.name) for d in perov]
     np.testing.assert_allclose(N.densities(stretched), rho / 1.1**3, rtol=1e-5)
     collapsed = S.make_crystal(perov[0].z, perov[0].frac, np.zeros((3, 3)), name="flat")
     assert N.densities([collapsed]).size == 0
@@ -156,9 +154,7 @@ def test_molecule_report(qm9_head, tmp_path):
 
 
 def test_crystal_report_and_grid_fallback(perov, tmp_path):
-    generated = [
-        S.make_crystal(d.z, d.frac, d.lattice[0].numpy() * 1.05, name=d.name) for d in perov[:20]
-    ]
+    generated = [S.make_crystal(d.z, d.frac, d.lattice[0] * 1.05, name=d.name) for d in perov[:20]]
     path = R.design_report(tmp_path, generated, perov, {}, metrics_csv=None)
     report = path.read_text()
     assert _images(report) == ["plots/atoms.png", "plots/density.png"]
@@ -191,30 +187,28 @@ def test_crystal_report_numbers_agree_with_the_screen_metrics(perov, tmp_path):
     from pipeline import metrics as pm
 
     def crystal(d, lattice=None, frac=None, z=None, name=""):
-        lattice = d.lattice[0].numpy() if lattice is None else lattice
-        frac = d.frac.numpy() if frac is None else frac
+        lattice = d.lattice[0] if lattice is None else lattice
+        frac = d.frac if frac is None else frac
         return S.make_crystal(d.z if z is None else z, frac, lattice, name=name)
 
-    flat = perov[3].lattice[0].numpy().copy()
+    flat = perov[3].lattice[0].copy()
     flat[2] = flat[0]
     generated = [
         crystal(perov[0], name="a"),
         crystal(perov[1], name="b"),
-        crystal(perov[2], lattice=perov[2].lattice[0].numpy() * 1.05, name="c"),
+        crystal(perov[2], lattice=perov[2].lattice[0] * 1.05, name="c"),
         crystal(perov[3], lattice=flat, name="flat"),
         crystal(perov[4], frac=np.zeros((5, 3)), name="one-site"),
         crystal(perov[5], z=torch.tensor([9, 8, 8, 8, 8]), name="FO4"),
         crystal(perov[6], frac=np.full((5, 3), np.nan), name="nan"),
     ]
     reference = perov[10:30]
-    ref_structures = [
-        cc.to_structure(d.lattice[0].numpy(), d.frac.numpy(), d.z.numpy()) for d in reference
-    ]
+    ref_structures = [cc.to_structure(d.lattice[0], d.frac, d.z) for d in reference]
     rows = pm.check_crystals(
         [d.name for d in generated],
-        [d.lattice[0].numpy().astype(np.float64) for d in generated],
-        [d.frac.numpy().astype(np.float64) for d in generated],
-        [d.z.numpy() for d in generated],
+        [d.lattice[0].astype(np.float64) for d in generated],
+        [d.frac.astype(np.float64) for d in generated],
+        [d.z for d in generated],
     )
     metrics = {"crystals": pm.crystal_set_metrics(rows, ref_structures, matching=False)}
     # The flow reads back what a file could hold: here the NaN sample is lost.
@@ -229,8 +223,8 @@ def test_crystal_report_numbers_agree_with_the_screen_metrics(perov, tmp_path):
     assert float(table["crystals.compositional_validity"]) == pytest.approx(6 / 7, rel=1e-3)
 
     def rho(d) -> float:
-        lattice = Lattice(d.lattice[0].numpy().astype(np.float64))
-        return Structure(lattice, d.z.tolist(), d.frac.numpy().astype(np.float64)).density
+        lattice = Lattice(d.lattice[0].astype(np.float64))
+        return Structure(lattice, d.z.tolist(), d.frac.astype(np.float64)).density
 
     gen_rho = np.array([rho(d) for d in generated[:3]])
     ref_rho = np.array([rho(d) for d in reference])

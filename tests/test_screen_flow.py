@@ -340,6 +340,63 @@ def test_screen_on_a_missing_path_or_a_csv_without_cif_exits_with_one_line(tmp_p
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+# What a screen does without Prefect: read, check, keep a chunk and load it back, write the
+# table, the passing structures and the report. None of it may load torch (a 2-5 s import).
+SCREEN_WITHOUT_TORCH = """
+import sys
+from pathlib import Path
+
+import flows.screen
+from flows.persist import ChunkStore
+from pipeline import metrics as pm
+from pipeline.io import read_structures
+from pipeline.ranking import rank
+from pipeline.report import screen_report
+from pipeline.writers import write_passing, write_screen_table
+
+folder, out = Path(sys.argv[1]), Path(sys.argv[2])
+records = read_structures(folder, min_distance=0.0).records
+molecules = [r for r in records if r.lattice is None]
+crystals = [r for r in records if r.lattice is not None]
+mol_rows = pm.check_molecule_records(molecules, posebusters=True)
+cry_rows = pm.check_crystal_records(crystals)
+store = ChunkStore(out, flows.screen.check_molecules_task)
+key = store.key({"chunk": molecules})
+assert store.save(key, mol_rows) and store.load(key)[0]
+rows = rank(mol_rows) + rank(cry_rows)
+metrics = {
+    "molecules": pm.molecule_set_metrics(mol_rows, None),
+    "crystals": pm.crystal_set_metrics(cry_rows, None, None, None),
+    "n_read_rejects": 0,
+}
+write_screen_table(out / "screen.csv", rows)
+write_passing(out / "passing", rows)
+screen_report(out, rows, metrics, None)
+print(sorted(m for m in ("torch", "torch_geometric") if m in sys.modules))
+"""
+
+
+def test_screening_loads_neither_torch_nor_pyg(tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    write(folder / "water.xyz", molecule("H2O"))
+    Structure(Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]]).to(
+        filename=str(folder / "salt.cif")
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", SCREEN_WITHOUT_TORCH, str(folder), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+    assert (tmp_path / "out" / "passing").is_dir()
+
+
 def _perovskites(n: int) -> list[Structure]:
     """``n`` cubic perovskites of two compositions and growing cells."""
     frac = [[0, 0, 0], [0.5, 0.5, 0.5], [0.5, 0.5, 0], [0.5, 0, 0.5], [0, 0.5, 0.5]]
@@ -473,7 +530,7 @@ def test_screen_ranks_filters_and_writes_the_relaxed_structures(
     assert "- `sa<=7` removed 1" in report and (out / "plots" / "top_molecules.png").exists()
     assert "## Relaxed molecules (GFN2-xTB)" in report and "## Relaxed crystals (CHGNet)" in report
 
-    assert list((out / ".chunks").glob("*.pt"))  # relaxations stored with the rows
+    assert list((out / ".chunks").glob("*.npz"))  # relaxations stored with the rows
     before = (out / "relaxed" / "molecules" / "samples.sdf").read_text()
     (out / "relaxed" / "molecules" / "samples.sdf").unlink()
     assert screen_flow(config) == metrics
