@@ -87,16 +87,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs per command and version")
     parser.add_argument("--before", default=None, help="git ref of the old code (merge base)")
     args = parser.parse_args()
-    before_ref = (
-        args.before
-        or subprocess.run(
-            ["git", "merge-base", "HEAD", "main"],
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout.strip()
-    )
+    git = ["rev-parse", args.before] if args.before else ["merge-base", "HEAD", "main"]
+    before_ref = subprocess.run(  # a commit, so the table names what it ran
+        ["git", *git], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
     from _report import write_section
 
@@ -164,7 +158,7 @@ def main() -> None:
     write_section(
         "startup",
         "Command start-up: help and a one-molecule screen",
-        f"python benchmarks/bench_startup.py --repeats {args.repeats}",
+        f"python benchmarks/bench_startup.py --repeats {args.repeats} --before {before_ref[:10]}",
         body,
     )
     print(body)
