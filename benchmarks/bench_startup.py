@@ -5,9 +5,11 @@ with two copies of the code in the same Python environment, alternating, so that
 same machine load: "before" is ``--before REF`` exported with ``git archive`` (default: the
 merge base with ``main``), "after" is this checkout. The screen runs twice: with no Prefect
 server configured (each command gets a temporary one) and with ``PREFECT_API_URL`` pointing at a
-running local ``prefect server start``. Both use a fresh ``PREFECT_HOME`` migrated by a warm-up
-run that is not counted. Medians of ``--repeats`` runs; the ratio is before / after. Writes the
-``startup`` section of BENCHMARKS.md.
+running local ``prefect server start`` (what ``ldsm server start`` runs). Both use a fresh
+``PREFECT_HOME`` migrated by a warm-up run that is not counted. Prefect's own floor is timed in
+the same run: a script with one flow calling one task and no ``ldsm`` code, against a temporary
+server (Prefect's own) and against the running one. Medians of ``--repeats`` runs; the ratio is
+before / after. Writes the ``startup`` section of BENCHMARKS.md.
 
     .venv/bin/python benchmarks/bench_startup.py [--repeats 3] [--before main]
 """
@@ -28,6 +30,21 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 WATER = "3\nwater\nO 0.0 0.0 0.1173\nH 0.0 0.7572 -0.4692\nH 0.0 -0.7572 -0.4692\n"
+FLOOR = """from prefect import flow, task
+
+
+@task
+def add_one(x):
+    return x + 1
+
+
+@flow
+def floor():
+    return add_one(1)
+
+
+floor()
+"""
 
 
 def _export(ref: str, folder: Path) -> Path:
@@ -40,11 +57,12 @@ def _export(ref: str, folder: Path) -> Path:
     return folder
 
 
-def _timed(code: Path, argv: list[str], env: dict) -> float:
-    """Wall seconds of ``python -m flows.cli ARGV`` run from ``code``; fails loudly on error."""
+def _timed(code: Path, argv: list[str], env: dict, command: tuple = ("-m", "flows.cli")) -> float:
+    """Wall seconds of ``python -m flows.cli ARGV`` (or ``python COMMAND ARGV``) run from
+    ``code``; fails loudly on error."""
     started = time.perf_counter()
     done = subprocess.run(
-        [sys.executable, "-m", "flows.cli", *argv],
+        [sys.executable, *command, *argv],
         cwd=code,
         env={**env, "PYTHONPATH": str(code)},
         capture_output=True,
@@ -98,6 +116,8 @@ def main() -> None:
     versions = {"before": _export(before_ref, tmp / "before"), "after": ROOT}
     water = tmp / "water.xyz"
     water.write_text(WATER)
+    floor = tmp / "floor.py"
+    floor.write_text(FLOOR)
     home = tmp / "prefect"
     home.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
@@ -115,6 +135,11 @@ def main() -> None:
         ("`ldsm screen water.xyz`, a local server running", ["screen", str(water)], True),
     ]
     times = {(case, v): [] for case, _, _ in cases for v in versions}
+    floors = {
+        "no server configured (Prefect's temporary server)": False,
+        "a local server running": True,
+    }
+    floor_times = {case: [] for case in floors}
     server, url = _server(home, env)
     try:
         for name, code in versions.items():  # warm-up: migrations, caches, bytecode
@@ -127,6 +152,9 @@ def main() -> None:
                     out = ["--out", str(tmp / f"out{run}")] if with_server is not None else []
                     case_env = {**env, "PREFECT_API_URL": url} if with_server else env
                     times[(case, name)].append(_timed(code, argv + out, case_env))
+            for case, with_server in floors.items():
+                case_env = {**env, "PREFECT_API_URL": url} if with_server else env
+                floor_times[case].append(_timed(tmp, [], case_env, command=(str(floor),)))
     finally:
         server.terminate()
         server.wait(30)
@@ -137,6 +165,9 @@ def main() -> None:
         b = statistics.median(times[(case, "before")])
         a = statistics.median(times[(case, "after")])
         rows.append(f"| {case} | {b:.2f} | {a:.2f} | {b / a:.1f}x |")
+    floor_rows = ["| Prefect flow with one task, no ldsm code | seconds |", "| --- | --- |"]
+    for case, seconds in floor_times.items():
+        floor_rows.append(f"| {case} | {statistics.median(seconds):.2f} |")
     body = (
         f"Wall time of a fresh `python -m flows.cli` process to its exit, median of "
         f"{args.repeats} runs per cell, before (`{before_ref[:10]}`) and after (this checkout) "
@@ -144,9 +175,12 @@ def main() -> None:
         "configured': the command's temporary server (`flows.api_server`'s, started while the "
         "command imports its libraries, where the version has it; else Prefect's own). 'A local "
         "server running': "
-        "`PREFECT_API_URL` set to a `prefect server start` on this machine. Screen with its "
+        "`PREFECT_API_URL` set to a `prefect server start` on this machine (what `ldsm server "
+        "start` runs, and what a command then finds by itself). Screen with its "
         f"defaults (PoseBusters on). 1-minute load average {load[0]:.1f} at the start, "
         f"{load[1]:.1f} at the end (the machine is shared).\n\n" + "\n".join(rows) + "\n\n"
+        "Prefect's own floor, timed in the same run (a script with one `@flow` calling one "
+        "`@task`, medians):\n\n" + "\n".join(floor_rows) + "\n\n"
         "`--help` imports only argparse (the options live in `flows/cli_*.py`; "
         "`tests/test_cli.py` holds their defaults equal to the configs'). A screen imports "
         "neither torch nor torch_geometric (its records are numpy `pipeline.structures.Record`s "

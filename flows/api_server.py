@@ -3,9 +3,10 @@
 Order of choice (:func:`choose_api`):
 
 1. ``PREFECT_API_URL`` from the environment or from the active Prefect profile: used as it is;
-2. a Prefect server already answering on ``http://127.0.0.1:4200`` (the README's
-   ``prefect server start``): used, and the command says so in one line. ``LDSM_PREFECT_SERVER=temporary``
-   skips this look-up;
+2. a Prefect server already answering: the one ``ldsm server start`` recorded in
+   ``$PREFECT_HOME/ldsm-background-server.json`` (:mod:`flows.server`), else one on
+   ``http://127.0.0.1:4200`` (the README's ``prefect server start``); used, and the command says
+   so in one line. ``LDSM_PREFECT_SERVER=temporary`` skips this look-up;
 3. otherwise a temporary server, a child of the command (:class:`TemporaryServer`).
 
 Why not Prefect's own temporary server: it waits 20 s at most (two of three commands started
@@ -37,6 +38,10 @@ from pathlib import Path
 
 LOCAL_API = "http://127.0.0.1:4200/api"
 DEFAULT_TIMEOUT = 180.0
+BACKGROUND_RECORD = "ldsm-background-server.json"  # written by ``ldsm server start``
+BACKGROUND_LOG = "ldsm-background-server.log"
+# A busy server can take a second to answer; where nothing listens the look-up fails at once.
+LOOKUP_TIMEOUT = 2.0
 _PR_SET_PDEATHSIG = 1
 
 
@@ -44,8 +49,24 @@ class ServerError(RuntimeError):
     """The temporary Prefect server did not start (the message says why)."""
 
 
-def _prefect_home() -> Path:
+def prefect_home() -> Path:
+    """``$PREFECT_HOME`` (default ``~/.prefect``): Prefect's database, and the servers' logs."""
     return Path(os.environ.get("PREFECT_HOME", Path.home() / ".prefect")).expanduser()
+
+
+def server_timeout() -> float:
+    """Seconds to wait for a server to answer: ``LDSM_SERVER_TIMEOUT``, default 180."""
+    return float(os.environ.get("LDSM_SERVER_TIMEOUT", DEFAULT_TIMEOUT))
+
+
+def background_server() -> dict | None:
+    """``{"pid", "api_url", "log"}`` of the server ``ldsm server start`` recorded for this
+    ``PREFECT_HOME`` (it may have exited since), or None."""
+    try:
+        record = json.loads((prefect_home() / BACKGROUND_RECORD).read_text())
+        return {"pid": int(record["pid"]), "api_url": str(record["api_url"]), "log": record["log"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def configured_api_url() -> str | None:
@@ -53,7 +74,7 @@ def configured_api_url() -> str | None:
     ``profiles.toml`` (what ``prefect config set PREFECT_API_URL=...`` writes), else None."""
     if os.environ.get("PREFECT_API_URL"):
         return os.environ["PREFECT_API_URL"]
-    path = Path(os.environ.get("PREFECT_PROFILES_PATH", _prefect_home() / "profiles.toml"))
+    path = Path(os.environ.get("PREFECT_PROFILES_PATH", prefect_home() / "profiles.toml"))
     try:
         profiles = tomllib.loads(path.expanduser().read_text())
     except (OSError, tomllib.TOMLDecodeError):
@@ -103,10 +124,8 @@ class TemporaryServer:
     """
 
     def __init__(self, timeout: float | None = None, log: Path | None = None):
-        self.timeout = float(os.environ.get("LDSM_SERVER_TIMEOUT", DEFAULT_TIMEOUT))
-        if timeout is not None:
-            self.timeout = timeout
-        self.log = log or _prefect_home() / "ldsm-server.log"
+        self.timeout = server_timeout() if timeout is None else timeout
+        self.log = log or prefect_home() / "ldsm-server.log"
         self.process: subprocess.Popen | None = None
         self.port: int | None = None
         self.started = 0.0
@@ -194,12 +213,16 @@ def choose_api(temporary: bool = True) -> tuple[str | None, TemporaryServer | No
     url = configured_api_url()
     if url:
         return url, None, None
-    if os.environ.get("LDSM_PREFECT_SERVER", "auto") != "temporary" and healthy(LOCAL_API, 0.3):
-        note = (
-            f"using the Prefect server running at {LOCAL_API} "
-            "(set PREFECT_API_URL to choose one, or LDSM_PREFECT_SERVER=temporary)"
-        )
-        return LOCAL_API, None, note
+    if os.environ.get("LDSM_PREFECT_SERVER", "auto") != "temporary":
+        record = background_server()
+        recorded = [record["api_url"]] if record else []
+        for running in dict.fromkeys(recorded + [LOCAL_API]):
+            if healthy(running, LOOKUP_TIMEOUT):
+                note = (
+                    f"using the Prefect server running at {running} "
+                    "(set PREFECT_API_URL to choose one, or LDSM_PREFECT_SERVER=temporary)"
+                )
+                return running, None, note
     if not temporary:
         return None, None, None
     return None, TemporaryServer().start(), None

@@ -30,7 +30,7 @@ from importlib import metadata
 
 from flows.cli_data import add_ingest, add_screen
 from flows.cli_options import HelpFormatter, Parser, join_expression_values
-from flows.cli_sample import add_design, add_generate, add_serve
+from flows.cli_sample import add_design, add_generate, add_serve, add_server
 from flows.cli_train import add_demo, add_train
 
 # Commands whose flows report to a Prefect API (demo is no flow; serve needs a real server).
@@ -53,6 +53,7 @@ COMMANDS = {
     "screen": add_screen,
     "design": add_design,
     "serve": add_serve,
+    "server": add_server,
 }
 
 

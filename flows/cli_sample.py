@@ -1,5 +1,5 @@
-"""The ``ldsm generate``, ``ldsm design`` and ``ldsm serve`` parsers and the sampler options they
-share, with the one place that turns those options into a ``SamplerConfig`` (:func:`sampler_config`).
+"""The ``ldsm generate``, ``ldsm design``, ``ldsm serve`` and ``ldsm server`` parsers and the
+sampler options they share, with the one place that turns those options into a ``SamplerConfig`` (:func:`sampler_config`).
 The defaults written here are the configs' own (``tests/test_cli.py`` holds them equal)."""
 
 from __future__ import annotations
@@ -236,3 +236,22 @@ def add_serve(sub) -> None:
         help="leave the schedule active when serving stops (for a supervised, restarting serve)",
     )
     add_design_options(parser)
+
+
+def add_server(sub) -> None:
+    """The ``ldsm server`` parser (``flows.server``)."""
+    parser = sub.add_parser(
+        "server",
+        help="start, stop or query a local Prefect server that outlives the command",
+        description=(
+            "Start a Prefect server (with its UI) on 127.0.0.1 in the background, stop it, or "
+            "say whether it answers. While it runs, every ldsm command with the same "
+            "PREFECT_HOME reports to it and starts faster than with a temporary server."
+        ),
+        epilog="example: ldsm server start && ldsm screen samples/ --out runs/screen\n"
+        "         ldsm server stop",
+    )
+    parser.add_argument("action", choices=("start", "stop", "status"), help="what to do")
+    parser.add_argument(
+        "--port", type=positive_int, default=4200, help="port on 127.0.0.1 (start only)"
+    )

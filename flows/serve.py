@@ -2,6 +2,7 @@
 
 ``ldsm serve --cron "0 3 * * *" [--name nightly] [--config RUN/config.json | DESIGN OPTIONS]``
 registers the deployment ``design/<name>`` with the Prefect API that ``PREFECT_API_URL`` names
+(or the running server that ``flows.api_server.choose_api`` finds, e.g. ``ldsm server start``'s)
 and keeps running, starting each scheduled (or manually triggered) run in a subprocess of this
 process; Ctrl-C stops serving and pauses the schedule. The design parameters come from
 ``--config`` (a ``DesignConfig`` as JSON, e.g. the ``config.json`` a design run writes) or from
@@ -87,9 +88,8 @@ def run(args) -> int:
     """``ldsm serve``: checks the API and the options, then serves until stopped."""
     if not (configured_api_url() or api_in_process()):
         raise UsageError(
-            "serving needs a Prefect server that outlives this command: start one "
-            "(prefect server start --host 127.0.0.1 --port 4200) and set "
-            "PREFECT_API_URL=http://127.0.0.1:4200/api"
+            "serving needs a Prefect server that outlives this command: start one with "
+            "`ldsm server start` (or set PREFECT_API_URL to a running one)"
         )
     try:
         parameters = parameters_from_args(args)

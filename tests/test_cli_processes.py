@@ -1,5 +1,6 @@
 """Commands as processes: a run owns its folder, the Prefect server of a command (started,
-retried, never left behind), stopping a command by signal, loopback-only Dask, a quiet console.
+retried, never left behind), the background server of ``ldsm server`` (it outlives its command
+and serves the next), stopping a command by signal, loopback-only Dask, a quiet console.
 
 Each test runs ``ldsm`` in a real subprocess against a temporary Prefect server on the test
 session's PREFECT_HOME (tests/conftest.py).
@@ -8,9 +9,12 @@ session's PREFECT_HOME (tests/conftest.py).
 from __future__ import annotations
 
 import csv
+import json
 import os
+import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -142,6 +146,78 @@ def test_the_api_url_comes_from_the_environment_or_the_active_profile(tmp_path, 
     assert api_server.configured_api_url() == "http://127.0.0.1:4300/api"
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4400/api")
     assert api_server.configured_api_url() == "http://127.0.0.1:4400/api"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _screen_runs(api_url: str) -> int:
+    body = json.dumps({"flows": {"name": {"any_": ["screen"]}}}).encode()
+    request = urllib.request.Request(
+        f"{api_url}/flow_runs/count", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.load(response)
+
+
+def test_a_background_server_outlives_its_command_and_serves_the_next(tmp_path, prefect_home):
+    import psutil
+
+    env = _screen_env(prefect_home)
+    del env["LDSM_PREFECT_SERVER"]  # the look-up of a running server is on
+    port = _free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    water = tmp_path / "water.xyz"
+    write(water, molecule("H2O"))
+    try:
+        started = ldsm("server", "start", "--port", str(port), env=env)
+        assert started.returncode == 0, started.stderr
+        assert f"runs at http://127.0.0.1:{port} " in started.stdout
+        pid = json.loads((prefect_home / "ldsm-background-server.json").read_text())["pid"]
+        assert psutil.pid_exists(pid)  # it outlived `ldsm server start`
+        assert ldsm("server", "status", env=env).returncode == 0
+        again = ldsm("server", "start", "--port", str(port), env=env)
+        assert again.returncode == 0 and "already running" in again.stdout
+        before = _screen_runs(api_url)
+        done = ldsm("screen", str(water), "--out", str(tmp_path / "out"), env=env)
+        assert done.returncode == 0, done.stderr
+        assert f"using the Prefect server running at {api_url}" in done.stderr
+        assert _screen_runs(api_url) == before + 1  # the run is in that server's database
+    finally:
+        stopped = ldsm("server", "stop", env=env)
+    assert stopped.returncode == 0 and f"stopped the Prefect server at {api_url}" in stopped.stdout
+    psutil.wait_procs([psutil.Process(pid)] if psutil.pid_exists(pid) else [], timeout=30)
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    status = ldsm("server", "status", env=env)
+    assert status.returncode == 1 and "none started" in status.stdout
+
+
+def test_a_stale_background_record_is_not_used(tmp_path, monkeypatch):
+    from flows import api_server, server
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("LDSM_PREFECT_SERVER", raising=False)
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    monkeypatch.setenv("PREFECT_PROFILES_PATH", str(tmp_path / "profiles.toml"))
+    dead = _dead_pid()
+    url = f"http://127.0.0.1:{_free_port()}/api"  # nothing listens there
+    record = {"pid": dead, "api_url": url, "log": str(tmp_path / "log")}
+    (tmp_path / api_server.BACKGROUND_RECORD).write_text(json.dumps(record))
+    assert api_server.background_server() == record
+    assert server.status() == 1
+    if not api_server.healthy(api_server.LOCAL_API):  # no server of the user's on 4200
+        assert api_server.choose_api(temporary=False) == (None, None, None)
+    assert server.stop() == 0 and api_server.background_server() is None
+
+
+def _dead_pid() -> int:
+    """The pid of a process that has exited (and been reaped)."""
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
 
 
 def test_local_dask_cluster_listens_on_loopback_only():
