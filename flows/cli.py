@@ -153,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 # The retry moved the server to another port.
                 stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
             console.quiet_libraries(args.debug)
+            stack.enter_context(_heartbeats_as_configured())
             return int(module.run(args) or 0)
     except KeyboardInterrupt as stop:
         name = "SIGTERM" if isinstance(stop, _Stop) else "Ctrl-C"
@@ -196,6 +197,28 @@ def _drain_prefect(timeout: float) -> None:
 
     for worker in (APILogWorker, EventsWorker):
         worker.drain_all(timeout=timeout)
+
+
+def _heartbeats_as_configured() -> contextlib.AbstractContextManager:
+    """Prefect's flow-run heartbeats off unless the user set their frequency.
+
+    Prefect 3.9 emits one every 180 s by default from a thread that sleeps in 1 s steps, and the
+    end of every flow run waits for that sleep: 0.9 s of a 1.2 s one-task flow here (BENCHMARKS
+    ``startup``). Heartbeats only serve an automation that marks silent runs Crashed, which a
+    self-hosted user creates after setting ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (Prefect's
+    "How to detect and respond to zombie flows"); a frequency set in the environment or the
+    profile is kept."""
+    if "prefect" not in sys.modules:
+        return contextlib.nullcontext()
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+        return contextlib.nullcontext()
+    return temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def api_in_process() -> str | None:

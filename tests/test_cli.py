@@ -106,6 +106,16 @@ def test_every_option_shows_its_default_and_serve_has_a_description(capsys):
     assert "Register the deployment design/NAME" in text and "(default: 0 3 * * *)" in text
 
 
+def test_prefect_heartbeats_are_off_unless_their_frequency_is_set():
+    from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY as FREQUENCY
+    from prefect.settings import get_current_settings, temporary_settings
+
+    with cli._heartbeats_as_configured():
+        assert get_current_settings().flows.heartbeat_frequency is None
+    with temporary_settings({FREQUENCY: 60}), cli._heartbeats_as_configured():
+        assert get_current_settings().flows.heartbeat_frequency == 60
+
+
 def test_training_options_build_the_loss_config():
     """--preconditioning edm gives the output weight to exact DSM only (local-DSM keeps the VP
     weight: its target's noise does not vanish at t -> 1); --sim-mode / --sim-budget reach it."""
