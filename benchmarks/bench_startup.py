@@ -185,9 +185,11 @@ def main() -> None:
         "`tests/test_cli.py` holds their defaults equal to the configs'). A screen imports "
         "neither torch nor torch_geometric (its records are numpy `pipeline.structures.Record`s "
         "and its chunks `.npz` files; `tests/test_screen_flow.py` holds it) and draws its plots "
-        "without pyplot. What remains: Prefect's import and flow-run calls, the temporary "
-        "server where none runs, and the libraries the outputs need (ASE, which imports SciPy, "
-        "for XYZ; PoseBusters; matplotlib)."
+        "without pyplot, and Prefect's flow-run heartbeats are off unless their frequency is "
+        "set (the end of each run waited up to 1 s for their thread; the floor script keeps "
+        "Prefect's default). What remains: Prefect's import and flow-run calls (the floor), "
+        "the temporary server where none runs, and the libraries the outputs need (ASE, which "
+        "imports SciPy, for XYZ; PoseBusters; matplotlib)."
     )
     write_section(
         "startup",

@@ -54,7 +54,12 @@ def start(port: int) -> int:
         return 0
     api_url = f"http://127.0.0.1:{port}/api"
     if A.healthy(api_url, timeout=2.0):
-        print(f"ldsm server: a Prefect server already answers at {api_url}; ldsm commands use it")
+        found = (
+            "ldsm commands use it"
+            if api_url == A.LOCAL_API
+            else f"set PREFECT_API_URL={api_url} for ldsm commands to use it"
+        )
+        print(f"ldsm server: a Prefect server already answers at {api_url}; {found}")
         return 0
     log = A.prefect_home() / A.BACKGROUND_LOG
     log.parent.mkdir(parents=True, exist_ok=True)
