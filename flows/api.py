@@ -69,10 +69,13 @@ def prefect_api() -> Iterator[str]:
         logging.getLogger("ldsm").info(note)
     try:
         url = url or server.wait()
-        with temporary_settings({PREFECT_API_URL: url}):
+        with temporary_settings({PREFECT_API_URL: url}), api_server.heartbeats_as_configured():
             yield url
     finally:
         if server is not None:
+            # Logs and events still queued go out while the server lives: once it is gone,
+            # Prefect retries them for over a minute with a page of errors each time.
+            api_server.drain_prefect(timeout=10)
             server.stop()
 
 

@@ -17,11 +17,14 @@ then stops the server last, not first) and asks the kernel to send it SIGTERM wh
 dies (``PR_SET_PDEATHSIG``), so no orphan is left behind. It is started before the command imports
 torch and RDKit, so its start-up overlaps theirs.
 
-Nothing here imports Prefect: the API URL must be in the environment before Prefect is imported.
+Nothing here imports Prefect (the API URL must be in the environment before Prefect is imported)
+except :func:`drain_prefect` and :func:`heartbeats_as_configured`, which act on a Prefect
+already imported.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import importlib.util
 import json
@@ -226,3 +229,37 @@ def choose_api(temporary: bool = True) -> tuple[str | None, TemporaryServer | No
     if not temporary:
         return None, None, None
     return None, TemporaryServer().start(), None
+
+
+def drain_prefect(timeout: float) -> None:
+    """Send the logs and events still queued to the API while the temporary server lives
+    (after it stops, Prefect retries them for over a minute at exit)."""
+    if "prefect" not in sys.modules:
+        return
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    for worker in (APILogWorker, EventsWorker):
+        worker.drain_all(timeout=timeout)
+
+
+def heartbeats_as_configured() -> contextlib.AbstractContextManager:
+    """Prefect's flow-run heartbeats off unless the user set their frequency.
+
+    Prefect 3.9 emits one every 180 s by default from a thread that sleeps in 1 s steps, and the
+    end of every flow run waits for that sleep: 0.9 s of a 1.2 s one-task flow here (BENCHMARKS
+    ``startup``). Heartbeats only serve an automation that marks silent runs Crashed, which a
+    self-hosted user creates after setting ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (Prefect's
+    "How to detect and respond to zombie flows"); a frequency set in the environment or the
+    profile is kept."""
+    if "prefect" not in sys.modules:
+        return contextlib.nullcontext()
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
+        return contextlib.nullcontext()
+    return temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})

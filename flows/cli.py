@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                 # The retry moved the server to another port.
                 stack.enter_context(temporary_settings({PREFECT_API_URL: server.api_url}))
             console.quiet_libraries(args.debug)
-            stack.enter_context(_heartbeats_as_configured())
+            stack.enter_context(api_server.heartbeats_as_configured())
             return int(module.run(args) or 0)
     except KeyboardInterrupt as stop:
         name = "SIGTERM" if isinstance(stop, _Stop) else "Ctrl-C"
@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(line, file=sys.stderr, flush=True)
         code = 143 if isinstance(stop, _Stop) else 130
         if server is not None:
-            _drain_prefect(timeout=2)
+            api_server.drain_prefect(timeout=2)
             server.stop()
         sys.stdout.flush()
         # Worker threads may be in the middle of a chunk for minutes; what finished is saved.
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         if server is not None:
-            _drain_prefect(timeout=10)
+            api_server.drain_prefect(timeout=10)
             server.stop()
         if saved_ui:
             os.environ.pop("PREFECT_UI_URL", None)
@@ -185,40 +185,6 @@ def main(argv: list[str] | None = None) -> int:
             os.environ.pop("PREFECT_API_URL", None)
         else:
             os.environ["PREFECT_API_URL"] = env_before
-
-
-def _drain_prefect(timeout: float) -> None:
-    """Send the logs and events still queued to the API while the temporary server lives
-    (after it stops, Prefect retries them for over a minute at exit)."""
-    if "prefect" not in sys.modules:
-        return
-    from prefect.events.worker import EventsWorker
-    from prefect.logging.handlers import APILogWorker
-
-    for worker in (APILogWorker, EventsWorker):
-        worker.drain_all(timeout=timeout)
-
-
-def _heartbeats_as_configured() -> contextlib.AbstractContextManager:
-    """Prefect's flow-run heartbeats off unless the user set their frequency.
-
-    Prefect 3.9 emits one every 180 s by default from a thread that sleeps in 1 s steps, and the
-    end of every flow run waits for that sleep: 0.9 s of a 1.2 s one-task flow here (BENCHMARKS
-    ``startup``). Heartbeats only serve an automation that marks silent runs Crashed, which a
-    self-hosted user creates after setting ``PREFECT_FLOWS_HEARTBEAT_FREQUENCY`` (Prefect's
-    "How to detect and respond to zombie flows"); a frequency set in the environment or the
-    profile is kept."""
-    if "prefect" not in sys.modules:
-        return contextlib.nullcontext()
-    from prefect.settings import (
-        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-        get_current_settings,
-        temporary_settings,
-    )
-
-    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
-        return contextlib.nullcontext()
-    return temporary_settings({PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None})
 
 
 def api_in_process() -> str | None:

@@ -18,7 +18,7 @@ import pytest
 from ase.build import molecule
 from ase.io import write
 
-from flows import cli, cli_data, cli_options, cli_sample, cli_train
+from flows import api_server, cli, cli_data, cli_options, cli_sample, cli_train
 from models.config import CSPNetConfig, EGNNConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,9 +110,9 @@ def test_prefect_heartbeats_are_off_unless_their_frequency_is_set():
     from prefect.settings import PREFECT_FLOWS_HEARTBEAT_FREQUENCY as FREQUENCY
     from prefect.settings import get_current_settings, temporary_settings
 
-    with cli._heartbeats_as_configured():
+    with api_server.heartbeats_as_configured():
         assert get_current_settings().flows.heartbeat_frequency is None
-    with temporary_settings({FREQUENCY: 60}), cli._heartbeats_as_configured():
+    with temporary_settings({FREQUENCY: 60}), api_server.heartbeats_as_configured():
         assert get_current_settings().flows.heartbeat_frequency == 60
 
 
