@@ -29,7 +29,7 @@ from pathlib import Path
 from flows import api_server, console, lock
 from flows.design import DesignConfig, check_design
 from flows.design import design as design_flow
-from flows.generate import check_checkpoint, check_sampler, generate_flow
+from flows.generate import check_checkpoint, check_compositions, check_sampler, generate_flow
 from flows.screen import ScreenConfig, input_error, screen_flow
 from flows.train import train_flow
 from pipeline.generate import GenerateConfig
@@ -107,10 +107,12 @@ def generate(
 ) -> Run:
     """``ldsm generate --checkpoint CHECKPOINT --out OUT``: samples ``config.n`` structures of
     the trained model into ``out`` (``samples.sdf`` / ``.cif``) with ``threads`` torch threads.
-    Raises :class:`UsageError` for a file that is not a trained checkpoint or a sampler the
+    Raises :class:`UsageError` for a file that is not a trained checkpoint, compositions for a
+    model that does not predict structures (or none for one that does), or a sampler the
     model cannot use."""
     config = config or GenerateConfig(**options)
     trained = check_checkpoint(str(checkpoint))
+    check_compositions(config.compositions is not None, trained, str(checkpoint))
     check_sampler(config.sampler.kind, trained, config.sampler.corrector)
     with _owned(out):
         metrics = generate_flow(str(checkpoint), config, str(out), threads)

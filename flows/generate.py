@@ -190,6 +190,24 @@ def check_sampler(kind: str, trained: Trained, corrector: float = 0.0) -> None:
         )
 
 
+def check_compositions(given: bool, trained: Trained, checkpoint: str) -> None:
+    """Refuse ``--composition(s)`` for a model that does not predict structures (a molecule
+    model, a de novo crystal model), and a structure-prediction model without them."""
+    config = trained.recipe.config
+    csp = config.kind == "crystal" and config.types == "given"
+    if given and not csp:
+        what = "molecule" if config.kind == "molecule" else "de novo crystal"
+        raise UsageError(
+            f"--composition(s): {checkpoint} is a {what} model; compositions need a "
+            "structure-prediction model (`ldsm train --csp`, e.g. models/weights/perov-5_csp.pt)"
+        )
+    if csp and not given:
+        raise UsageError(
+            f"--checkpoint {checkpoint}: a structure-prediction model; give the compositions "
+            "to predict with --composition FORMULA or --compositions FILE"
+        )
+
+
 def check_num_atoms(num_atoms, trained: Trained) -> None:
     """Refuse a ``--num-atoms`` range in which the model saw no training structure (it would
     draw from nothing)."""
@@ -201,9 +219,13 @@ def check_num_atoms(num_atoms, trained: Trained) -> None:
 
 
 def check(args: argparse.Namespace) -> None:
-    """``ldsm generate``'s checks before the flow: the compositions parse, the checkpoint loads,
-    the sampler suits it, a ``--num-atoms`` range holds training sizes."""
-    trained = check_checkpoint(checkpoint_of(args, compositions_of(args) is not None))
+    """``ldsm generate``'s checks before the flow: the compositions parse, the checkpoint loads
+    and predicts structures exactly when compositions are given, the sampler suits it, a
+    ``--num-atoms`` range holds training sizes."""
+    given = compositions_of(args) is not None
+    checkpoint = checkpoint_of(args, given)
+    trained = check_checkpoint(checkpoint)
+    check_compositions(given, trained, checkpoint)
     check_sampler(args.sampler, trained, args.corrector)
     check_num_atoms(args.num_atoms, trained)
 

@@ -263,6 +263,24 @@ def test_a_corrector_for_a_molecule_model_is_refused_in_one_line(tmp_path):
         check_sampler("sde", trained, 0.4)
 
 
+def test_compositions_go_with_structure_prediction_models_only(tmp_path, prefect_home):
+    from flows.generate import check_compositions
+    from pipeline.recipes import load_trained
+
+    weights = ROOT / "models" / "weights"
+    csp = load_trained(weights / "perov-5_csp.pt")
+    check_compositions(True, csp, "perov-5_csp.pt")
+    with pytest.raises(cli_usage_error(), match="give the compositions to predict"):
+        check_compositions(False, csp, "perov-5_csp.pt")
+    with pytest.raises(cli_usage_error(), match="is a de novo crystal model"):
+        check_compositions(True, load_trained(weights / "perov-5_cspnet.pt"), "perov-5_cspnet.pt")
+    argv = ["generate", "--checkpoint", str(weights / "qm9_egnn.pt"), "--composition", "C6H6"]
+    done = ldsm(*argv, "--n", "2", "--out", str(tmp_path / "g"), env=_screen_env(prefect_home))
+    assert done.returncode == 2, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("ldsm generate: error: --composition(s): ") and "molecule model" in line
+
+
 def test_checkpoint_problems_name_the_file(tmp_path, capsys, prefect_harness):
     good = _molecule_checkpoint(tmp_path / "m.pt")
     empty = tmp_path / "empty.pt"
