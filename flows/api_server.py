@@ -39,6 +39,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+from flows.interrupt import unblock_in_child
+
 LOCAL_API = "http://127.0.0.1:4200/api"
 DEFAULT_TIMEOUT = 180.0
 BACKGROUND_RECORD = "ldsm-background-server.json"  # written by ``ldsm server start``
@@ -103,10 +105,11 @@ def _free_port() -> int:
 
 
 def _die_with_parent(parent: int):
-    """A ``preexec_fn``: SIGTERM to the child when ``parent`` dies (Linux), and exit at once
-    when the parent is already gone (it died between fork and this call)."""
+    """A ``preexec_fn``: SIGINT unblocked, SIGTERM to the child when ``parent`` dies (Linux),
+    and exit at once when the parent is already gone (it died between fork and this call)."""
 
     def preexec() -> None:
+        unblock_in_child()  # the command may hold SIGINT blocked (flows.interrupt)
         try:
             ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
         except (OSError, AttributeError):  # not Linux: the command stops it on exit instead

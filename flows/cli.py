@@ -14,7 +14,8 @@ Around every command, :func:`main`:
 - chooses the Prefect API (``flows.api_server``: the configured one, a running local server, or
   a temporary server that dies with the command);
 - turns SIGTERM into the same clean stop as Ctrl-C: one line saying what was saved, exit code
-  130 (SIGINT) or 143 (SIGTERM), within seconds.
+  130 (SIGINT) or 143 (SIGTERM), within seconds; Ctrl-C reaches a flow command even while
+  RDKit runs in its threads (:mod:`flows.interrupt`).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     args.explicit = explicit_options(parser, args.command, argv)
     prog = f"ldsm {args.command}"
 
-    from flows import api_server, console
+    from flows import api_server, console, interrupt
 
     console.quiet_environment()
     env_before = os.environ.get("PREFECT_API_URL")
@@ -126,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_stop)
     try:
         with contextlib.ExitStack() as stack:
+            if args.command in FLOW_COMMANDS:  # before any thread starts: they inherit it
+                stack.enter_context(interrupt.ctrl_c_to_main_thread())
             if args.command in FLOW_COMMANDS and rank0 and getattr(args, "out", None):
                 from flows import lock
 

@@ -11,9 +11,11 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -113,6 +115,38 @@ def test_sigterm_stops_a_screen_with_one_line_saying_what_was_kept(tmp_path, pre
     assert "Traceback" not in err
     gone, _ = psutil.wait_procs([server], timeout=30)
     assert server in gone
+
+
+def test_ctrl_c_stops_a_screen_while_rdkit_embeds_in_its_threads(tmp_path, prefect_home):
+    """PoseBusters' conformer embedding runs on two threads; RDKit's own SIGINT handler used to
+    be left installed (flows.interrupt) and the screen ran on to its end."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    names = ["CH4", "H2O", "NH3", "C2H6", "CH3OH", "HCN", "C6H6", "CO2", "CH3CH2OH", "C2H4"]
+    frames = []
+    for k in range(600):  # distinct poses: PoseBusters' verdict cache does not answer them
+        frame = molecule(names[k % len(names)])
+        frame.positions += rng.normal(0.0, 0.01, frame.positions.shape)
+        frames.append(frame)
+    write(tmp_path / "many.xyz", frames)
+    out = tmp_path / "out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flows.cli", "screen", str(tmp_path / "many.xyz")]
+        + ["--out", str(out), "--chunk-size", "20"],
+        cwd=ROOT,
+        env={**_screen_env(prefect_home), "LDSM_HOME": str(tmp_path / "ldsm")},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    while proc.poll() is None and len(list((out / ".chunks").glob("*.npz"))) < 2:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("ldsm screen: stopped by Ctrl-C; ")
+    assert len(list((out / ".chunks").glob("*.npz"))) < 30  # stopped, not run to its end
 
 
 def test_a_server_that_does_not_start_is_retried_then_one_line(tmp_path, prefect_home):
