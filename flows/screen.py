@@ -1,8 +1,9 @@
 """The ``screen`` flow: validate candidate molecules and crystals with the field's own checks.
 
 ``ldsm screen INPUT --out DIR [--reference REF] [--train-smiles FILE]`` reads INPUT (a file or
-folder of SDF / XYZ / extxyz / CIF / CDVAE CSV / POSCAR, compressed or not) with
-``pipeline.io.read_structures``, runs the checks of ``pipeline.molecule_checks`` and
+folder of SDF / XYZ / extxyz / CIF / CDVAE CSV / POSCAR, compressed or not; in a folder, the same
+structures written in two formats, as ``samples.sdf`` and ``samples.xyz``, are read once, and the
+log names the file not read) with ``pipeline.io.read_structures``, runs the checks of ``pipeline.molecule_checks`` and
 ``pipeline.crystal_checks`` on chunks in parallel (Prefect task mapping), ranks the candidates
 and writes into DIR:
 
@@ -207,6 +208,8 @@ def _screen(config: ScreenConfig, out: Path) -> dict:
     (out / "config.json").write_text(config.model_dump_json(indent=2))
 
     result = read_task(config.input)
+    for skipped in result.skipped:
+        _logger().info(f"not read: {skipped.file} ({skipped.reason})")
     molecules = [d for d in result.records if not is_crystal(d)]
     crystals = [d for d in result.records if is_crystal(d)]
 

@@ -39,6 +39,8 @@ import io
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
+
 from pipeline import structures as S
 from pipeline.ase_reader import read_vasp, read_xyz
 from pipeline.cif_reader import read_cdvae_csv, read_cif
@@ -100,6 +102,50 @@ def list_files(path: str | Path) -> list[Path]:
     )
 
 
+# Which of one set of structures written in several formats is kept (the first found here):
+# SDF keeps bonds and charges, CIF and extended XYZ keep cells alike.
+FORMAT_PREFERENCE = ("sdf", "cif", "xyz", "csv", "vasp")
+
+
+def format_siblings(files: Sequence[Path]) -> list[list[Path]]:
+    """Groups of two or more files of one folder whose names differ only in their format (and
+    compression) suffix (``samples.sdf`` and ``samples.xyz``, as ``ldsm generate`` and ``ldsm
+    design`` write them), each in the order of :data:`FORMAT_PREFERENCE`."""
+    groups: dict[tuple[Path, str], list[Path]] = {}
+    for file in files:
+        kind = file_format(file)
+        name = file.name[: -len(file.suffix)] if file.suffix.lower() in COMPRESSION else file.name
+        if kind is not None and Path(name).suffix:
+            groups.setdefault((file.parent, Path(name).stem), []).append(file)
+
+    def preference(file: Path) -> tuple[int, int]:
+        return FORMAT_PREFERENCE.index(file_format(file)), len(file.name)
+
+    return [sorted(group, key=preference) for group in groups.values() if len(group) > 1]
+
+
+def same_structures(a: ReadResult, b: ReadResult, atol: float = 1e-3) -> bool:
+    """Whether two files gave the same structures: no rejects, the same elements in the same
+    order and positions within ``atol`` Angstrom (a MOL block keeps 4 decimals); for crystals the
+    cell metric ``L L^T`` and the fractional coordinates (a CIF keeps lattice parameters, not
+    the orientation)."""
+    if a.rejects or b.rejects or len(a.records) != len(b.records):
+        return False
+    for x, y in zip(a.records, b.records, strict=True):
+        if S.is_crystal(x) != S.is_crystal(y) or not np.array_equal(x.z, y.z):
+            return False
+        if S.is_crystal(x):
+            lx, ly = (np.asarray(r.lattice, float).reshape(3, 3) for r in (x, y))
+            shift = np.asarray(x.frac, float) - np.asarray(y.frac, float)
+            if not np.allclose(lx @ lx.T, ly @ ly.T, atol=atol * 10) or not np.allclose(
+                shift - np.round(shift), 0.0, atol=atol
+            ):
+                return False
+        elif not np.allclose(np.asarray(x.pos, float), np.asarray(y.pos, float), atol=atol):
+            return False
+    return True
+
+
 def input_problems(path: str | Path) -> list[Reject]:
     """File-level problems of an input, found without parsing a record: a missing path, a folder
     without files, an unsupported file name, an unreadable, empty or binary file, a CSV without its
@@ -133,7 +179,10 @@ def read_structures(
     """Read a file or a folder of SDF / MOL / XYZ / extxyz / CIF / CDVAE CSV files.
 
     Returns every good record (``Record`` with the fields of :mod:`pipeline.keys`) in file order and
-    a Reject for every bad file or record; never raises on bad input. ``properties`` names the
+    a Reject for every bad file or record; never raises on bad input. In a folder, the same
+    structures written in several formats (files named alike, :func:`format_siblings`, whose
+    structures :func:`same_structures` finds equal) are kept once; the other files are in
+    ``skipped``. ``properties`` names the
     CSV columns that become ``y (1, P)``. Atoms closer than ``min_distance`` (Angstrom, default
     0.1: the same atom written twice) reject the record; a screening step that wants to judge
     such candidates itself passes ``min_distance=0``.
@@ -141,9 +190,19 @@ def read_structures(
     path = Path(path)
     if not path.exists():
         return ReadResult(rejects=[Reject(str(path), "", "no such file or folder")])
+    files = list_files(path)
+    results = {file: read_file(file, properties, min_distance) for file in files}
+    skipped = {}
+    for kept, *others in format_siblings(files) if path.is_dir() else []:
+        for other in others:
+            if same_structures(results[kept], results[other]):
+                skipped[other] = f"the same structures as {kept.name}, read from it"
     result = ReadResult()
-    for file in list_files(path):
-        result.extend(read_file(file, properties, min_distance))
+    for file in files:
+        if file in skipped:
+            result.skipped.append(Reject(str(file), "", skipped[file]))
+        else:
+            result.extend(results[file])
     return result
 
 
@@ -164,5 +223,7 @@ __all__ = [
     "write_cif",
     "write_cdvae_csv",
     "list_files",
+    "format_siblings",
+    "same_structures",
     "input_problems",
 ]

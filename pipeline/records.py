@@ -49,14 +49,18 @@ class Reject:
 
 @dataclass
 class ReadResult:
-    """``records``: the good structures in file order; ``rejects``: everything else."""
+    """``records``: the good structures in file order; ``rejects``: everything else;
+    ``skipped``: files of a folder not read because the same structures were read from a file
+    beside them (``pipeline.io.read_structures``), each with the reason."""
 
     records: list[Record] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
+    skipped: list[Reject] = field(default_factory=list)
 
     def extend(self, other: ReadResult) -> None:
         self.records.extend(other.records)
         self.rejects.extend(other.rejects)
+        self.skipped.extend(other.skipped)
 
 
 def read_text(path: Path, what: str) -> tuple[str | None, Reject | None]:

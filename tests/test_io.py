@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 from pathlib import Path
@@ -99,6 +100,36 @@ def test_xyz_round_trip_molecules_and_crystals(tmp_path, perov, suffix):
             np.testing.assert_allclose(a.lattice, b.lattice, atol=1e-6, rtol=0)
             np.testing.assert_allclose(a.frac, b.frac, atol=1e-6, rtol=0)
             np.testing.assert_allclose(a.y, b.y)
+
+
+def test_a_folder_reads_structures_written_in_two_formats_once(tmp_path, perov):
+    """``ldsm generate`` writes samples.sdf + samples.xyz (molecules) and samples.cif +
+    samples.extxyz (crystals): a screen of the folder used to count each structure twice."""
+    molecules, crystals = tmp_path / "molecules", tmp_path / "crystals"
+    molecules.mkdir()
+    crystals.mkdir()
+    for suffix in (".sdf", ".xyz"):
+        write_structures(_g2(), molecules / f"samples{suffix}")
+    write_structures(_g2(("NH3",)), molecules / "other.xyz")
+    # A symmetric cell matrix, as the crystal models emit: a CIF round trip rotates it.
+    rows = [[1.66, 2.12, -2.16], [2.12, 2.16, 3.13], [-2.16, 3.13, 2.87]]
+    lattice = np.array([rows], np.float32)
+    triclinic = dataclasses.replace(perov[0], lattice=lattice, pos=perov[0].frac @ lattice[0])
+    for suffix in (".cif", ".extxyz"):
+        write_structures([*perov[:2], triclinic], crystals / f"samples{suffix}")
+    result = read_structures(molecules)
+    assert [r.name for r in result.records] == ["NH3", *[r.name for r in _g2()]]
+    assert [(Path(s.file).name, s.reason) for s in result.skipped] == [
+        ("samples.xyz", "the same structures as samples.sdf, read from it")
+    ]
+    result = read_structures(crystals)
+    assert len(result.records) == 3 and not result.rejects
+    assert [Path(s.file).name for s in result.skipped] == ["samples.extxyz"]
+    # A file named alone is read whatever lies beside it; files named alike that hold other
+    # structures are both read.
+    assert len(read_structures(molecules / "samples.xyz").records) == 5
+    write_structures(_g2(("NH3", "CH4")), molecules / "other.sdf")
+    assert len(read_structures(molecules).records) == 5 + 1 + 2
 
 
 def test_cif_and_csv_round_trip_keep_cell_metric_and_fractions(tmp_path, perov):
