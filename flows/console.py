@@ -6,8 +6,9 @@
   turned them on (``PREFECT_SERVER_ANALYTICS_ENABLED=true``); on a machine without internet they
   end in a ``Failed to send telemetry`` ERROR line.
 - :func:`quiet_libraries` (after): RDKit's own console messages (``Explicit valence for atom
-  ...``) off, since every verdict already carries its reason in the screening table; tracebacks
-  kept out of Prefect's console lines unless ``--debug`` (the Prefect UI still gets them).
+  ...``) off for good (:func:`silence_rdkit`), since every verdict already carries its reason in
+  the screening table; tracebacks kept out of Prefect's console lines unless ``--debug`` (the
+  Prefect UI still gets them).
 """
 
 from __future__ import annotations
@@ -36,11 +37,23 @@ class _NoTraceback(logging.Filter):
         return True
 
 
-def quiet_libraries(debug: bool = False) -> None:
-    """RDKit console logging off; without ``debug``, no tracebacks in Prefect's console lines."""
-    from rdkit import RDLogger
+def silence_rdkit() -> None:
+    """RDKit's console messages off for the process: sent to Python's ``rdkit`` logger, which
+    drops them, so that a library turning RDKit's logs back on cannot print them (PoseBusters'
+    sanity check calls ``RDLogger.EnableLog("rdApp.*")`` after each molecule)."""
+    from rdkit import RDLogger, rdBase
 
+    rdBase.LogToPythonLogger()
+    logger = logging.getLogger("rdkit")
+    logger.handlers[:] = [logging.NullHandler()]
+    logger.propagate = False
     RDLogger.DisableLog("rdApp.*")
+
+
+def quiet_libraries(debug: bool = False) -> None:
+    """RDKit console logging off (:func:`silence_rdkit`); without ``debug``, no tracebacks in
+    Prefect's console lines."""
+    silence_rdkit()
     if debug:
         return
     from prefect.logging.handlers import PrefectConsoleHandler

@@ -66,10 +66,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.exceptions import MissingContextError
 from prefect.task_runners import ThreadPoolTaskRunner
 from pydantic import BaseModel, Field, field_validator, model_validator
-from rdkit import RDLogger
 
 from flows import lock
 from flows.cli_options import runner_options
+from flows.console import silence_rdkit
 from flows.persist import chunk_count, run_chunks
 from flows.runners import with_runner
 from pipeline import crystal_checks as cc
@@ -142,7 +142,7 @@ def check_molecules_task(
     """Check one chunk of molecules (``pipeline.metrics.check_molecule_records``), PoseBusters'
     verdicts cached in ``$LDSM_HOME/posebusters/verdicts.sqlite`` (``pipeline.posebusters_cache``)."""
     # RDKit's console lines off in this process too (a Dask worker): the reasons are in the rows.
-    RDLogger.DisableLog("rdApp.*")
+    silence_rdkit()
     return pm.check_molecule_records(
         chunk,
         posebusters=posebusters,

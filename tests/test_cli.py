@@ -116,6 +116,27 @@ def test_prefect_heartbeats_are_off_unless_their_frequency_is_set():
         assert get_current_settings().flows.heartbeat_frequency == 60
 
 
+def test_rdkit_stays_silent_when_a_library_turns_its_logs_back_on():
+    """PoseBusters' sanity check calls RDLogger.EnableLog("rdApp.*") after each molecule."""
+    code = (
+        "from rdkit import Chem, RDLogger\n"
+        "from flows.console import silence_rdkit\n"
+        "Chem.MolFromSmiles('C(C)(C)(C)(C)C')\n"  # pentavalent: RDKit logs it
+        "silence_rdkit()\n"
+        "RDLogger.EnableLog('rdApp.*')\n"
+        "assert Chem.MolFromSmiles('C(C)(C)(C)(C)C') is None\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("Explicit valence") == 1, done.stderr  # before silence_rdkit only
+
+
 def test_training_options_build_the_loss_config():
     """--preconditioning edm gives the output weight to exact DSM only (local-DSM keeps the VP
     weight: its target's noise does not vanish at t -> 1); --sim-mode / --sim-budget reach it."""

@@ -277,7 +277,9 @@ def test_a_screen_console_has_no_library_noise(tmp_path, prefect_home):
     Prefect's telemetry stay off the console; the verdict keeps the reason."""
     folder = tmp_path / "in"
     folder.mkdir()
-    write(folder / "water.xyz", molecule("H2O"))
+    # PoseBusters turns RDKit's logs back on after each molecule it checks: the CH5 comes after
+    # waters in its chunk.
+    write(folder / "a.xyz", [molecule("H2O")] * 3)
     (folder / "ch5.xyz").write_text(
         "6\nCH5\nC 0 0 0\nH 1.09 0 0\nH -1.09 0 0\nH 0 1.09 0\nH 0 -1.09 0\nH 0 0 1.09\n"
     )
@@ -287,5 +289,5 @@ def test_a_screen_console_has_no_library_noise(tmp_path, prefect_home):
     for noise in ("Explicit valence", "telemetry", "Traceback", "[RDKit]", "WARNING"):
         assert noise not in done.stderr, done.stderr
     rows = {r["name"]: r for r in csv.DictReader(open(out / "screen.csv"))}
-    (ch5,) = [r for name, r in rows.items() if "ch5" in name.lower() or "CH5" in name]
+    (ch5,) = [r for name, r in rows.items() if "ch5" in name.lower()]
     assert ch5["valid"] == "False" and ch5["valid_reason"] not in ("", "ok")
