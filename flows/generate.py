@@ -32,7 +32,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows import lock, runners
 from flows.cli_sample import sampler_config
 from flows.console import UsageError
-from flows.persist import chunk_count, run_chunks
+from flows.persist import chunks_kept, run_chunks
 from pipeline.compositions import CompositionRecord, parse_formula, read_compositions
 from pipeline.generate import (
     Chunk,
@@ -167,10 +167,7 @@ def check_checkpoint(path: str) -> Trained:
 
 def saved_on_stop(args: argparse.Namespace) -> str:
     """What an interrupted ``ldsm generate`` leaves behind (one line)."""
-    return (
-        f"{chunk_count(args.out)} finished chunks kept in {Path(args.out) / '.chunks'}; "
-        "run the same command again to resume"
-    )
+    return chunks_kept(args.out, "finished")
 
 
 def check_sampler(kind: str, trained: Trained, corrector: float = 0.0) -> None:

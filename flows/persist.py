@@ -302,6 +302,17 @@ def run_chunks(task_, run_dir: str | Path, calls: list[dict]) -> list:
     return results
 
 
+def chunks_kept(run_dir: str | Path, what: str = "finished") -> str:
+    """What a stopped run kept of its chunks, for its one stop line."""
+    count = chunk_count(run_dir)
+    if count == 0:
+        return f"no {what} chunk had been stored yet"
+    return (
+        f"{count} {what} chunk{'s' if count > 1 else ''} kept in {Path(run_dir) / STORE}; "
+        "run the same command again to resume"
+    )
+
+
 def chunk_count(run_dir: str | Path) -> int:
     """How many finished chunks ``run_dir`` keeps."""
     folder = Path(run_dir) / STORE

@@ -70,7 +70,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from flows import lock
 from flows.cli_options import runner_options
 from flows.console import silence_rdkit
-from flows.persist import chunk_count, run_chunks
+from flows.persist import chunks_kept, run_chunks
 from flows.runners import with_runner
 from pipeline import crystal_checks as cc
 from pipeline import metrics as pm
@@ -296,10 +296,7 @@ def write_outputs(out: Path, rows: list[dict], metrics: dict, cutoff_name: str |
 
 def saved_on_stop(args) -> str:
     """What an interrupted ``ldsm screen`` leaves behind (one line)."""
-    return (
-        f"{chunk_count(args.out)} checked chunks kept in {Path(args.out) / '.chunks'}; "
-        "run the same command again to resume"
-    )
+    return chunks_kept(args.out, "checked")
 
 
 def input_error(path: str) -> tuple[int, str] | None:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from flows.persist import STORE, ChunkStore, content_hash
+from flows.persist import STORE, ChunkStore, chunks_kept, content_hash
 from flows.screen import check_molecules_task
 from pipeline import qm9
 from pipeline import structures as S
@@ -172,3 +172,12 @@ def test_a_small_input_is_spread_over_every_worker():
     assert _workers(config) == 2
     assert _workers(config.model_copy(update={"workers": 4})) == 4
     assert _workers(config.model_copy(update={"dask_address": "tcp://127.0.0.1:8786"})) == 1
+
+
+def test_the_stop_line_says_what_was_kept(tmp_path):
+    assert chunks_kept(tmp_path, "checked") == "no checked chunk had been stored yet"
+    store = ChunkStore(tmp_path, check_molecules_task)
+    assert store.save(store.key({"chunk": 1}), [{"valid": True}])
+    assert chunks_kept(tmp_path, "checked") == (
+        f"1 checked chunk kept in {tmp_path / STORE}; run the same command again to resume"
+    )
