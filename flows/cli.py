@@ -209,8 +209,12 @@ def _is_usage_error(exc: Exception) -> bool:
 def _one_line(exc: Exception) -> str:
     pydantic = sys.modules.get("pydantic")
     if pydantic is not None and isinstance(exc, pydantic.ValidationError):
+        # A validator's own message stands alone ("xtb_gap is computed by --xtb, ..."); a
+        # field's message is prefixed by the field.
         return "; ".join(
-            f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors()
+            (".".join(map(str, e["loc"])) + ": " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
         )
     text = " ".join(str(exc).split())
     return text or type(exc).__name__

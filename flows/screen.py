@@ -317,13 +317,10 @@ def input_error(path: str) -> tuple[int, str] | None:
     return 1, f"ldsm screen: {first.file}: {first.reason}{more}"
 
 
-def run(args) -> int:
-    """``ldsm screen``: runs :func:`run_screen` with the options and prints the metrics."""
-    problem = input_error(args.input)
-    if problem is not None:
-        print(problem[1], file=sys.stderr)
-        return problem[0]
-    config = ScreenConfig(
+def config_from_args(args) -> ScreenConfig:
+    """The :class:`ScreenConfig` of ``ldsm screen``'s options (pydantic's ValidationError for a
+    bad combination, e.g. ``--rank-by xtb_gap`` without ``--xtb``)."""
+    return ScreenConfig(
         input=args.input,
         out=args.out,
         reference=args.reference,
@@ -339,7 +336,20 @@ def run(args) -> int:
         filters=args.filter or [],
         **runner_options(args),
     )
-    metrics = run_screen(config)
+
+
+def check(args) -> None:
+    """``ldsm screen``'s option checks before the flow (and before waiting for a server)."""
+    config_from_args(args)
+
+
+def run(args) -> int:
+    """``ldsm screen``: runs :func:`run_screen` with the options and prints the metrics."""
+    problem = input_error(args.input)
+    if problem is not None:
+        print(problem[1], file=sys.stderr)
+        return problem[0]
+    metrics = run_screen(config_from_args(args))
     print(json.dumps(metrics, indent=2))
     if not metrics["molecules"]["n"] and not metrics["crystals"]["n"]:
         print(

@@ -68,6 +68,7 @@ def _screen_env(prefect_home: Path) -> dict:
         ),
         (["screen", "x", "--out", "o", "--rank-by", "-foo"], "--rank-by", "unknown column 'foo'"),
         (["screen", "x", "--out", "o", "--filter", "qed"], "--filter", "not one comparison"),
+        (["screen", "x", "--out", "o", "--rank-by", "xtb_gap"], "--xtb", "error: xtb_gap is"),
     ],
 )
 def test_bad_options_are_one_line_and_exit_2(argv, option, problem):
