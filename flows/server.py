@@ -86,13 +86,7 @@ def start(port: int) -> int:
     deadline = time.monotonic() + A.server_timeout()
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            _record_path().unlink(missing_ok=True)
-            print(
-                f"ldsm server: the Prefect server exited with code {process.returncode} "
-                f"(port {port} in use?); log: {log}",
-                file=sys.stderr,
-            )
-            return 1
+            return _failed(f"exited with code {process.returncode} (port {port} in use?)", log)
         if A.healthy(api_url, timeout=2.0):
             ui = api_url.removesuffix("/api")
             print(
@@ -103,12 +97,14 @@ def start(port: int) -> int:
             return 0
         time.sleep(0.2)
     _stop_pid(process.pid)
+    timeout = A.server_timeout()
+    return _failed(f"did not answer within {timeout:.0f} s (LDSM_SERVER_TIMEOUT); stopped it", log)
+
+
+def _failed(why: str, log: Path) -> int:
+    """Forget the server that did not start; one line on stderr; exit code 1."""
     _record_path().unlink(missing_ok=True)
-    print(
-        f"ldsm server: the Prefect server did not answer within {A.server_timeout():.0f} s "
-        f"(LDSM_SERVER_TIMEOUT); stopped it; log: {log}",
-        file=sys.stderr,
-    )
+    print(f"ldsm server: the Prefect server {why}; log: {log}", file=sys.stderr)
     return 1
 
 

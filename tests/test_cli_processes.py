@@ -230,6 +230,20 @@ def test_a_background_server_outlives_its_command_and_serves_the_next(tmp_path, 
     assert status.returncode == 1 and "none started" in status.stdout
 
 
+def test_a_background_server_on_a_taken_port_is_one_line(tmp_path, prefect_home):
+    env = _screen_env(prefect_home)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = ldsm("server", "start", "--port", str(port), env=env)
+    assert done.returncode == 1, done.stdout
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("ldsm server: the Prefect server exited with code ")
+    assert f"(port {port} in use?); log: " in line
+    assert not (prefect_home / "ldsm-background-server.json").exists()
+
+
 def test_a_stale_background_record_is_not_used(tmp_path, monkeypatch):
     from flows import api_server, server
 
