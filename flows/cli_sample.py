@@ -1,5 +1,6 @@
 """The ``ldsm generate``, ``ldsm design``, ``ldsm serve`` and ``ldsm server`` parsers and the
-sampler options they share, with the one place that turns those options into a ``SamplerConfig`` (:func:`sampler_config`).
+sampler options they share, with the one place that turns those options into a
+``SamplerConfig`` (:func:`sampler_config`).
 The defaults written here are the configs' own (``tests/test_cli.py`` holds them equal)."""
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 ``ldsm screen INPUT --out DIR [--reference REF] [--train-smiles FILE]`` reads INPUT (a file or
 folder of SDF / XYZ / extxyz / CIF / CDVAE CSV / POSCAR, compressed or not; in a folder, the same
 structures written in two formats, as ``samples.sdf`` and ``samples.xyz``, are read once, and the
-log names the file not read) with ``pipeline.io.read_structures``, runs the checks of ``pipeline.molecule_checks`` and
-``pipeline.crystal_checks`` on chunks in parallel (Prefect task mapping), ranks the candidates
-and writes into DIR:
+log names the file not read) with ``pipeline.io.read_structures``, runs the checks of
+``pipeline.molecule_checks`` and ``pipeline.crystal_checks`` on chunks in parallel (Prefect task
+mapping), ranks the candidates and writes into DIR:
 
 - ``screen.csv``: one row per candidate with every verdict and its reason, the reader's note
   (``read_note``), the properties (``pipeline.ranking.PROPERTIES``: RDKit's QED, logP and SA score

@@ -47,7 +47,8 @@ def _is_our_server(pid: int) -> bool:
 
 
 def start(port: int) -> int:
-    """Start the server on ``port`` unless one recorded here already answers; returns an exit code."""
+    """Start the server on ``port`` unless one recorded here already answers; returns the exit
+    code."""
     record = A.background_server()
     if record is not None and A.healthy(record["api_url"], timeout=2.0):
         print(f"ldsm server: already running at {record['api_url']} (pid {record['pid']})")
