@@ -150,9 +150,10 @@ def add_generate(sub) -> None:
     )
     parser.add_argument(
         "--dataset",
-        choices=CRYSTAL_DATASETS,
+        choices=("qm9", *CRYSTAL_DATASETS),
         default=None,
-        help="crystals: use the shipped checkpoint of this data set when --checkpoint is unset",
+        help="use the model that ships for this data set when --checkpoint is unset "
+        "(models/weights/<dataset>_*.pt; --composition takes <dataset>_csp.pt)",
     )
     given = parser.add_mutually_exclusive_group()
     given.add_argument(

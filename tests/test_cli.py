@@ -303,6 +303,17 @@ def test_compositions_go_with_structure_prediction_models_only(tmp_path, prefect
     assert line.startswith("ldsm generate: error: --composition(s): ") and "molecule model" in line
 
 
+def test_generate_takes_the_shipped_model_of_any_data_set():
+    from flows.generate import checkpoint_of
+
+    parser = cli.build_parser()
+    weights = ROOT / "models" / "weights"
+    args = parser.parse_args(["generate", "--dataset", "qm9", "--out", "o"])
+    assert Path(checkpoint_of(args, False)) == weights / "qm9_egnn.pt"
+    args = parser.parse_args(["generate", "--dataset", "perov-5", "--out", "o"])
+    assert Path(checkpoint_of(args, True)) == weights / "perov-5_csp.pt"
+
+
 def test_checkpoint_problems_name_the_file(tmp_path, capsys, prefect_harness):
     good = _molecule_checkpoint(tmp_path / "m.pt")
     empty = tmp_path / "empty.pt"
