@@ -16,7 +16,13 @@ CRYSTAL_DATASETS = ("perov-5", "carbon-24", "mp-20")
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults after every option; descriptions and examples keep their line breaks."""
+    """Defaults after every option but a required one ("(required)" instead); descriptions and
+    examples keep their line breaks."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.required and action.option_strings:
+            return f"{action.help} (required)"
+        return super()._get_help_string(action)
 
 
 class Parser(argparse.ArgumentParser):

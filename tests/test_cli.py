@@ -105,6 +105,10 @@ def test_every_option_shows_its_default_and_serve_has_a_description(capsys):
         cli.main(["serve", "--help"])
     text = capsys.readouterr().out
     assert "Register the deployment design/NAME" in text and "(default: 0 3 * * *)" in text
+    with pytest.raises(SystemExit):
+        cli.main(["screen", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--out OUT output folder (required)" in text
 
 
 def test_prefect_heartbeats_are_off_unless_their_frequency_is_set():
