@@ -17,9 +17,9 @@ mapping), ranks the candidates and writes into DIR:
   relaxations computed, in rank order, with ``relax.csv`` (``pipeline.relax``'s writers, as
   ``ldsm design --relax`` writes them);
 - ``metrics.json``: ``{"molecules": {...}, "crystals": {...}, "n_read_rejects": k, "ranking":
-  {"rank_by": text, "filtered": {filter: removed}}}`` with the keys of ``pipeline.metrics`` (None
-  where a metric does not apply), and ``"xtb"`` / ``"chgnet"``: the relaxation writers'
-  summaries; read rejects are in neither kind;
+  {"rank_by": text, "filtered": {filter: removed}}, "n_passed": {"molecules": k, "crystals": k}}``
+  with the keys of ``pipeline.metrics`` (None where a metric does not apply), and ``"xtb"`` /
+  ``"chgnet"``: the relaxation writers' summaries; read rejects are in neither kind;
 - ``report.md`` with ``plots/*.png`` (read rejects and reader notes listed); the same tables are
   published as Prefect artifacts;
 - ``config.json``: the ``ScreenConfig`` of the run;
@@ -261,6 +261,10 @@ def _screen(config: ScreenConfig, out: Path) -> dict:
     rank_by = parse_expression(config.rank_by) if config.rank_by else None
     rows = rank(mol_rows, rank_by) + rank(cry_rows, rank_by) + unread
     metrics["ranking"] = {"rank_by": config.rank_by, "filtered": removed}
+    metrics["n_passed"] = {
+        kind: sum(1 for r in rows if r["kind"] == kind[:-1] and r.get("passed"))
+        for kind in ("molecules", "crystals")
+    }
     metrics.update(write_relaxed_structures(out / "relaxed", rows))
     write_outputs(out, rows, metrics, cutoff_name)
     return metrics

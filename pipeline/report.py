@@ -244,7 +244,18 @@ def screen_report(out: Path, rows: list[dict], metrics: dict, cutoff_name: str |
         m = metrics[kind]
         if not m["n"]:
             continue
-        lines += [f"## {kind.capitalize()} ({m['n']})", "", "| metric | value |", "| --- | --- |"]
+        kind_rows = [r for r in rows if r["kind"] == kind[:-1]]
+        passed = sum(1 for r in kind_rows if r.get("passed"))
+        filtered = (metrics.get("ranking") or {}).get("filtered")
+        lines += [
+            f"## {kind.capitalize()} ({m['n']})",
+            "",
+            f"Passed every check{' and filter' if filtered else ''}: **{passed} of {m['n']}** "
+            "(`passed` in screen.csv; written to `passing/` in rank order).",
+            "",
+            "| metric | value |",
+            "| --- | --- |",
+        ]
         lines += [
             f"| {k} | {'n/a' if v is None else f'{v:.4g}'} |" for k, v in m.items() if k != "n"
         ]
@@ -252,7 +263,6 @@ def screen_report(out: Path, rows: list[dict], metrics: dict, cutoff_name: str |
         fractions = {k: v for k, v in fractions.items() if not k.startswith("wdist")}
         plots.plot_fractions(fractions, plot_dir / f"{kind}_metrics.png")
         lines += ["", f"![{kind} metrics](plots/{kind}_metrics.png)", "", "Most common failures:"]
-        kind_rows = [r for r in rows if r["kind"] == kind[:-1]]
         reasons = Counter(
             f"{col}: {r[col]}"
             for r in kind_rows

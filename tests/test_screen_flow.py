@@ -158,6 +158,11 @@ def test_screen_flow_end_to_end(candidates, tmp_path, monkeypatch, prefect_harne
     assert (out / "report.md").read_text().startswith("# Screening report")
     assert (out / "plots" / "molecules_metrics.png").exists()
     assert (out / "passing" / "molecules.sdf").stat().st_size > 0
+    passed = sum(r["passed"] == "True" for r in rows if r["kind"] == "molecule")
+    assert metrics["n_passed"]["molecules"] == passed
+    sdf = (out / "passing" / "molecules.sdf").read_text()
+    assert passed > 0 and sdf.count("$$$$") == passed
+    assert f"Passed every check: **{passed} of 5**" in (out / "report.md").read_text()
     if reference is not None:
         cry = metrics["crystals"]
         assert cry["n"] == 12 and cry["structural_validity"] == 1.0
