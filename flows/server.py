@@ -50,11 +50,11 @@ def start(port: int) -> int:
     """Start the server on ``port`` unless one recorded here already answers; returns the exit
     code."""
     record = A.background_server()
-    if record is not None and A.healthy(record["api_url"], timeout=2.0):
+    if record is not None and A.healthy(record["api_url"], timeout=A.LOOKUP_TIMEOUT):
         print(f"ldsm server: already running at {record['api_url']} (pid {record['pid']})")
         return 0
     api_url = f"http://127.0.0.1:{port}/api"
-    if A.healthy(api_url, timeout=2.0):
+    if A.healthy(api_url, timeout=A.LOOKUP_TIMEOUT):
         found = (
             "ldsm commands use it"
             if api_url == A.LOCAL_API
@@ -88,7 +88,7 @@ def start(port: int) -> int:
     while time.monotonic() < deadline:
         if process.poll() is not None:
             return _failed(f"exited with code {process.returncode} (port {port} in use?)", log)
-        if A.healthy(api_url, timeout=2.0):
+        if A.healthy(api_url, timeout=A.LOOKUP_TIMEOUT):
             ui = api_url.removesuffix("/api")
             print(
                 f"ldsm server: a Prefect server runs at {ui} (UI; API {api_url}), pid "
@@ -154,7 +154,7 @@ def status() -> int:
     if record is None:
         print(f"ldsm server: none started by `ldsm server start` for {A.prefect_home()}")
         return 1
-    if A.healthy(record["api_url"], timeout=2.0):
+    if A.healthy(record["api_url"], timeout=A.LOOKUP_TIMEOUT):
         print(
             f"ldsm server: running at {record['api_url']} (pid {record['pid']}, log {record['log']})"
         )

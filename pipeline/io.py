@@ -182,10 +182,9 @@ def read_structures(
     a Reject for every bad file or record; never raises on bad input. In a folder, the same
     structures written in several formats (files named alike, :func:`format_siblings`, whose
     structures :func:`same_structures` finds equal) are kept once; the other files are in
-    ``skipped``. ``properties`` names the
-    CSV columns that become ``y (1, P)``. Atoms closer than ``min_distance`` (Angstrom, default
-    0.1: the same atom written twice) reject the record; a screening step that wants to judge
-    such candidates itself passes ``min_distance=0``.
+    ``skipped``. ``properties`` names the CSV columns that become ``y (1, P)``. Atoms closer than
+    ``min_distance`` (Angstrom, default 0.1: the same atom written twice) reject the record; a
+    screening step that wants to judge such candidates itself passes ``min_distance=0``.
     """
     path = Path(path)
     if not path.exists():
